@@ -1,0 +1,1 @@
+"""pydantic contracts between stixbus stages and with the outside world."""

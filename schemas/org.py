@@ -1,0 +1,146 @@
+"""The organisation registry: who is on the bus, what they may do, which STIX identity is theirs.
+
+Loaded from YAML (deploy/orgs.yaml for the local stack).  Topic names, Kafka principals, identity
+binding at ingest and agreement parties all derive from it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.tlp import TLP
+
+ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$"
+IDENTITY_ID_PATTERN = (
+    r"^identity--[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+
+
+class Sector(StrEnum):
+    CERT = "cert"
+    BANK = "bank"
+    ASSOCIATION = "association"
+    ISP = "isp"
+    REGULATOR = "regulator"
+    LAW_ENFORCEMENT = "law-enforcement"
+    FIU = "fiu"
+    NGO = "ngo"
+
+
+class Role(StrEnum):
+    PUBLISHER = "publisher"
+    SUBSCRIBER = "subscriber"
+
+
+class Org(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=ORG_ID_PATTERN, description="Slug used in topic names and principals")
+    name: str = Field(min_length=1, max_length=200)
+    sector: Sector
+    identity_id: str = Field(pattern=IDENTITY_ID_PATTERN, description="The org's STIX identity")
+    default_tlp: TLP = Field(description="TLP applied to objects the org publishes unmarked")
+    roles: frozenset[Role] = Field(min_length=1)
+    may_relay_third_party: bool = Field(
+        default=False,
+        description="May publish objects created by identities outside the registry (OSINT relay)",
+    )
+
+    @field_validator("default_tlp", mode="before")
+    @classmethod
+    def _tlp_from_name(cls, value: object) -> object:
+        return TLP.parse(value) if isinstance(value, str) else value
+
+    @property
+    def publishes(self) -> bool:
+        return Role.PUBLISHER in self.roles
+
+    @property
+    def subscribes(self) -> bool:
+        return Role.SUBSCRIBER in self.roles
+
+    def stix_identity(self) -> dict[str, object]:
+        return {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": self.identity_id,
+            "created": "2026-01-01T00:00:00.000Z",
+            "modified": "2026-01-01T00:00:00.000Z",
+            "name": self.name,
+            "identity_class": "organization",
+        }
+
+
+class BusIdentity(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "stixbus"
+    identity_id: str = Field(pattern=IDENTITY_ID_PATTERN)
+    namespace: uuid.UUID = Field(description="UUIDv5 namespace for ids the bus mints (dedup keys…)")
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bus: BusIdentity
+    orgs: tuple[Org, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Registry:
+        for attr in ("id", "identity_id"):
+            seen: set[str] = set()
+            for org in self.orgs:
+                value = getattr(org, attr)
+                if value in seen:
+                    raise ValueError(f"two orgs share {attr} {value!r}: each must be unique")
+                seen.add(value)
+        if self.bus.identity_id in {o.identity_id for o in self.orgs}:
+            raise ValueError("the bus identity_id must differ from every org's identity_id")
+        return self
+
+    @cached_property
+    def by_id(self) -> dict[str, Org]:
+        return {o.id: o for o in self.orgs}
+
+    @cached_property
+    def by_identity(self) -> dict[str, Org]:
+        return {o.identity_id: o for o in self.orgs}
+
+    def get(self, org_id: str) -> Org:
+        try:
+            return self.by_id[org_id]
+        except KeyError:
+            known = ", ".join(sorted(self.by_id))
+            raise KeyError(f"unknown org {org_id!r}; the registry knows: {known}") from None
+
+    @property
+    def publishers(self) -> tuple[Org, ...]:
+        return tuple(o for o in self.orgs if o.publishes)
+
+    @property
+    def subscribers(self) -> tuple[Org, ...]:
+        return tuple(o for o in self.orgs if o.subscribes)
+
+    def in_sector(self, sector: Sector) -> tuple[Org, ...]:
+        return tuple(o for o in self.orgs if o.sector == sector)
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate an org registry YAML; errors name the file and the broken field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read org registry {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"org registry {path} is not valid YAML: {exc}") from exc
+    try:
+        return Registry.model_validate(data)
+    except Exception as exc:
+        raise ValueError(f"org registry {path} is invalid: {exc}") from exc
