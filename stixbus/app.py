@@ -1,0 +1,42 @@
+"""The Faust application: one worker process runs every stixbus agent.
+
+Topics carry raw bytes; the agents validate with the pydantic models in `schemas/`, so Faust's
+own codecs and Records are not part of any contract.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from stixbus.context import BusContext
+
+
+def build_app(ctx: BusContext) -> faust.App:
+    settings = ctx.settings
+    brokers = ";".join(f"kafka://{hp}" for hp in settings.bootstrap_servers.split(","))
+    app = faust.App(
+        settings.app_id,
+        broker=brokers,
+        store=settings.store,
+        datadir=str(settings.worker_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_port=settings.web_port,
+        web_host="127.0.0.1",
+        web_bind="127.0.0.1",
+        consumer_auto_offset_reset="earliest",
+        # at-least-once: exactly_once has open duplicate/crash bugs in faust-streaming 0.15.
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+    )
+    # Imported here: agents register themselves on the app they are given.
+    from agents import health, ingest, route
+
+    ingest.register(app, ctx)
+    route.register(app, ctx)
+    health.register(app, ctx)
+    return app

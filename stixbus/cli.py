@@ -1,0 +1,258 @@
+"""`stixbus` command line: run the local bus, publish, consume, inspect.
+
+Every failure is one line on stderr (`stixbus: <what> — <what to do>`) and a non-zero exit;
+`STIXBUS_DEBUG=1` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from schemas.org import load_registry
+from stixbus import REPO_ROOT, supervisor
+from stixbus.client import VersionFilter, publish, read_topic
+from stixbus.kafka_admin import ensure_topics, list_topics
+from stixbus.settings import Settings, get_settings
+from stixbus.topics import TopicNames
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+KAFKA_SCRIPT = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
+DEMO_DIR = REPO_ROOT / "deploy" / "demo"
+DEMO_PUBLISHERS = ("cert", "bank-a", "isp-one")
+
+AsOrg = Annotated[str, typer.Option("--as", help="Org id from the registry (deploy/orgs.yaml)")]
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+def _names(settings: Settings) -> TopicNames:
+    return TopicNames(settings.topic_prefix)
+
+
+def _kafka(action: str, settings: Settings) -> None:
+    env = os.environ.copy()
+    env.setdefault("STIXBUS_HOME", str(settings.home))
+    env.setdefault("KAFKA_PORT", settings.bootstrap_servers.rsplit(":", 1)[-1])
+    result = subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env)
+    if result.returncode != 0:
+        raise CliError(f"kafka {action} failed (see the lines above; logs: {settings.home}/kafka/logs)")
+
+
+def _create_topics(settings: Settings) -> list[str]:
+    registry = load_registry(settings.registry_path)
+    specs = _names(settings).all_specs(registry, settings.partitions)
+    return asyncio.run(
+        ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor)
+    )
+
+
+@cli.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Publish the demo bundles and show deliveries")] = True,
+) -> None:
+    """Start local Kafka, create topics, start a worker, publish demo bundles, show deliveries."""
+    settings = get_settings()
+    started = time.monotonic()
+    _kafka("up", settings)
+    created = _create_topics(settings)
+    out.print(f"topics: {len(created)} created under prefix '{settings.topic_prefix}'")
+    pid = supervisor.start_worker(settings)
+    out.print(f"worker: pid {pid}, log {supervisor.log_file(settings)}")
+    if not supervisor.wait_ready(settings):
+        err.print(supervisor.log_tail(settings))
+        raise CliError(f"the worker did not become ready; log: {supervisor.log_file(settings)}")
+    out.print(f"worker ready on http://127.0.0.1:{settings.web_port} ({time.monotonic() - started:.1f}s)")
+    if demo:
+        _demo(settings)
+    out.print(
+        "\nThe bus is running. Try: stixbus consume --as bank-b --from-beginning | "
+        "stixbus publish --as cert FILE | stixbus down"
+    )
+
+
+def _demo(settings: Settings) -> None:
+    names = _names(settings)
+    for org in DEMO_PUBLISHERS:
+        payload = (DEMO_DIR / f"{org}.json").read_bytes()
+        sent = asyncio.run(publish(settings.bootstrap_servers, names.ingest(org), payload))
+        out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
+    time.sleep(2.0)
+    registry = load_registry(settings.registry_path)
+    table = Table(title="What each subscriber received (stixbus.deliver.<org>)")
+    table.add_column("subscriber")
+    table.add_column("objects", justify="right")
+    table.add_column("indicators")
+    for org in registry.subscribers:
+        records = asyncio.run(_collect(settings, names.deliver(org.id)))
+        shown = [escape(str(r.get("pattern", r.get("id")))) for r in records if isinstance(r, dict)]
+        table.add_row(org.id, str(len(records)), "\n".join(shown[:8]) or "—")
+    out.print(table)
+
+
+async def _collect(settings: Settings, topic: str) -> list[object]:
+    seen = VersionFilter()
+    objects = []
+    async for record in read_topic(settings.bootstrap_servers, topic, from_beginning=True, max_wait=10):
+        obj = record.json()
+        if seen.is_new(obj):
+            objects.append(obj)
+    return objects
+
+
+@cli.command()
+def down(
+    kafka: Annotated[bool, typer.Option(help="Also stop the local Kafka broker")] = True,
+) -> None:
+    """Stop the worker and the local Kafka broker (fine when already stopped)."""
+    settings = get_settings()
+    out.print("worker stopped" if supervisor.stop_worker(settings) else "worker not running")
+    if kafka:
+        _kafka("down", settings)
+
+
+@cli.command()
+def worker(loglevel: Annotated[str, typer.Option(help="Log level")] = "info") -> None:
+    """Run the Faust worker in the foreground."""
+    from stixbus.worker import run_worker
+
+    settings = get_settings()
+    _create_topics(settings)
+    sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
+    run_worker(settings, loglevel)
+
+
+@cli.command()
+def topics() -> None:
+    """List stixbus topics on the broker (create missing ones first)."""
+    settings = get_settings()
+    _create_topics(settings)
+    for name in asyncio.run(list_topics(settings.bootstrap_servers)):
+        if name.startswith(settings.topic_prefix + "."):
+            out.print(name)
+
+
+@cli.command("publish")
+def publish_cmd(
+    as_org: AsOrg,
+    file: Annotated[str, typer.Argument(help="STIX 2.1 bundle or object (JSON); - for stdin")],
+) -> None:
+    """Publish a STIX bundle or object as ORG; prints the submission id (see `stixbus receipts`)."""
+    settings = get_settings()
+    registry = load_registry(settings.registry_path)
+    org = registry.get(as_org)
+    if not org.publishes:
+        raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
+    payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
+    sent = asyncio.run(publish(settings.bootstrap_servers, _names(settings).ingest(org.id), payload))
+    out.print(orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode())
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+@cli.command()
+def consume(
+    as_org: AsOrg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for more")] = False,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (commits offsets); default: none")
+    ] = None,
+) -> None:
+    """Print what ORG received on stixbus.deliver.ORG, one JSON object per line.
+
+    A redelivered (id, modified) is dropped, so output is idempotent across worker crashes.
+    """
+    settings = get_settings()
+    registry = load_registry(settings.registry_path)
+    org = registry.get(as_org)
+    _print_topic(settings, _names(settings).deliver(org.id), follow, from_beginning, group, True)
+
+
+@cli.command()
+def receipts(
+    as_org: AsOrg,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+) -> None:
+    """Print ORG's submission receipts (accepted/rejected counts and reasons) as JSON lines."""
+    settings = get_settings()
+    org = load_registry(settings.registry_path).get(as_org)
+    _print_topic(settings, _names(settings).receipts(org.id), follow, True, None, False)
+
+
+def _print_topic(
+    settings: Settings, topic: str, follow: bool, from_beginning: bool, group: str | None, dedup: bool
+) -> None:
+    seen = VersionFilter()
+
+    async def run() -> None:
+        async for record in read_topic(
+            settings.bootstrap_servers,
+            topic,
+            group_id=group,
+            from_beginning=from_beginning,
+            follow=follow,
+        ):
+            obj = record.json()
+            if dedup and not seen.is_new(obj):
+                continue
+            sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+def settings() -> None:
+    """Print the effective settings (from STIXBUS_* environment variables)."""
+    out.print_json(get_settings().model_dump_json())
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except CliError as exc:
+        err.print(f"stixbus: {exc}", highlight=False)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # one line for the user; the traceback on request
+        if os.environ.get("STIXBUS_DEBUG"):
+            raise
+        if isinstance(exc, (typer.BadParameter, SystemExit)):
+            raise
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        err.print(f"stixbus: {type(exc).__name__}: {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

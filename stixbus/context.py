@@ -1,0 +1,24 @@
+"""What every agent needs to know about this bus instance: settings, registry, topic names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.org import Registry, load_registry
+from stixbus.settings import Settings
+from stixbus.topics import TopicNames
+
+
+@dataclass(frozen=True)
+class BusContext:
+    settings: Settings
+    registry: Registry
+    names: TopicNames
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BusContext:
+        return cls(
+            settings=settings,
+            registry=load_registry(settings.registry_path),
+            names=TopicNames(settings.topic_prefix),
+        )

@@ -1,0 +1,592 @@
+"""The routing decision: may this subscriber receive this object from this publisher, and how?
+
+Pure and fail-closed.  `decide` answers for one (object, publisher, subscriber); the same answer
+serves routing, the audit record and "explain".  Speed comes from `AgreementIndex`, compiled once
+per (agreement set, registry): it resolves sectors to orgs and keeps, per (publisher, subscriber)
+pair, the candidate agreements already reduced to plain sets and numbers.
+
+Rules (docs/agreements.md has the table):
+- unknown publisher/subscriber, self-delivery, missing roles, unknown markings: deny up front;
+- a candidate agreement allows when its term holds, the TLP is within its ceiling (RED and
+  AMBER+STRICT only to subscribers it names one by one), and type, observable, label and
+  confidence filters all pass;
+- of the candidates that allow, the most permissive wins (`permissiveness`); a deny lists every
+  reason from every candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from schemas.agreement import Agreement, AgreementSet, Attribution, MatchMode
+from schemas.envelope import NormalizedObject
+from schemas.org import Org, Registry
+from schemas.tlp import MARKING_TLP, TLP
+
+
+class ReasonCode(StrEnum):
+    ALLOWED = "allowed"
+    UNKNOWN_ORG = "unknown_org"
+    PUBLISHER_MISMATCH = "publisher_mismatch"
+    SELF_DELIVERY = "self_delivery"
+    PUBLISHER_ROLE_MISSING = "publisher_role_missing"
+    SUBSCRIBER_ROLE_MISSING = "subscriber_role_missing"
+    UNKNOWN_MARKING = "unknown_marking"
+    NO_MATCHING_AGREEMENT = "no_matching_agreement"
+    PUBLISHER_NOT_PARTY = "publisher_not_party"
+    SUBSCRIBER_NOT_PARTY = "subscriber_not_party"
+    AGREEMENT_NOT_YET_VALID = "agreement_not_yet_valid"
+    AGREEMENT_EXPIRED = "agreement_expired"
+    TLP_ABOVE_CEILING = "tlp_above_ceiling"
+    RED_REQUIRES_NAMED_RECIPIENT = "red_requires_named_recipient"
+    AMBER_STRICT_NOT_NAMED = "amber_strict_not_named"
+    OBJECT_TYPE_NOT_ALLOWED = "object_type_not_allowed"
+    OBSERVABLE_TYPE_NOT_ALLOWED = "observable_type_not_allowed"
+    LABELS_NOT_MATCHED = "labels_not_matched"
+    CONFIDENCE_MISSING = "confidence_missing"
+    CONFIDENCE_BELOW_MINIMUM = "confidence_below_minimum"
+
+
+class TransformKind(StrEnum):
+    CREATOR_TO_PSEUDONYM = "creator_to_pseudonym"
+    CREATOR_TO_BUS = "creator_to_bus"
+    DROP_CUSTOM_PROPERTIES = "drop_custom_properties"
+    PSEUDONYMISE_PROPERTIES = "pseudonymise_properties"
+    MARK_NO_ONWARD_SHARING = "mark_no_onward_sharing"
+    NEW_OBJECT_ID = "new_object_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: ReasonCode
+    message: str
+    agreement_id: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "agreement_id": self.agreement_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Transformation:
+    kind: TransformKind
+    detail: str
+
+    def as_record(self) -> dict[str, str]:
+        return {"kind": self.kind.value, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allow: bool
+    publisher: str
+    subscriber: str
+    object_id: str
+    reasons: tuple[Reason, ...]
+    agreement_id: str | None = None
+    agreement_version: int | None = None
+    attribution: Attribution | None = None
+    onward_sharing: bool = False
+    transformations: tuple[Transformation, ...] = ()
+    also_allowed_by: tuple[str, ...] = field(default=())
+
+    @property
+    def reason_codes(self) -> tuple[ReasonCode, ...]:
+        return tuple(r.code for r in self.reasons)
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready form for the audit topic and the explain command."""
+        return {
+            "allow": self.allow,
+            "publisher": self.publisher,
+            "subscriber": self.subscriber,
+            "object_id": self.object_id,
+            "agreement_id": self.agreement_id,
+            "agreement_version": self.agreement_version,
+            "attribution": self.attribution.value if self.attribution else None,
+            "onward_sharing": self.onward_sharing,
+            "reasons": [r.as_record() for r in self.reasons],
+            "transformations": [t.as_record() for t in self.transformations],
+            "also_allowed_by": list(self.also_allowed_by),
+        }
+
+
+def permissiveness(agreement: Agreement) -> tuple[int, int, int, str]:
+    """Sort key, larger is more permissive: attribution, then onward sharing, then fewer
+    redactions; ties go to the alphabetically first id so the choice is deterministic."""
+    redactions = len(agreement.redaction.drop_custom_properties) + len(
+        agreement.redaction.pseudonymise
+    )
+    inverted_id = "".join(chr(0x10FFFF - ord(c)) for c in agreement.id)
+    return (agreement.attribution.rank, int(agreement.onward_sharing), -redactions, inverted_id)
+
+
+def planned_transformations(agreement: Agreement) -> tuple[Transformation, ...]:
+    """What `stixbus.redact.apply_transformations` will do under this agreement."""
+    steps: list[Transformation] = []
+    if agreement.attribution is Attribution.PSEUDONYMOUS:
+        steps.append(
+            Transformation(
+                TransformKind.CREATOR_TO_PSEUDONYM,
+                f"creator references become the producer's pseudonym for {agreement.id}",
+            )
+        )
+    elif agreement.attribution is Attribution.ANONYMOUS:
+        steps.append(
+            Transformation(TransformKind.CREATOR_TO_BUS, "creator references become the bus")
+        )
+    if agreement.redaction.drop_custom_properties:
+        steps.append(
+            Transformation(
+                TransformKind.DROP_CUSTOM_PROPERTIES,
+                ", ".join(agreement.redaction.drop_custom_properties),
+            )
+        )
+    if agreement.redaction.pseudonymise:
+        steps.append(
+            Transformation(
+                TransformKind.PSEUDONYMISE_PROPERTIES, ", ".join(agreement.redaction.pseudonymise)
+            )
+        )
+    if not agreement.onward_sharing:
+        steps.append(
+            Transformation(TransformKind.MARK_NO_ONWARD_SHARING, "statement marking added")
+        )
+    if agreement.rewrites_content:
+        steps.append(
+            Transformation(
+                TransformKind.NEW_OBJECT_ID,
+                "content differs from the producer's: delivered under a derived id",
+            )
+        )
+    return tuple(steps)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """One agreement reduced to what the per-decision checks touch."""
+
+    agreement: Agreement
+    id: str
+    version: int
+    valid_from: datetime
+    valid_until: datetime
+    ceiling: TLP
+    named_subscribers: frozenset[str]
+    object_types: frozenset[str] | None  # None: any
+    observable_types: frozenset[str] | None  # None: any
+    label_mode_all: bool
+    label_values: frozenset[str] | None  # casefolded; None: no label filter
+    label_fields: tuple[str, ...]
+    min_confidence: int | None
+    rank: tuple[int, int, int, str]
+    transformations: tuple[Transformation, ...]
+    allowed_reason: Reason
+
+
+def _compile(agreement: Agreement) -> _Compiled:
+    labels = agreement.labels
+    return _Compiled(
+        agreement=agreement,
+        id=agreement.id,
+        version=agreement.version,
+        valid_from=agreement.term.valid_from,
+        valid_until=agreement.term.valid_until,
+        ceiling=agreement.tlp_ceiling,
+        named_subscribers=agreement.named_subscribers,
+        object_types=None if agreement.any_object_type else frozenset(agreement.object_types),
+        observable_types=(
+            None if agreement.any_observable_type else frozenset(agreement.observable_types)
+        ),
+        label_mode_all=labels is not None and labels.mode is MatchMode.ALL,
+        label_values=None if labels is None else frozenset(v.casefold() for v in labels.values),
+        label_fields=() if labels is None else tuple(f.value for f in labels.fields),
+        min_confidence=agreement.min_confidence,
+        rank=permissiveness(agreement),
+        transformations=planned_transformations(agreement),
+        allowed_reason=Reason(
+            ReasonCode.ALLOWED,
+            f"allowed by agreement {agreement.id} v{agreement.version} "
+            f"({agreement.purpose.code.value}, {agreement.attribution.value})",
+            agreement.id,
+        ),
+    )
+
+
+def _resolve(parties: Sequence[str], registry: Registry) -> set[str]:
+    orgs: set[str] = set()
+    for party in parties:
+        if party.startswith("sector:"):
+            sector = party.removeprefix("sector:")
+            orgs.update(o.id for o in registry.orgs if o.sector.value == sector)
+        elif party in registry.by_id:
+            orgs.add(party)
+    return orgs
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    candidates: tuple[_Compiled, ...]
+    # Precomputed because a pair with no candidate always denies the same way.
+    no_match_reasons: tuple[Reason, ...]
+    # Deny reasons that hold for every object on this pair (self-delivery, roles).
+    pair_reasons: tuple[Reason, ...]
+
+
+class AgreementIndex:
+    """Agreements compiled against a registry; build once per agreement-set version."""
+
+    def __init__(self, agreements: AgreementSet | Sequence[Agreement], registry: Registry) -> None:
+        self.registry = registry
+        self.agreements: tuple[Agreement, ...] = tuple(agreements)
+        compiled = [_compile(a) for a in self.agreements]
+        publishers_of = {c.id: _resolve(c.agreement.publishers, registry) for c in compiled}
+        subscribers_of = {c.id: _resolve(c.agreement.subscribers, registry) for c in compiled}
+        self._pairs: dict[tuple[str, str], _Pair] = {}
+        for pub in registry.orgs:
+            for sub in registry.orgs:
+                candidates = tuple(
+                    c
+                    for c in compiled
+                    if pub.id in publishers_of[c.id] and sub.id in subscribers_of[c.id]
+                )
+                self._pairs[(pub.id, sub.id)] = _Pair(
+                    candidates=candidates,
+                    no_match_reasons=self._no_match_reasons(
+                        pub, sub, compiled, publishers_of, subscribers_of
+                    ),
+                    pair_reasons=self._pair_reasons(pub, sub),
+                )
+
+    @staticmethod
+    def _pair_reasons(pub: Org, sub: Org) -> tuple[Reason, ...]:
+        reasons: list[Reason] = []
+        if pub.id == sub.id:
+            reasons.append(
+                Reason(
+                    ReasonCode.SELF_DELIVERY,
+                    f"{sub.id} published this object; the bus does not echo it back",
+                )
+            )
+        if not pub.publishes:
+            reasons.append(
+                Reason(
+                    ReasonCode.PUBLISHER_ROLE_MISSING,
+                    f"{pub.id} lacks the publisher role in the org registry",
+                )
+            )
+        if not sub.subscribes:
+            reasons.append(
+                Reason(
+                    ReasonCode.SUBSCRIBER_ROLE_MISSING,
+                    f"{sub.id} lacks the subscriber role in the org registry",
+                )
+            )
+        return tuple(reasons)
+
+    @staticmethod
+    def _no_match_reasons(
+        pub: Org,
+        sub: Org,
+        compiled: Sequence[_Compiled],
+        publishers_of: dict[str, set[str]],
+        subscribers_of: dict[str, set[str]],
+    ) -> tuple[Reason, ...]:
+        reasons = [
+            Reason(
+                ReasonCode.NO_MATCHING_AGREEMENT,
+                f"no agreement has {pub.id} as publisher and {sub.id} as subscriber",
+            )
+        ]
+        for c in compiled:
+            pub_in, sub_in = pub.id in publishers_of[c.id], sub.id in subscribers_of[c.id]
+            if sub_in and not pub_in:
+                reasons.append(
+                    Reason(
+                        ReasonCode.PUBLISHER_NOT_PARTY,
+                        f"{pub.id} is not a publisher of agreement {c.id}",
+                        c.id,
+                    )
+                )
+            elif pub_in and not sub_in:
+                reasons.append(
+                    Reason(
+                        ReasonCode.SUBSCRIBER_NOT_PARTY,
+                        f"{sub.id} is not a subscriber of agreement {c.id}",
+                        c.id,
+                    )
+                )
+        return tuple(reasons)
+
+    def decide(
+        self, obj: NormalizedObject, publisher: Org, subscriber: Org, now: datetime
+    ) -> Decision:
+        pub_id, sub_id, object_id = publisher.id, subscriber.id, obj.object_id
+        if now.tzinfo is None:
+            raise ValueError("decide needs a timezone-aware `now` (agreement terms are in UTC)")
+        by_id = self.registry.by_id
+        known_pub, known_sub = by_id.get(pub_id), by_id.get(sub_id)
+        if not (known_pub is publisher or known_pub == publisher) or not (
+            known_sub is subscriber or known_sub == subscriber
+        ):
+            return _deny(
+                pub_id, sub_id, object_id, _unknown_org_reasons(publisher, subscriber, by_id)
+            )
+        if obj.publisher != pub_id:
+            reason = Reason(
+                ReasonCode.PUBLISHER_MISMATCH,
+                f"object {object_id} was published by {obj.publisher}, not {pub_id}",
+            )
+            return _deny(pub_id, sub_id, object_id, (reason,))
+        pair = self._pairs[(pub_id, sub_id)]
+        if pair.pair_reasons:
+            return _deny(pub_id, sub_id, object_id, pair.pair_reasons)
+
+        tlp, unknown = _effective_tlp(obj)
+        if unknown:
+            reason = Reason(
+                ReasonCode.UNKNOWN_MARKING,
+                f"object {object_id} carries marking(s) the bus does not know: "
+                f"{', '.join(unknown)}; only TLP markings are routable",
+            )
+            return _deny(pub_id, sub_id, object_id, (reason,))
+        if not pair.candidates:
+            return _deny(pub_id, sub_id, object_id, pair.no_match_reasons)
+
+        best: _Compiled | None = None
+        allowed: list[_Compiled] = []
+        denials: list[Reason] = []
+        for c in pair.candidates:
+            failures = _check(c, obj, tlp, sub_id, now)
+            if failures:
+                denials.extend(failures)
+                continue
+            allowed.append(c)
+            if best is None or c.rank > best.rank:
+                best = c
+        if best is None:
+            return _deny(pub_id, sub_id, object_id, tuple(denials))
+
+        # AMBER+STRICT reaches the recipient organisation only, whatever the agreement says.
+        onward = best.agreement.onward_sharing and tlp < TLP.AMBER_STRICT
+        return Decision(
+            allow=True,
+            publisher=pub_id,
+            subscriber=sub_id,
+            object_id=object_id,
+            reasons=(best.allowed_reason,),
+            agreement_id=best.id,
+            agreement_version=best.version,
+            attribution=best.agreement.attribution,
+            onward_sharing=onward,
+            transformations=best.transformations,
+            also_allowed_by=tuple(c.id for c in allowed if c is not best),
+        )
+
+
+def _deny(pub: str, sub: str, object_id: str, reasons: tuple[Reason, ...]) -> Decision:
+    return Decision(
+        allow=False, publisher=pub, subscriber=sub, object_id=object_id, reasons=reasons
+    )
+
+
+def _unknown_org_reasons(
+    publisher: Org, subscriber: Org, by_id: dict[str, Org]
+) -> tuple[Reason, ...]:
+    reasons = []
+    for role, org in (("publisher", publisher), ("subscriber", subscriber)):
+        known = by_id.get(org.id)
+        if known is None:
+            message = f"{role} {org.id} is not in the org registry"
+        elif known != org:
+            message = f"{role} {org.id} differs from its registry entry (stale registry?)"
+        else:
+            continue
+        reasons.append(Reason(ReasonCode.UNKNOWN_ORG, message))
+    return tuple(reasons)
+
+
+def _effective_tlp(obj: NormalizedObject) -> tuple[TLP, list[str]]:
+    """The object's TLP (never below what its own markings say) and any unknown marking ids."""
+    tlp = obj.tlp
+    unknown: list[str] = []
+    stix = obj.object
+    refs = stix.get("object_marking_refs")
+    if refs:
+        for ref in refs:
+            marked = MARKING_TLP.get(ref)
+            if marked is None:
+                unknown.append(str(ref))
+            elif marked > tlp:
+                tlp = marked
+    granular = stix.get("granular_markings")
+    if granular:
+        for entry in granular:
+            ref = entry.get("marking_ref") if isinstance(entry, dict) else None
+            marked = MARKING_TLP.get(ref) if isinstance(ref, str) else None
+            if marked is None:
+                unknown.append(str(ref))
+            elif marked > tlp:
+                tlp = marked
+    return tlp, unknown
+
+
+def _check(
+    c: _Compiled, obj: NormalizedObject, tlp: TLP, sub_id: str, now: datetime
+) -> list[Reason]:
+    failures: list[Reason] = []
+    if now < c.valid_from:
+        failures.append(
+            Reason(
+                ReasonCode.AGREEMENT_NOT_YET_VALID,
+                f"agreement {c.id} starts {c.valid_from.isoformat()}",
+                c.id,
+            )
+        )
+    elif now >= c.valid_until:
+        failures.append(
+            Reason(
+                ReasonCode.AGREEMENT_EXPIRED,
+                f"agreement {c.id} ended {c.valid_until.isoformat()}",
+                c.id,
+            )
+        )
+    if tlp > c.ceiling:
+        failures.append(
+            Reason(
+                ReasonCode.TLP_ABOVE_CEILING,
+                f"TLP:{tlp.label} is above the ceiling TLP:{c.ceiling.label} of agreement {c.id}",
+                c.id,
+            )
+        )
+    elif tlp >= TLP.AMBER_STRICT and sub_id not in c.named_subscribers:
+        code = (
+            ReasonCode.RED_REQUIRES_NAMED_RECIPIENT
+            if tlp is TLP.RED
+            else ReasonCode.AMBER_STRICT_NOT_NAMED
+        )
+        failures.append(
+            Reason(
+                code,
+                f"TLP:{tlp.label} goes only to subscribers agreement {c.id} names one by one; "
+                f"{sub_id} is covered through a sector only",
+                c.id,
+            )
+        )
+    if c.object_types is not None and obj.object_type not in c.object_types:
+        failures.append(
+            Reason(
+                ReasonCode.OBJECT_TYPE_NOT_ALLOWED,
+                f"type {obj.object_type} is not in agreement {c.id}'s object_types",
+                c.id,
+            )
+        )
+    if c.observable_types is not None:
+        observed = obj.observable_types
+        outside = [t for t in observed if t not in c.observable_types]
+        if not observed or outside:
+            detail = (
+                f"observable types {', '.join(outside)} are"
+                if outside
+                else "the object has no observable types, which is"
+            )
+            failures.append(
+                Reason(
+                    ReasonCode.OBSERVABLE_TYPE_NOT_ALLOWED,
+                    f"{detail} not in agreement {c.id}'s observable_types",
+                    c.id,
+                )
+            )
+    if c.label_values is not None and not _labels_match(c, obj.object):
+        mode = "all of" if c.label_mode_all else "any of"
+        failures.append(
+            Reason(
+                ReasonCode.LABELS_NOT_MATCHED,
+                f"agreement {c.id} needs {mode} {sorted(c.label_values)} in "
+                f"{'/'.join(c.label_fields)}",
+                c.id,
+            )
+        )
+    if c.min_confidence is not None:
+        confidence = obj.object.get("confidence")
+        if not isinstance(confidence, int) or isinstance(confidence, bool):
+            failures.append(
+                Reason(
+                    ReasonCode.CONFIDENCE_MISSING,
+                    f"agreement {c.id} needs confidence >= {c.min_confidence}; "
+                    "the object states none",
+                    c.id,
+                )
+            )
+        elif confidence < c.min_confidence:
+            failures.append(
+                Reason(
+                    ReasonCode.CONFIDENCE_BELOW_MINIMUM,
+                    f"confidence {confidence} is below agreement {c.id}'s minimum "
+                    f"{c.min_confidence}",
+                    c.id,
+                )
+            )
+    return failures
+
+
+def _labels_match(c: _Compiled, stix: dict[str, Any]) -> bool:
+    assert c.label_values is not None
+    present: set[str] = set()
+    for name in c.label_fields:
+        values = stix.get(name)
+        if isinstance(values, list):
+            present.update(v.casefold() for v in values if isinstance(v, str))
+    if c.label_mode_all:
+        return c.label_values <= present
+    return not c.label_values.isdisjoint(present)
+
+
+# The index is cached per (agreement set, registry) so callers can keep calling `decide` with
+# the same objects and pay the compilation once.  Keys hold the objects themselves (identity
+# compared) to rule out id() reuse after garbage collection.
+_INDEX_CACHE: dict[tuple[int, ...], tuple[object, Registry, AgreementIndex]] = {}
+_CACHE_LIMIT = 16
+
+
+def index_for(agreements: AgreementSet | Sequence[Agreement], registry: Registry) -> AgreementIndex:
+    """The compiled index for these agreements and registry, built on first use."""
+    if isinstance(agreements, AgreementSet):
+        key: tuple[int, ...] = (id(agreements), id(registry))
+        source: object = agreements
+    else:
+        key = (id(registry), *map(id, agreements))
+        source = tuple(agreements)
+    cached = _INDEX_CACHE.get(key)
+    if cached is not None and cached[1] is registry and _same_source(cached[0], source):
+        return cached[2]
+    index = AgreementIndex(agreements, registry)
+    if len(_INDEX_CACHE) >= _CACHE_LIMIT:
+        _INDEX_CACHE.pop(next(iter(_INDEX_CACHE)))
+    _INDEX_CACHE[key] = (source, registry, index)
+    return index
+
+
+def _same_source(cached: object, current: object) -> bool:
+    if isinstance(current, tuple) and isinstance(cached, tuple):
+        return len(cached) == len(current) and all(
+            a is b for a, b in zip(cached, current, strict=True)
+        )
+    return cached is current
+
+
+def decide(
+    obj: NormalizedObject,
+    publisher: Org,
+    subscriber: Org,
+    agreements: AgreementSet | Sequence[Agreement],
+    now: datetime,
+    registry: Registry,
+) -> Decision:
+    """Allow or deny delivering `obj` from `publisher` to `subscriber` at `now` (pure).
+
+    For hot loops build `AgreementIndex(agreements, registry)` once and call its `decide`."""
+    return index_for(agreements, registry).decide(obj, publisher, subscriber, now)

@@ -1,0 +1,16 @@
+"""Run the Faust worker in the foreground (what `stixbus worker` and `stixbus up` start)."""
+
+from __future__ import annotations
+
+import faust
+
+from stixbus.app import build_app
+from stixbus.context import BusContext
+from stixbus.settings import Settings
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(BusContext.from_settings(settings))
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()
