@@ -18,7 +18,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
     class Readyz(View):
         async def get(self, request: Request) -> Response:
             assigned = app.consumer.assignment() if app.consumer else set()
-            recovered = app.tables.recovery.completed.is_set()
+            recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
             ready = bool(assigned) and recovered and not app.rebalancing
             body = {
                 "ready": ready,

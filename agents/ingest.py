@@ -37,7 +37,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 published_at=datetime.fromtimestamp(message.timestamp, UTC),
             )
             for record in outcome.accepted:
-                await normalized.send(key=record.key.encode(), value=record.model_dump_json().encode())
+                await normalized.send(
+                    key=record.key.encode(), value=record.model_dump_json().encode()
+                )
             if outcome.dead_letter is not None:
                 letter = outcome.dead_letter.model_copy(
                     update={
@@ -46,7 +48,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
                         "source_offset": message.offset,
                     }
                 )
-                await deadletter.send(key=submission_id.encode(), value=letter.model_dump_json().encode())
+                await deadletter.send(
+                    key=submission_id.encode(), value=letter.model_dump_json().encode()
+                )
             await receipts[publisher.id].send(
                 key=submission_id.encode(), value=outcome.receipt.model_dump_json().encode()
             )

@@ -40,6 +40,8 @@ class Reason(StrEnum):
     VERSION_CONFLICT = "version_conflict"
     NOT_A_PUBLISHER = "not_a_publisher"
     INTERNAL_ERROR = "internal_error"
+    NUL_CHARACTER = "nul_character"
+    DUPLICATE_OBJECT = "duplicate_object"
 
 
 class Rejection(BaseModel):
@@ -99,6 +101,9 @@ class NormalizedObject(BaseModel):
     dedup_key: str | None = Field(default=None, description="UUIDv5 over the canonical pattern")
     canonical_pattern: str | None = None
     observable_types: list[str] = Field(default_factory=list)
+    canonical_sco_id: str | None = Field(
+        default=None, description="STIX 2.1 deterministic id of an SCO's canonical value"
+    )
     object: dict[str, Any] = Field(description="The STIX 2.1 object as accepted")
 
     @property

@@ -100,6 +100,9 @@ def tlp2_marking_definition(tlp: TLP) -> dict[str, object]:
         "created": "2022-10-01T00:00:00.000Z",
         "name": name,
         "extensions": {
-            TLP2_EXTENSION_ID: {"extension_type": "property-extension", "tlp_2_0": tlp.label.lower()}
+            TLP2_EXTENSION_ID: {
+                "extension_type": "property-extension",
+                "tlp_2_0": tlp.label.lower(),
+            }
         },
     }

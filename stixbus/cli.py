@@ -52,7 +52,9 @@ def _kafka(action: str, settings: Settings) -> None:
     env.setdefault("KAFKA_PORT", settings.bootstrap_servers.rsplit(":", 1)[-1])
     result = subprocess.run(["bash", str(KAFKA_SCRIPT), action], env=env)
     if result.returncode != 0:
-        raise CliError(f"kafka {action} failed (see the lines above; logs: {settings.home}/kafka/logs)")
+        raise CliError(
+            f"kafka {action} failed (see the lines above; logs: {settings.home}/kafka/logs)"
+        )
 
 
 def _create_topics(settings: Settings) -> list[str]:
@@ -78,7 +80,9 @@ def up(
     if not supervisor.wait_ready(settings):
         err.print(supervisor.log_tail(settings))
         raise CliError(f"the worker did not become ready; log: {supervisor.log_file(settings)}")
-    out.print(f"worker ready on http://127.0.0.1:{settings.web_port} ({time.monotonic() - started:.1f}s)")
+    out.print(
+        f"worker ready on http://127.0.0.1:{settings.web_port} ({time.monotonic() - started:.1f}s)"
+    )
     if demo:
         _demo(settings)
     out.print(
@@ -99,17 +103,19 @@ def _demo(settings: Settings) -> None:
     table.add_column("subscriber")
     table.add_column("objects", justify="right")
     table.add_column("indicators")
-    for org in registry.subscribers:
-        records = asyncio.run(_collect(settings, names.deliver(org.id)))
+    for subscriber in registry.subscribers:
+        records = asyncio.run(_collect(settings, names.deliver(subscriber.id)))
         shown = [escape(str(r.get("pattern", r.get("id")))) for r in records if isinstance(r, dict)]
-        table.add_row(org.id, str(len(records)), "\n".join(shown[:8]) or "—")
+        table.add_row(subscriber.id, str(len(records)), "\n".join(shown[:8]) or "—")
     out.print(table)
 
 
 async def _collect(settings: Settings, topic: str) -> list[object]:
     seen = VersionFilter()
     objects = []
-    async for record in read_topic(settings.bootstrap_servers, topic, from_beginning=True, max_wait=10):
+    async for record in read_topic(
+        settings.bootstrap_servers, topic, from_beginning=True, max_wait=10
+    ):
         obj = record.json()
         if seen.is_new(obj):
             objects.append(obj)
@@ -160,8 +166,12 @@ def publish_cmd(
     if not org.publishes:
         raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
-    sent = asyncio.run(publish(settings.bootstrap_servers, _names(settings).ingest(org.id), payload))
-    out.print(orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode())
+    sent = asyncio.run(
+        publish(settings.bootstrap_servers, _names(settings).ingest(org.id), payload)
+    )
+    sys.stdout.write(
+        orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
+    )
 
 
 def _read(path: Path) -> bytes:
@@ -202,7 +212,12 @@ def receipts(
 
 
 def _print_topic(
-    settings: Settings, topic: str, follow: bool, from_beginning: bool, group: str | None, dedup: bool
+    settings: Settings,
+    topic: str,
+    follow: bool,
+    from_beginning: bool,
+    group: str | None,
+    dedup: bool,
 ) -> None:
     seen = VersionFilter()
 

@@ -21,7 +21,9 @@ class Published:
     offset: int
 
 
-async def publish(bootstrap: str, topic: str, payload: bytes, submission_id: str | None = None) -> Published:
+async def publish(
+    bootstrap: str, topic: str, payload: bytes, submission_id: str | None = None
+) -> Published:
     """Write one submission to an ingest topic and wait for the broker's acknowledgement."""
     submission_id = submission_id or str(uuid.uuid4())
     producer = AIOKafkaProducer(

@@ -42,4 +42,3 @@ async def list_topics(bootstrap: str) -> list[str]:
         return sorted(await admin.list_topics())
     finally:
         await admin.close()
-

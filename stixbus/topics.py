@@ -59,9 +59,7 @@ class TopicNames:
 
     def all_specs(self, registry: Registry, partitions: int) -> list[TopicSpec]:
         """Every topic the bus needs, with its partition count and cleanup policy."""
-        specs = [
-            TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers
-        ]
+        specs = [TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers]
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
         specs += [

@@ -1,0 +1,21 @@
+# The two commands of the README, plus helpers.  Each installs what it needs on first use.
+.PHONY: up down test lint bench
+
+up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
+	@bash deploy/bootstrap.sh
+	@.venv/bin/stixbus up
+
+down:          ## stop the worker and Kafka
+	@bash deploy/bootstrap.sh
+	@.venv/bin/stixbus down
+
+test:          ## ruff, mypy and pytest against a real local Kafka broker
+	@bash deploy/test.sh
+
+lint:
+	@bash deploy/bootstrap.sh
+	@.venv/bin/ruff check . && .venv/bin/mypy
+
+bench:         ## every benchmark, printing numbers (not part of CI)
+	@bash deploy/bootstrap.sh
+	@for b in normalise route dedup; do [ -f bench/$$b.py ] && .venv/bin/python -m bench.$$b || true; done

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command (README, `make test`, .ci/run): venv + Kafka jars, start Kafka, ruff, mypy,
+# pytest, and stop Kafka even on failure.  A broker that does not start fails the run.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+export STIXBUS_HOME="${STIXBUS_HOME:-$repo/.stixbus-test}"
+export KAFKA_PORT="${KAFKA_PORT:-19092}"
+export KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+export STIXBUS_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
+
+bash deploy/bootstrap.sh
+started_here=0
+cleanup() {
+  if [ "$started_here" = 1 ]; then bash deploy/kafka/kafka.sh down || true; fi
+}
+trap cleanup EXIT
+if ! bash deploy/kafka/kafka.sh status >/dev/null 2>&1; then
+  bash deploy/kafka/kafka.sh up
+  started_here=1
+fi
+
+echo "== ruff"; .venv/bin/ruff check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/pytest -q "$@"
