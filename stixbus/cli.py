@@ -24,6 +24,7 @@ from schemas.org import load_registry
 from stixbus import REPO_ROOT, supervisor
 from stixbus.client import VersionFilter, publish, read_topic
 from stixbus.kafka_admin import ensure_topics, list_topics
+from stixbus.kafka_config import client_kwargs
 from stixbus.settings import Settings, get_settings
 from stixbus.topics import TopicNames
 
@@ -60,9 +61,7 @@ def _kafka(action: str, settings: Settings) -> None:
 def _create_topics(settings: Settings) -> list[str]:
     registry = load_registry(settings.registry_path)
     specs = _names(settings).all_specs(registry, settings.partitions)
-    return asyncio.run(
-        ensure_topics(settings.bootstrap_servers, specs, settings.replication_factor)
-    )
+    return asyncio.run(ensure_topics(client_kwargs(settings), specs, settings.replication_factor))
 
 
 @cli.command()
@@ -95,7 +94,7 @@ def _demo(settings: Settings) -> None:
     names = _names(settings)
     for org in DEMO_PUBLISHERS:
         payload = (DEMO_DIR / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(settings.bootstrap_servers, names.ingest(org), payload))
+        sent = asyncio.run(publish(client_kwargs(settings), names.ingest(org), payload))
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
     time.sleep(2.0)
     registry = load_registry(settings.registry_path)
@@ -114,7 +113,7 @@ async def _collect(settings: Settings, topic: str) -> list[object]:
     seen = VersionFilter()
     objects = []
     async for record in read_topic(
-        settings.bootstrap_servers, topic, from_beginning=True, max_wait=10
+        client_kwargs(settings), topic, from_beginning=True, max_wait=10
     ):
         obj = record.json()
         if seen.is_new(obj):
@@ -149,7 +148,7 @@ def topics() -> None:
     """List stixbus topics on the broker (create missing ones first)."""
     settings = get_settings()
     _create_topics(settings)
-    for name in asyncio.run(list_topics(settings.bootstrap_servers)):
+    for name in asyncio.run(list_topics(client_kwargs(settings))):
         if name.startswith(settings.topic_prefix + "."):
             out.print(name)
 
@@ -166,9 +165,7 @@ def publish_cmd(
     if not org.publishes:
         raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
-    sent = asyncio.run(
-        publish(settings.bootstrap_servers, _names(settings).ingest(org.id), payload)
-    )
+    sent = asyncio.run(publish(client_kwargs(settings), _names(settings).ingest(org.id), payload))
     sys.stdout.write(
         orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
     )
@@ -223,7 +220,7 @@ def _print_topic(
 
     async def run() -> None:
         async for record in read_topic(
-            settings.bootstrap_servers,
+            client_kwargs(settings),
             topic,
             group_id=group,
             from_beginning=from_beginning,
@@ -245,6 +242,12 @@ def _print_topic(
 def settings() -> None:
     """Print the effective settings (from STIXBUS_* environment variables)."""
     out.print_json(get_settings().model_dump_json())
+
+
+# Command groups live in stixbus/commands/<group>.py, each exposing `app: typer.Typer`.
+# Add one with: `cli.add_typer(<module>.app, name="<group>")` below (one line per group).
+# -- command groups --
+# -- end command groups --
 
 
 def main() -> None:

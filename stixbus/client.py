@@ -1,4 +1,7 @@
-"""The bus's own client side: publish submissions, read topics, drop redeliveries idempotently."""
+"""The bus's own client side: publish submissions, read topics, drop redeliveries idempotently.
+
+`conn` is `stixbus.kafka_config.client_kwargs(settings)`: bootstrap servers plus security.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,12 +26,12 @@ class Published:
 
 
 async def publish(
-    bootstrap: str, topic: str, payload: bytes, submission_id: str | None = None
+    conn: dict[str, Any], topic: str, payload: bytes, submission_id: str | None = None
 ) -> Published:
     """Write one submission to an ingest topic and wait for the broker's acknowledgement."""
     submission_id = submission_id or str(uuid.uuid4())
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **conn,
         acks="all",
         enable_idempotence=True,
         max_request_size=16 * 1024 * 1024,
@@ -60,7 +64,7 @@ class Record:
 
 
 async def read_topic(
-    bootstrap: str,
+    conn: dict[str, Any],
     topic: str,
     *,
     group_id: str | None = None,
@@ -75,7 +79,7 @@ async def read_topic(
     `max_wait` seconds).  With a `group_id` it commits offsets, so the next run resumes.
     """
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **conn,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if (from_beginning or group_id) else "latest",

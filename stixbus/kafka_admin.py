@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stixbus.topics import TopicSpec
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int = 1) -> list[str]:
+async def ensure_topics(
+    conn: dict[str, Any], specs: list[TopicSpec], replication: int = 1
+) -> list[str]:
     """Create missing topics; returns the names created.  Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -35,8 +39,8 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int
         await admin.close()
 
 
-async def list_topics(bootstrap: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def list_topics(conn: dict[str, Any]) -> list[str]:
+    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await admin.start()
     try:
         return sorted(await admin.list_topics())

@@ -35,7 +35,7 @@ BOOTSTRAP = os.environ.get("STIXBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 @pytest.fixture(scope="session")
 def bootstrap() -> str:
     try:
-        asyncio.run(asyncio.wait_for(list_topics(BOOTSTRAP), 20))
+        asyncio.run(asyncio.wait_for(list_topics({"bootstrap_servers": BOOTSTRAP}), 20))
     except Exception as exc:
         pytest.fail(
             f"Kafka broker not reachable at {BOOTSTRAP} ({exc!r}): run the tests with `make test`, "
@@ -65,6 +65,10 @@ class Bus:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
+    def conn(self) -> dict[str, Any]:
+        return {"bootstrap_servers": self.bootstrap}
+
+    @property
     def web(self) -> str:
         return f"http://127.0.0.1:{self.env['STIXBUS_WEB_PORT']}"
 
@@ -87,7 +91,7 @@ class Bus:
         submission_id: str | None = None,
     ) -> str:
         raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        sent = asyncio.run(publish(self.bootstrap, self.names.ingest(org), raw, submission_id))
+        sent = asyncio.run(publish(self.conn, self.names.ingest(org), raw, submission_id))
         return sent.submission_id
 
     def read(self, topic: str, expect: int | None = None, timeout: float = 30.0) -> list[Record]:
@@ -100,9 +104,7 @@ class Bus:
             time.sleep(0.5)
 
     async def _read_all(self, topic: str) -> list[Record]:
-        return [
-            r async for r in read_topic(self.bootstrap, topic, from_beginning=True, max_wait=10)
-        ]
+        return [r async for r in read_topic(self.conn, topic, from_beginning=True, max_wait=10)]
 
     def objects(
         self, topic: str, expect: int | None = None, timeout: float = 30.0
@@ -174,7 +176,7 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
         full_env.get("STIXBUS_REGISTRY_PATH", REPO_ROOT / "deploy" / "orgs.yaml")
     )
     names = TopicNames(prefix)
-    asyncio.run(ensure_topics(bootstrap, names.all_specs(registry, 2)))
+    asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, names.all_specs(registry, 2)))
     return Bus(bootstrap, prefix, tmp, full_env, registry, names)
 
 
