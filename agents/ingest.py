@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import faust
 
+from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.normalise import normalise_submission
 
@@ -36,6 +37,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 received_at=datetime.now(UTC),
                 published_at=datetime.fromtimestamp(message.timestamp, UTC),
             )
+            receipt = outcome.receipt
+            metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)
+            metrics.observe_rejections(publisher.id, (r.reason for r in receipt.rejections))
             for record in outcome.accepted:
                 await normalized.send(
                     key=record.key.encode(), value=record.model_dump_json().encode()

@@ -1,31 +1,133 @@
-"""normalized → deliver.<org>: the routing stage's shell.
+"""normalized + ticks → deliver.<org> + audit: de-duplicate per canonical key, then route.
 
-PLACEHOLDER rule from the foundation issue: every subscriber except the publisher gets the object.
+One table keyed by the canonical key (co-partitioned with `normalized`) holds each key's
+provenance and what every subscriber was last given.  A timer looks for keys whose sources have
+expired and sends a tick through `ticks`, because a Faust table may only be changed while
+processing an event of its partition.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import faust
 import orjson
 
-from schemas.envelope import NormalizedObject
+from agents.agreements import AgreementStore
+from schemas.envelope import NormalizedObject, Reason, Receipt, Rejection
+from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.dedup import KeyState, MergeOutcome, merge_source
+from stixbus.deliveries import Plan, RouteConfig, plan_key
+from stixbus.expiry import due_for_tick, is_collectable
 
 
-def register(app: faust.App, ctx: BusContext) -> None:
-    names = ctx.names
-    normalized = app.topic(names.normalized)
-    deliver = {o.id: app.topic(names.deliver(o.id)) for o in ctx.registry.subscribers}
+def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
+    names, registry, settings = ctx.names, ctx.registry, ctx.settings
+    source = app.topic(names.normalized, names.ticks)
+    ticks = app.topic(names.ticks)
+    audit = app.topic(names.audit)
+    deadletter = app.topic(names.deadletter)
+    deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
+    receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
+    table = app.Table(
+        "stixbus-dedup", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    config = RouteConfig(confidence_step=settings.confidence_step)
 
-    @app.agent(normalized, name="stixbus.route")
+    @app.agent(source, name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
-            record = NormalizedObject.model_validate_json(value)
-            for org_id, topic in deliver.items():
-                if org_id == record.publisher:
+        await store.loaded.wait()  # fail closed means: never route before agreements are known
+        async for event in stream.events():
+            key, now = bytes(event.key or b""), datetime.now(UTC)
+            raw = table.get(key)
+            state = KeyState.model_validate_json(raw) if raw else None
+            if event.message.topic == names.ticks:
+                if state is None:
                     continue
-                await topic.send(
-                    key=record.object_id.encode(),
-                    value=orjson.dumps(record.object),
-                    headers=[("stixbus-publisher", record.publisher.encode())],
-                )
+                plan = plan_key(state, None, registry, store.index, now, config)
+            else:
+                record = NormalizedObject.model_validate_json(event.value)
+                state, outcome = merge_source(state, record, now)
+                if outcome is MergeOutcome.CONFLICT:
+                    await _quarantine(record)
+                    continue
+                if outcome not in (MergeOutcome.NEW_SOURCE, MergeOutcome.NEW_VERSION):
+                    metrics.observe_suppressed()
+                    continue
+                plan = plan_key(state, record.object_id, registry, store.index, now, config)
+            await _write(plan, now)
+            if is_collectable(plan.state, now, settings.dedup_grace_seconds):
+                table.pop(key, None)
+            else:
+                table[key] = plan.state.model_dump_json().encode()
+
+    async def _write(plan: Plan, now: datetime) -> None:
+        for delivery in plan.deliveries:
+            topic = deliver[delivery.subscriber]
+            for companion in delivery.companions:
+                await topic.send(key=companion["id"].encode(), value=orjson.dumps(companion))
+            obj = delivery.stix_object
+            await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj))
+            latency = (
+                (now - delivery.published_at).total_seconds() if delivery.published_at else None
+            )
+            metrics.observe_delivery(
+                delivery.subscriber, delivery.agreement_id or "", latency, delivery.revocation
+            )
+        delivered = {d.subscriber for d in plan.deliveries}
+        for decision in plan.decisions:
+            if not decision.allow:
+                for code in decision.reason_codes:
+                    metrics.observe_denial(code.value)
+            entry = {
+                **decision.as_record(),
+                "decided_at": now.isoformat(),
+                "delivered": decision.subscriber in delivered and decision.allow,
+            }
+            await audit.send(key=decision.object_id.encode(), value=orjson.dumps(entry))
+
+    async def _quarantine(record: NormalizedObject) -> None:
+        rejection = Rejection(
+            object_id=record.object_id,
+            reason=Reason.VERSION_CONFLICT,
+            message=(
+                f"{record.object_id} version {record.modified} was already accepted with different "
+                "content; publish a new version with a later `modified` instead of rewriting one"
+            ),
+        )
+        receipt = Receipt(
+            submission_id=record.submission_id,
+            publisher=record.publisher,
+            received_at=record.received_at,
+            accepted=0,
+            rejected=1,
+            rejections=[rejection],
+        )
+        await deadletter.send(
+            key=record.object_id.encode(),
+            value=orjson.dumps(
+                {
+                    "submission_id": record.submission_id,
+                    "publisher": record.publisher,
+                    "reasons": [rejection.model_dump(mode="json")],
+                    "payload": orjson.dumps(record.object).decode(),
+                    "quarantined": True,
+                }
+            ),
+        )
+        await receipts[record.publisher].send(
+            key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
+        )
+        metrics.observe_rejections(record.publisher, [Reason.VERSION_CONFLICT.value])
+
+    @app.timer(interval=settings.expiry_scan_seconds)
+    async def expire() -> None:
+        """Keys whose sources have expired get a tick, so subscribers hear about it."""
+        now = datetime.now(UTC)
+        count = 0
+        for key, raw in list(table.items()):
+            count += 1
+            if due_for_tick(KeyState.model_validate_json(raw), now, settings.dedup_grace_seconds):
+                await ticks.send(key=key, value=b"tick")
+        metrics.set_dedup_keys(count)

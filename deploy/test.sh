@@ -10,6 +10,13 @@ export KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 export STIXBUS_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
 
 bash deploy/bootstrap.sh
+# promtool + prometheus (Debian package) for the alert-rule and real-scrape tests.
+if ! command -v promtool >/dev/null 2>&1; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >/dev/null
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+fi
 started_here=0
 cleanup() {
   if [ "$started_here" = 1 ]; then bash deploy/kafka/kafka.sh down || true; fi

@@ -36,11 +36,12 @@ def check_timestamp(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a STIX timestamp: write YYYY-MM-DDTHH:MM:SS[.sss]Z in UTC"
         )
-    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
-    try:
-        datetime(year, month, day, hour, minute, second)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a real date and time ({exc})") from None
+    # The regex bounds every field; only days 29-31 and second 60 can still be impossible.
+    if value[8:10] in ("29", "30", "31") or value[17] == "6":
+        try:
+            datetime(int(value[:4]), int(value[5:7]), int(value[8:10]), 0, 0, int(value[17:19]))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a real date and time ({exc})") from None
     return value
 
 

@@ -34,9 +34,11 @@ def build_app(ctx: BusContext) -> faust.App:
         stream_wait_empty=False,
     )
     # Imported here: agents register themselves on the app they are given.
-    from agents import health, ingest, route
+    from agents import agreements, health, ingest, observe, route
 
+    store = agreements.register(app, ctx)
     ingest.register(app, ctx)
-    route.register(app, ctx)
+    route.register(app, ctx, store)
     health.register(app, ctx)
+    observe.register(app, ctx)
     return app

@@ -179,6 +179,7 @@ def canonical_ip(value: str, version: int) -> Canonical:
 
 
 # --- URLs --------------------------------------------------------------------------------------
+_DOTTED_QUAD = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ws": 80, "wss": 443}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -231,12 +232,11 @@ def canonical_url(value: str) -> Canonical:
     host = parts.hostname
     if host.startswith("[") or ":" in host:
         host = "[" + canonical_ip(host.strip("[]"), 6).value + "]"
+    elif _DOTTED_QUAD.match(host):
+        host = canonical_ip(host, 4).value
     else:
-        try:
-            host = canonical_ip(host, 4).value
-        except CanonicalError:
-            domain = canonical_domain(host)
-            host, warnings = domain.value, domain.warnings
+        domain = canonical_domain(host)
+        host, warnings = domain.value, domain.warnings
     netloc = host
     if parts.username is not None:
         userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
@@ -263,18 +263,25 @@ def canonical_email(value: str) -> Canonical:
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
+_SSDEEP = re.compile(r"^[a-zA-Z0-9/+:.]{1,128}$")
+
+
 def canonical_hash(algorithm: str, value: str) -> Canonical:
-    """Hex digests lower-cased and length-checked; other algorithms (SSDEEP, TLSH) kept."""
+    """Hex digests lower-cased and length-checked (no surrounding spaces: the official pattern
+    checker refuses them too); SSDEEP checked by shape; other algorithms kept as written."""
     expected = HASH_HEX_LENGTHS.get(algorithm)
-    if expected is None:
-        return Canonical(value.strip())
-    text = value.strip()
-    if len(text) != expected or not _HEX.match(text):
+    if expected is not None:
+        if len(value) != expected or not _HEX.match(value):
+            raise CanonicalError(
+                f"{algorithm} hash {value!r} must be exactly {expected} hexadecimal characters; "
+                "check it was not truncated or pasted with spaces"
+            )
+        return Canonical(value.lower())
+    if algorithm == "SSDEEP" and not _SSDEEP.match(value):
         raise CanonicalError(
-            f"{algorithm} hash {value!r} must be {expected} hexadecimal characters; "
-            "check it was not truncated or pasted with spaces"
+            f"SSDEEP hash {value!r} must be 1-128 characters of letters, digits and / + : ."
         )
-    return Canonical(text.lower())
+    return Canonical(value)
 
 
 def canonical_observable(object_type: str, property_path: tuple[str, ...], value: str) -> Canonical:

@@ -23,6 +23,7 @@ from rich.table import Table
 from schemas.org import load_registry
 from stixbus import REPO_ROOT, supervisor
 from stixbus.client import VersionFilter, publish, read_topic
+from stixbus.commands import agreements as agreements_commands
 from stixbus.kafka_admin import ensure_topics, list_topics
 from stixbus.kafka_config import client_kwargs
 from stixbus.settings import Settings, get_settings
@@ -74,6 +75,8 @@ def up(
     _kafka("up", settings)
     created = _create_topics(settings)
     out.print(f"topics: {len(created)} created under prefix '{settings.topic_prefix}'")
+    written, _ = agreements_commands.apply_file(settings, settings.agreements_path, prune=False)
+    out.print(f"agreements: {settings.agreements_path} applied ({len(written)} changed)")
     pid = supervisor.start_worker(settings)
     out.print(f"worker: pid {pid}, log {supervisor.log_file(settings)}")
     if not supervisor.wait_ready(settings):
@@ -247,13 +250,22 @@ def settings() -> None:
 # Command groups live in stixbus/commands/<group>.py, each exposing `app: typer.Typer`.
 # Add one with: `cli.add_typer(<module>.app, name="<group>")` below (one line per group).
 # -- command groups --
+cli.add_typer(agreements_commands.app, name="agreements")
+cli.command("explain")(agreements_commands.explain)
+cli.command("audit")(agreements_commands.audit)
 # -- end command groups --
 
 
 def main() -> None:
     try:
         cli(standalone_mode=False)
-    except CliError as exc:
+    except (
+        CliError,
+        agreements_commands.AgreementsError,
+        ValueError,
+        KeyError,
+        LookupError,
+    ) as exc:
         err.print(f"stixbus: {exc}", highlight=False)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):

@@ -58,7 +58,7 @@ def _classify_decode_error(raw: bytes, exc: orjson.JSONDecodeError, limits: Limi
             f"the submission is not valid UTF-8 (byte {utf8_error.start}): STIX JSON must be "
             "UTF-8 encoded",
         )
-    if "recursion" in str(exc).lower():
+    if "depth limit" in str(exc).lower() or "recursion" in str(exc).lower():
         return PayloadProblem(
             Reason.TOO_DEEP,
             "",

@@ -5,10 +5,12 @@ Every field below is documented with its default; `stixbus settings` prints the 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus import REPO_ROOT
@@ -44,7 +46,41 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
     store: str = Field(default="rocksdb://", description="Faust table store (memory:// in tests)")
+    confidence_step: int = Field(
+        default=10, ge=1, description="Confidence change that warrants re-delivery"
+    )
+    expiry_scan_seconds: float = Field(
+        default=5.0, gt=0, description="How often the worker looks for expired indicators"
+    )
+    dedup_grace_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        ge=0,
+        description="Keep a fully revoked/expired key this long before removing its state",
+    )
     limits: Limits = Field(default_factory=Limits)
+
+    # Kafka client security (docs/security.md).  Credentials come from the environment or from
+    # files, never from the command line.  The local stack writes <home>/secrets/client.env with
+    # the first four of these; real STIXBUS_* environment variables override that file.
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol (SASL_SSL on the local stack)"
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism"
+    )
+    sasl_username: str | None = Field(
+        default=None, description="SASL user; unset: the principal the command acts as"
+    )
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; unset: looked up in credentials_file"
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="PEM CA bundle that signed the broker certificate"
+    )
+    credentials_file: Path | None = Field(
+        default=None,
+        description='JSON {"users": {principal: password}} (mode 600), written by the local stack',
+    )
 
     @property
     def worker_dir(self) -> Path:
@@ -55,6 +91,23 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
 
+DEFAULT_HOME = REPO_ROOT / ".stixbus"
+
+
+def client_env_file(home: Path | None = None) -> Path:
+    """The connection settings the local Kafka script writes (deploy/kafka/kafka.sh)."""
+    home = home or Path(os.environ.get("STIXBUS_HOME") or DEFAULT_HOME)
+    return home / "secrets" / "client.env"
+
+
+def load_settings() -> Settings:
+    """Settings from STIXBUS_* env vars, then <STIXBUS_HOME>/secrets/client.env, then defaults."""
+    env_file = client_env_file()
+    if env_file.is_file():
+        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+    return Settings()
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

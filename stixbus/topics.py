@@ -36,8 +36,8 @@ class TopicNames:
         return f"{self.prefix}.normalized"
 
     @property
-    def unique(self) -> str:
-        return f"{self.prefix}.unique"
+    def ticks(self) -> str:
+        return f"{self.prefix}.ticks"
 
     @property
     def deadletter(self) -> str:
@@ -64,7 +64,7 @@ class TopicNames:
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
         specs += [
             TopicSpec(self.normalized, partitions),
-            TopicSpec(self.unique, partitions),
+            TopicSpec(self.ticks, partitions),
             TopicSpec(self.deadletter, 1),
             TopicSpec(self.audit, partitions),
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).

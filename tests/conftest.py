@@ -27,8 +27,11 @@ from schemas.org import Registry, load_registry
 from stixbus import REPO_ROOT
 from stixbus.client import Record, publish, read_topic
 from stixbus.kafka_admin import ensure_topics, list_topics
+from stixbus.commands.agreements import apply_file
+from stixbus.settings import Settings
 from stixbus.topics import TopicNames
 
+AGREEMENTS = REPO_ROOT / "deploy" / "agreements.yaml"
 BOOTSTRAP = os.environ.get("STIXBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
 
@@ -111,6 +114,14 @@ class Bus:
     ) -> list[dict[str, Any]]:
         return [r.json() for r in self.read(topic, expect, timeout)]  # type: ignore[misc]
 
+    @property
+    def settings(self) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
+
+    def apply_agreements(self, path: Path, prune: bool = True) -> tuple[list[str], list[str]]:
+        """Publish an agreements YAML to this bus's agreements topic (hot reload)."""
+        return apply_file(self.settings, path, prune)
+
     def start(self) -> None:
         log = (self.home / "worker.log").open("ab")
         self.proc = subprocess.Popen(
@@ -177,7 +188,9 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
     )
     names = TopicNames(prefix)
     asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, names.all_specs(registry, 2)))
-    return Bus(bootstrap, prefix, tmp, full_env, registry, names)
+    bus = Bus(bootstrap, prefix, tmp, full_env, registry, names)
+    bus.apply_agreements(Path(full_env.get("STIXBUS_AGREEMENTS_PATH", AGREEMENTS)))
+    return bus
 
 
 @pytest.fixture(scope="module")

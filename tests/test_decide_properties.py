@@ -24,54 +24,73 @@ OBJECT_TYPES = ["indicator", "sighting", "report", "observed-data"]
 OBSERVABLES = ["url", "domain-name", "ipv4-addr", "file"]
 TAGS = ["fraud", "phishing", "botnet"]
 
-unique_lists = lambda values, **kw: st.lists(st.sampled_from(values), unique=True, **kw)  # noqa: E731
+def unique_lists(values: list[str], min_size: int = 0, max_size: int | None = None):
+    return st.lists(st.sampled_from(values), unique=True, min_size=min_size, max_size=max_size)
 
 
-@st.composite
-def agreements(draw: st.DrawFn, index: int) -> Agreement:
-    start = draw(st.integers(-400, 400))
-    length = draw(st.integers(1, 800))
-    labels = draw(
-        st.none()
-        | st.fixed_dictionaries(
-            {"mode": st.sampled_from(["any", "all"]), "values": unique_lists(TAGS, min_size=1)}
-        )
-    )
-    data: dict[str, Any] = {
-        "id": f"agreement-{index}",
-        "version": draw(st.integers(1, 5)),
-        "term": {
-            "valid_from": BASE + timedelta(days=start),
-            "valid_until": BASE + timedelta(days=start + length),
-        },
-        "purpose": {"code": "incident-response", "text": "test"},
-        "publishers": draw(unique_lists(PARTIES, min_size=1, max_size=4)),
-        "subscribers": draw(unique_lists(PARTIES, min_size=1, max_size=4)),
-        "tlp_ceiling": draw(st.sampled_from(TLP_NAMES)),
-        "object_types": draw(st.just(["*"]) | unique_lists(OBJECT_TYPES, min_size=1)),
-        "observable_types": draw(st.just(["*"]) | unique_lists(OBSERVABLES, min_size=1)),
-        "labels": labels,
-        "min_confidence": draw(st.none() | st.integers(0, 100)),
-        "attribution": draw(st.sampled_from(["attributed", "pseudonymous", "anonymous"])),
-        "onward_sharing": draw(st.booleans()),
+# Built once: strategies created inside a draw are re-analysed by Hypothesis on every example.
+LABELS = st.none() | st.fixed_dictionaries(
+    {"mode": st.sampled_from(["any", "all"]), "values": unique_lists(TAGS, min_size=1)}
+)
+AGREEMENT_FIELDS = st.fixed_dictionaries(
+    {
+        "start": st.integers(-400, 400),
+        "length": st.integers(1, 800),
+        "version": st.integers(1, 5),
+        "labels": LABELS,
+        "publishers": unique_lists(PARTIES, min_size=1, max_size=4),
+        "subscribers": unique_lists(PARTIES, min_size=1, max_size=4),
+        "tlp_ceiling": st.sampled_from(TLP_NAMES),
+        "object_types": st.just(["*"]) | unique_lists(OBJECT_TYPES, min_size=1),
+        "observable_types": st.just(["*"]) | unique_lists(OBSERVABLES, min_size=1),
+        "min_confidence": st.none() | st.integers(0, 100),
+        "attribution": st.sampled_from(["attributed", "pseudonymous", "anonymous"]),
+        "onward_sharing": st.booleans(),
     }
-    return Agreement.model_validate(data)
+)
+
+
+def build_agreement(index: int, fields: dict[str, Any]) -> Agreement:
+    start, length = fields.pop("start"), fields.pop("length")
+    return Agreement.model_validate(
+        {
+            **fields,
+            "id": f"agreement-{index}",
+            "term": {
+                "valid_from": BASE + timedelta(days=start),
+                "valid_until": BASE + timedelta(days=start + length),
+            },
+            "purpose": {"code": "incident-response", "text": "test"},
+        }
+    )
+
+
+AGREEMENT_LISTS = st.lists(AGREEMENT_FIELDS, max_size=5).map(
+    lambda many: [build_agreement(i, dict(f)) for i, f in enumerate(many)]
+)
+PUBLISHERS = st.sampled_from([o.id for o in REGISTRY.publishers])
+SUBSCRIBERS = st.sampled_from(ORG_IDS)
+TLPS = st.sampled_from(list(TLP))
+TYPES = st.sampled_from(OBJECT_TYPES)
+TAG_LISTS = unique_lists(TAGS)
+OBSERVABLE_LISTS = unique_lists(OBSERVABLES)
+CONFIDENCES = st.none() | st.integers(0, 100)
+DAYS = st.integers(-500, 1500)
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[list[Agreement], NormalizedObject, str, str, datetime]:
-    count = draw(st.integers(0, 5))
-    agreement_list = [draw(agreements(i)) for i in range(count)]
-    publisher = draw(st.sampled_from([o.id for o in REGISTRY.publishers]))
-    subscriber = draw(st.sampled_from(ORG_IDS))
-    tlp = draw(st.sampled_from(list(TLP)))
+    agreement_list = draw(AGREEMENT_LISTS)
+    publisher = draw(PUBLISHERS)
+    subscriber = draw(SUBSCRIBERS)
+    tlp = draw(TLPS)
     stix: dict[str, Any] = {
-        "type": draw(st.sampled_from(OBJECT_TYPES)),
+        "type": draw(TYPES),
         "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
         "object_marking_refs": [tlp.marking_id],
-        "labels": draw(unique_lists(TAGS)),
+        "labels": draw(TAG_LISTS),
     }
-    confidence = draw(st.none() | st.integers(0, 100))
+    confidence = draw(CONFIDENCES)
     if confidence is not None:
         stix["confidence"] = confidence
     obj = NormalizedObject(
@@ -82,14 +101,14 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Agreement], NormalizedObject, str, 
         object_id=stix["id"],
         object_type=stix["type"],
         tlp=tlp,
-        observable_types=draw(unique_lists(OBSERVABLES)),
+        observable_types=draw(OBSERVABLE_LISTS),
         object=stix,
     )
-    now = BASE + timedelta(days=draw(st.integers(-500, 1500)))
+    now = BASE + timedelta(days=draw(DAYS))
     return agreement_list, obj, publisher, subscriber, now
 
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _decide(scenario: tuple[list[Agreement], NormalizedObject, str, str, datetime]):

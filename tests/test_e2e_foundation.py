@@ -31,7 +31,12 @@ def test_cert_bundle_via_cli_reaches_banks_as_valid_stix(bus: Bus) -> None:
         assert delivered, f"{bank} received nothing"
         for obj in delivered:
             assert stix_errors(obj) == [], obj
-        sources = {o.get("x_stixbus_source_ref", o["id"]) for o in delivered}
+        sources = {
+            ref.get("source_ref")
+            for o in delivered
+            if o["type"] == "indicator"
+            for ref in o.get("x_stixbus_sources", [])
+        }
         assert sources & published_ids, f"{bank} got none of the CERT's indicators"
 
 

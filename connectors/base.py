@@ -1,0 +1,434 @@
+"""Plumbing every connector shares: config, secrets, state, HTTP with retries, batched publishing.
+
+A connector turns a source into ordinary submissions on `stixbus.ingest.<org>` through
+`stixbus.client.publish`, so receipts, normalisation and routing apply unchanged.
+
+Delivery contract (every connector):
+- state is written atomically (temp file + fsync + `os.replace`), so a crash leaves the old or
+  the new state, never a torn file;
+- a unit of work (a TAXII page, a MISP event, a blocklist entry) is marked done in the state only
+  after the broker acknowledged the submission that carried it, so a restart never skips one;
+- submission ids are derived from the payload (UUIDv5 over its SHA-256), and connectors mint
+  deterministic STIX ids and versions, so the rare re-send after a crash between "acknowledged"
+  and "state written" is an identical `(id, modified)` the bus and its consumers drop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import requests
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.envelope import Reason, Rejection
+from schemas.org import Org, load_registry
+from stixbus.client import Published, publish
+from stixbus.kafka_config import client_kwargs
+from stixbus.settings import Settings
+from stixbus.topics import TopicNames
+
+# Namespace of every UUIDv5 a connector mints (STIX ids, submission ids).  Never change it:
+# ids derived from it are how re-reads avoid minting new objects.
+CONNECTOR_NAMESPACE = uuid.UUID("0d3f8a52-6a1c-4a8e-9a53-2b7c3f1e5a10")
+
+# The broker's default `message.max.bytes` is 1 MiB (1,048,588 bytes); `Limits.message_bytes`
+# (4 MiB) only helps once the ingest topics allow bigger records.  Stay under both.
+BROKER_DEFAULT_MAX_BYTES = 1_000_000
+
+T = TypeVar("T")
+
+
+class ConnectorError(Exception):
+    """A failure the analyst can act on: names the input, the rule broken and what to do."""
+
+
+class SourceUnavailable(ConnectorError):
+    """The source could not be read (network, HTTP 5xx/429 after retries, missing file)."""
+
+
+class SourceAuthError(ConnectorError):
+    """The source refused our credentials (HTTP 401/403): retrying will not help."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def stix_time(moment: datetime) -> str:
+    """STIX 2.1 timestamp with millisecond precision, always UTC ('Z')."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 / STIX timestamp (naive means UTC)."""
+    value = text.strip().replace("Z", "+00:00")
+    if " " in value and "T" not in value:
+        value = value.replace(" ", "T", 1)
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+class ConnectorConfig(BaseModel):
+    """Fields every connector config has (YAML, validated; unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str = Field(description="Connector kind: taxii, misp, blocklist or inbox")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Stable source name: part of minted ids and of the default state file name",
+    )
+    state_file: Path | None = Field(
+        default=None, description="Cursor/state JSON; default <STIXBUS_HOME>/connectors/<name>.json"
+    )
+    interval_seconds: float = Field(default=300, gt=0, description="Poll interval without --once")
+    max_submission_bytes: int = Field(
+        default=BROKER_DEFAULT_MAX_BYTES,
+        ge=16_384,
+        description="Max bytes of one bundle submission (capped at the bus's message limit)",
+    )
+
+    def state_path(self, settings: Settings) -> Path:
+        return self.state_file or settings.home / "connectors" / f"{self.name}.json"
+
+
+class PullConfig(ConnectorConfig):
+    """A connector that reads one source and publishes as one org."""
+
+    org: str = Field(description="Publishing org id (deploy/orgs.yaml); writes its ingest topic")
+
+
+def secret_from_env(var: str | None, what: str) -> str | None:
+    """Read a secret named by a `*_env` config field; None when no variable is configured."""
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConnectorError(
+            f"{what}: environment variable {var} is empty or unset — export it before running"
+        )
+    return value
+
+
+C = TypeVar("C", bound=ConnectorConfig)
+
+
+def load_config(path: Path, model: type[C], kind: str) -> C:
+    """Read a YAML connector config and validate it; errors name the file and the field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConnectorError(f"cannot read connector config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConnectorError(f"connector config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConnectorError(f"connector config {path} must be a YAML mapping of settings")
+    data.setdefault("connector", kind)
+    if data["connector"] != kind:
+        raise ConnectorError(
+            f"connector config {path} is for {data['connector']!r}, not {kind!r}: "
+            f"run `stixbus connector run {data['connector']} --config {path}`"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConnectorError(f"connector config {path} is invalid — {problems}") from None
+
+
+def resolve_org(settings: Settings, org_id: str) -> Org:
+    registry = load_registry(settings.registry_path)
+    try:
+        org = registry.get(org_id)
+    except KeyError as exc:
+        raise ConnectorError(str(exc.args[0])) from None
+    if not org.publishes:
+        raise ConnectorError(
+            f"org {org_id!r} has no publisher role in {settings.registry_path}: "
+            "a connector publishes, so pick a publishing org"
+        )
+    return org
+
+
+# -- state --------------------------------------------------------------------------------
+
+
+class StateFile:
+    """A JSON document on disk, replaced atomically on every save."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConnectorError(f"cannot read state file {self.path}: {exc.strerror}") from exc
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConnectorError(
+                f"state file {self.path} is not valid JSON ({exc}): restore it from backup or "
+                "delete it to start over (a fresh state re-publishes the whole source)"
+            ) from exc
+        if not isinstance(data, dict):
+            raise ConnectorError(f"state file {self.path} must hold a JSON object")
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# -- HTTP with retries --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_delay)
+            except ValueError:
+                pass
+        backoff: float = min(self.max_delay, self.base_delay * 2**attempt)
+        return backoff * (0.5 + random.random() / 2)
+
+
+def is_retryable_status(status: int) -> bool:
+    return status == 429 or 500 <= status <= 599
+
+
+def with_retries(
+    what: str, call: Callable[[], T], policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """Run `call`, retrying 429/5xx and connection errors with backoff; auth errors fail at once."""
+    last: Exception | None = None
+    for attempt in range(policy.attempts):
+        try:
+            return call()
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status in (401, 403):
+                raise SourceAuthError(
+                    f"{what}: the server answered HTTP {status} (credentials refused) — check the "
+                    "username/password or API key in the connector config and its *_env variables"
+                ) from exc
+            if not is_retryable_status(status):
+                raise SourceUnavailable(
+                    f"{what}: HTTP {status} is not retryable — check the URL and the request"
+                ) from exc
+            last = exc
+            retry_after = exc.response.headers.get("Retry-After") if exc.response else None
+            sleep(policy.delay(attempt, retry_after))
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            last = exc
+            sleep(policy.delay(attempt))
+    raise SourceUnavailable(
+        f"{what}: still failing after {policy.attempts} attempts ({last}) — is the source up? "
+        "Nothing was skipped: the next run resumes from the saved state"
+    )
+
+
+def http_get(
+    url: str,
+    *,
+    session: requests.Session | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+    policy: RetryPolicy | None = None,
+) -> bytes:
+    """GET a URL with retries; returns the body."""
+    sess = session or requests.Session()
+
+    def call() -> bytes:
+        resp = sess.get(url, headers=headers, timeout=timeout)
+        resp.raise_for_status()
+        return resp.content
+
+    return with_retries(f"GET {url}", call, policy or RetryPolicy())
+
+
+def read_source(location: str, **kwargs: Any) -> bytes:
+    """Read a local path (or file:// URL) or an http(s) URL."""
+    if location.startswith(("http://", "https://")):
+        return http_get(location, **kwargs)
+    path = Path(location.removeprefix("file://"))
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"cannot read source {path}: {exc.strerror} — check the path in the config"
+        ) from exc
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What one connector run did; printed by the CLI, and JSON for --report files."""
+
+    connector: str
+    name: str
+    org: str
+    read: int = 0
+    published_objects: int = 0
+    submissions: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    revoked: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def reject(self, pointer: str, message: str, reason: Reason = Reason.INVALID_PROPERTY) -> None:
+        self.rejections.append(Rejection(reason=reason, pointer=pointer, message=message))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connector": self.connector,
+            "name": self.name,
+            "org": self.org,
+            "read": self.read,
+            "published_objects": self.published_objects,
+            "submissions": self.submissions,
+            "unchanged": self.unchanged,
+            "revoked": self.revoked,
+            "rejections": [r.model_dump(mode="json") for r in self.rejections],
+            "warnings": self.warnings,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+PublishFn = Callable[[dict[str, Any], str, bytes, str | None], Awaitable[Published]]
+
+
+class Submitter:
+    """Packs STIX objects into bundle submissions under a byte and an object-count limit.
+
+    `add(objects, on_commit)` adds one unit of work; units are never split across submissions
+    unless a single unit is bigger than the limit.  `on_commit` runs once every object of the
+    unit is acknowledged by the broker, which is when the connector may mark it done.
+    """
+
+    _HEAD = b'{"type":"bundle","id":"bundle--%s","objects":['
+
+    def __init__(
+        self,
+        settings: Settings,
+        org: Org,
+        source: str,
+        report: Report,
+        *,
+        max_bytes: int = BROKER_DEFAULT_MAX_BYTES,
+        progress: Callable[[int], None] | None = None,
+        publish_fn: PublishFn | None = None,
+    ) -> None:
+        self.conn = client_kwargs(settings)
+        self.topic = TopicNames(settings.topic_prefix).ingest(org.id)
+        self.source = source
+        self.report = report
+        self.max_bytes = min(max_bytes, settings.limits.message_bytes)
+        self.max_objects = settings.limits.objects_per_bundle
+        self.progress = progress
+        self._publish = publish_fn or publish
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._commits: list[Callable[[], None]] = []
+
+    def _overhead(self) -> int:
+        return len(self._HEAD) + 36 + 2
+
+    async def add(
+        self, objects: Iterable[dict[str, Any]], on_commit: Callable[[], None] | None = None
+    ) -> None:
+        parts = [orjson.dumps(o) for o in objects]
+        unit_size = sum(len(p) + 1 for p in parts)
+        if self._parts and (
+            self._size + unit_size + self._overhead() > self.max_bytes
+            or len(self._parts) + len(parts) > self.max_objects
+        ):
+            await self.flush()
+        for part in parts:
+            if len(part) + self._overhead() > self.max_bytes:
+                raise ConnectorError(
+                    f"{self.source}: one STIX object is {len(part)} bytes, over the "
+                    f"{self.max_bytes}-byte submission limit — shorten it at the source"
+                )
+            if self._parts and (
+                self._size + len(part) + 1 + self._overhead() > self.max_bytes
+                or len(self._parts) >= self.max_objects
+            ):
+                await self.flush()
+            self._parts.append(part)
+            self._size += len(part) + 1
+        if on_commit is not None:
+            self._commits.append(on_commit)
+        if not parts and on_commit is not None and not self._parts:
+            self._run_commits()
+
+    async def flush(self) -> None:
+        if not self._parts:
+            self._run_commits()
+            return
+        body = b",".join(self._parts)
+        digest = hashlib.sha256(body).hexdigest()
+        bundle_id = uuid.uuid5(CONNECTOR_NAMESPACE, f"bundle:{digest}")
+        payload = (self._HEAD % str(bundle_id).encode()) + body + b"]}"
+        submission_id = str(uuid.uuid5(CONNECTOR_NAMESPACE, f"{self.source}:{digest}"))
+        sent = await self._publish(self.conn, self.topic, payload, submission_id)
+        self.report.submissions.append(sent.submission_id)
+        self.report.published_objects += len(self._parts)
+        if self.progress:
+            self.progress(len(self._parts))
+        self._parts = []
+        self._size = 0
+        self._run_commits()
+
+    def _run_commits(self) -> None:
+        commits, self._commits = self._commits, []
+        for commit in commits:
+            commit()
+
+
+def tlp_marking_refs(tlp_name: str | None) -> list[str]:
+    from schemas.tlp import TLP
+
+    return [TLP.parse(tlp_name).marking_id] if tlp_name else []

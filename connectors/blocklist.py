@@ -1,0 +1,497 @@
+"""Blocklist connector: CSV and plain-text feeds of URLs, domains, IPs/CIDRs and file hashes.
+
+Each good line becomes a STIX 2.1 indicator whose id is UUIDv5 over (source name, canonical
+value) and whose `created`/`modified`/`valid_from` come from the entry's first-seen time, kept in
+the state file.  Re-reading the same list therefore publishes nothing new; only entries not seen
+before are published.  With `revoke_missing`, an entry that disappears from the list is published
+once more as a new version with `revoked: true` (modified = now).  Revocation is final: if the
+value comes back later it gets a new id (generation 2, 3, …).
+
+Bad lines never reach the bus (they are not STIX): the run's report lists them with their line
+numbers as `Rejection` records (the model receipts use), printed by `stixbus connector run`
+and written to `--report FILE`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import idna
+from pydantic import Field, model_validator
+
+from connectors.base import (
+    CONNECTOR_NAMESPACE,
+    PullConfig,
+    ConnectorError,
+    Report,
+    StateFile,
+    Submitter,
+    now_utc,
+    parse_time,
+    read_source,
+    secret_from_env,
+    stix_time,
+)
+from schemas.envelope import Reason
+from schemas.tlp import TLP
+from stixbus.settings import Settings
+
+
+class IndicatorType(StrEnum):
+    URL = "url"
+    DOMAIN = "domain"
+    IP = "ip"  # IPv4/IPv6 address or CIDR network
+    MD5 = "md5"
+    SHA1 = "sha1"
+    SHA256 = "sha256"
+    HASH = "hash"  # md5/sha1/sha256 told apart by length
+    AUTO = "auto"  # any of the above, told apart by shape
+
+
+class BlocklistConfig(PullConfig):
+    connector: Literal["blocklist"] = "blocklist"
+    preset: Literal["urlhaus", "ip-list"] | None = Field(
+        default=None, description="Fill format/columns/type for a known feed layout"
+    )
+    source: str = Field(description="Path, file:// or http(s):// URL of the list")
+    api_key_env: str | None = Field(default=None, description="Env var holding an API key")
+    api_key_header: str = Field(default="Auth-Key", description="Header that carries the API key")
+    format: Literal["csv", "text"] = "text"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    has_header: bool = Field(default=False, description="CSV: first non-comment line is a header")
+    value_column: int | str = Field(default=0, description="CSV column (0-based index or name)")
+    first_seen_column: int | str | None = Field(
+        default=None, description="CSV column with the entry's first-seen time (else: first read)"
+    )
+    type: IndicatorType = IndicatorType.AUTO
+    labels: list[str] = Field(default_factory=lambda: ["malicious-activity"])
+    indicator_types: list[str] = Field(default_factory=lambda: ["malicious-activity"])
+    tlp: str | None = Field(default="clear", description="TLP of every indicator; null: org default")
+    confidence: int | None = Field(default=None, ge=0, le=100)
+    valid_for_days: float | None = Field(
+        default=None, gt=0, description="valid_until = first seen + this TTL"
+    )
+    comment_prefix: str = "#"
+    revoke_missing: bool = Field(
+        default=False, description="Revoke entries that disappear from the list"
+    )
+    max_revoke_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Refuse to revoke more than this share of live entries in one run "
+        "(a truncated download must not revoke the whole list)",
+    )
+    description: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return {**PRESETS[data["preset"]], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> BlocklistConfig:
+        try:
+            if self.tlp is not None:
+                TLP.parse(self.tlp)
+        except ValueError as exc:
+            raise ValueError(f"tlp: {exc}") from None
+        if self.format == "text" and (self.first_seen_column is not None or self.has_header):
+            raise ValueError("first_seen_column/has_header only apply to format: csv")
+        return self
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # abuse.ch URLhaus CSV: id,dateadded,url,url_status,last_online,threat,tags,urlhaus_link,…
+    # The header line is a comment ("# id,dateadded,…").
+    "urlhaus": {
+        "format": "csv",
+        "value_column": 2,
+        "first_seen_column": 1,
+        "type": "url",
+        "labels": ["malicious-activity", "malware-distribution"],
+        "indicator_types": ["malicious-activity"],
+        "comment_prefix": "#",
+        "revoke_missing": True,
+    },
+    # One IPv4/IPv6 address or CIDR per line, '#' comments (Spamhaus DROP-style ';' also works
+    # with comment_prefix: ';').
+    "ip-list": {
+        "format": "text",
+        "type": "ip",
+        "labels": ["malicious-activity"],
+        "indicator_types": ["malicious-activity"],
+        "comment_prefix": "#",
+    },
+}
+
+
+# -- pure parsing -------------------------------------------------------------------------
+
+
+class BadLine(ValueError):
+    """A line that is not a valid entry; the message says why and what is expected."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # url, domain-name, ipv4-addr, ipv6-addr, md5, sha1, sha256
+    value: str  # canonical value
+    first_seen: str | None = None  # STIX timestamp from the feed, if it has one
+    line: int = 0
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_HASH_LEN = {32: "md5", 40: "sha1", 64: "sha256"}
+_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def canonical_url(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https", "ftp", "ftps") or not parts.hostname:
+        raise BadLine(f"{value!r} is not an absolute http(s)/ftp URL with a host")
+    if any(c.isspace() for c in value):
+        raise BadLine(f"{value!r} contains whitespace: percent-encode it")
+    host = canonical_domain_or_ip(parts.hostname)
+    netloc = host if ":" not in host else f"[{host}]"
+    if parts.port is not None:
+        default = {"http": 80, "https": 443, "ftp": 21, "ftps": 990}[parts.scheme.lower()]
+        if parts.port != default:
+            netloc += f":{parts.port}"
+    if parts.username or parts.password:
+        userinfo = parts.username or ""
+        if parts.password:
+            userinfo += f":{parts.password}"
+        netloc = f"{userinfo}@{netloc}"
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+
+
+def canonical_domain(text: str) -> str:
+    value = text.strip().rstrip(".").lower()
+    if not value or "." not in value:
+        raise BadLine(f"{text.strip()!r} is not a domain name (expected e.g. evil.example)")
+    try:
+        ascii_name = idna.encode(value, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise BadLine(f"{text.strip()!r} is not a valid (IDNA) domain name: {exc}") from None
+    if len(ascii_name) > 253 or not all(_DOMAIN_LABEL.match(x) for x in ascii_name.split(".")):
+        raise BadLine(f"{text.strip()!r} is not a valid domain name (labels a-z, 0-9, '-')")
+    return ascii_name
+
+
+def canonical_ip(text: str) -> tuple[str, str]:
+    """('ipv4-addr'|'ipv6-addr', canonical address or network)."""
+    value = text.strip()
+    try:
+        if "/" in value:
+            net = ipaddress.ip_network(value, strict=False)
+            kind = "ipv4-addr" if net.version == 4 else "ipv6-addr"
+            if net.num_addresses == 1:
+                return kind, str(net.network_address)
+            return kind, str(net)
+        addr = ipaddress.ip_address(value)
+        return ("ipv4-addr" if addr.version == 4 else "ipv6-addr"), str(addr)
+    except ValueError:
+        raise BadLine(f"{value!r} is not an IPv4/IPv6 address or CIDR network") from None
+
+
+def canonical_domain_or_ip(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return canonical_domain(host)
+
+
+def canonical_hash(text: str, algorithm: str | None) -> tuple[str, str]:
+    value = text.strip().lower()
+    if not _HEX.match(value):
+        raise BadLine(f"{text.strip()!r} is not a hexadecimal hash")
+    found = _HASH_LEN.get(len(value))
+    if found is None or (algorithm and found != algorithm):
+        want = f"a {algorithm}" if algorithm else "an md5/sha1/sha256"
+        raise BadLine(f"{text.strip()!r} has {len(value)} hex digits: not {want} hash")
+    return found, value
+
+
+def parse_value(text: str, kind: IndicatorType) -> tuple[str, str]:
+    """(entry kind, canonical value) for one raw value, or BadLine."""
+    value = text.strip()
+    if not value:
+        raise BadLine("empty value")
+    if kind is IndicatorType.URL:
+        return "url", canonical_url(value)
+    if kind is IndicatorType.DOMAIN:
+        return "domain-name", canonical_domain(value)
+    if kind is IndicatorType.IP:
+        return canonical_ip(value)
+    if kind in (IndicatorType.MD5, IndicatorType.SHA1, IndicatorType.SHA256):
+        return canonical_hash(value, kind.value)
+    if kind is IndicatorType.HASH:
+        return canonical_hash(value, None)
+    # auto
+    if "://" in value:
+        return "url", canonical_url(value)
+    if _HEX.match(value) and len(value) in _HASH_LEN:
+        return canonical_hash(value, None)
+    try:
+        return canonical_ip(value)
+    except BadLine:
+        pass
+    try:
+        return "domain-name", canonical_domain(value)
+    except BadLine:
+        raise BadLine(
+            f"{value!r} is not a URL, domain, IP/CIDR or md5/sha1/sha256 hash"
+        ) from None
+
+
+def _column(row: list[str], column: int | str, header: list[str] | None, line: int) -> str:
+    if isinstance(column, str):
+        if header is None or column not in header:
+            raise ConnectorError(
+                f"column {column!r} is not in the CSV header {header!r} (line {line}): "
+                "fix value_column/first_seen_column or set has_header"
+            )
+        column = header.index(column)
+    if column >= len(row):
+        raise BadLine(f"has {len(row)} columns, the value is expected in column {column}")
+    return row[column]
+
+
+def parse_lines(
+    text: str, config: BlocklistConfig, report: Report | None = None
+) -> Iterator[Entry]:
+    """Entries of a list; bad lines go to `report.rejections` with their line number."""
+    header: list[str] | None = None
+    prefix = config.comment_prefix
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or (prefix and line.startswith(prefix)):
+            continue
+        try:
+            if config.format == "text":
+                value = line.split()[0] if line.split() else line
+                kind, canonical = parse_value(value, config.type)
+                yield Entry(kind, canonical, None, number)
+                continue
+            row = next(csv.reader(io.StringIO(line), delimiter=config.delimiter))
+            if config.has_header and header is None:
+                header = [c.strip() for c in row]
+                continue
+            kind, canonical = parse_value(
+                _column(row, config.value_column, header, number), config.type
+            )
+            first_seen = None
+            if config.first_seen_column is not None:
+                raw_seen = _column(row, config.first_seen_column, header, number)
+                try:
+                    first_seen = stix_time(parse_time(raw_seen))
+                except ValueError:
+                    raise BadLine(f"first-seen {raw_seen!r} is not an ISO 8601 time") from None
+            yield Entry(kind, canonical, first_seen, number)
+        except (BadLine, csv.Error) as exc:
+            if report is not None:
+                report.reject(
+                    f"/line/{number}",
+                    f"{config.name} line {number}: {exc} — fix or remove the line "
+                    f"(got {raw[:200]!r})",
+                    Reason.INVALID_PROPERTY,
+                )
+
+
+# -- STIX ---------------------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def pattern_for(kind: str, value: str) -> str:
+    if kind in ("md5", "sha1", "sha256"):
+        name = {"md5": "MD5", "sha1": "'SHA-1'", "sha256": "'SHA-256'"}[kind]
+        return f"[file:hashes.{name} = '{value}']"
+    return f"[{kind}:value = '{_quote(value)}']"
+
+
+def indicator_id(source: str, kind: str, value: str, generation: int = 1) -> str:
+    """Deterministic: UUIDv5 over source name + canonical value (+ generation after revocation)."""
+    key = f"blocklist:{source}:{kind}:{value}"
+    if generation > 1:
+        key += f":{generation}"
+    return f"indicator--{uuid.uuid5(CONNECTOR_NAMESPACE, key)}"
+
+
+def make_indicator(
+    config: BlocklistConfig,
+    kind: str,
+    value: str,
+    first_seen: str,
+    generation: int = 1,
+    revoked_at: str | None = None,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": indicator_id(config.name, kind, value, generation),
+        "created": first_seen,
+        "modified": revoked_at or first_seen,
+        "name": f"{kind} {value}"[:250],
+        "pattern": pattern_for(kind, value),
+        "pattern_type": "stix",
+        "pattern_version": "2.1",
+        "valid_from": first_seen,
+        "indicator_types": list(config.indicator_types),
+        "labels": list(config.labels),
+    }
+    if config.description:
+        obj["description"] = config.description
+    if config.valid_for_days:
+        until = parse_time(first_seen) + timedelta(days=config.valid_for_days)
+        obj["valid_until"] = stix_time(until)
+    if config.confidence is not None:
+        obj["confidence"] = config.confidence
+    if config.tlp:
+        obj["object_marking_refs"] = [TLP.parse(config.tlp).marking_id]
+    if revoked_at:
+        obj["revoked"] = True
+    return obj
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+async def run_once(
+    config: BlocklistConfig,
+    settings: Settings,
+    org_id: str,
+    report: Report,
+    submitter: Submitter,
+    progress_total: Callable[[int], None] | None = None,
+) -> None:
+    """Fetch the list, publish new entries, revoke vanished ones; state moves after each ack."""
+    headers = {}
+    key = secret_from_env(config.api_key_env, f"blocklist {config.name}")
+    if key:
+        headers[config.api_key_header] = key
+    raw = read_source(config.source, headers=headers) if headers else read_source(config.source)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConnectorError(
+            f"blocklist {config.source} is not UTF-8 (byte {exc.start}): re-encode it as UTF-8"
+        ) from None
+    store = StateFile(config.state_path(settings))
+    state = store.load()
+    entries: dict[str, dict[str, Any]] = state.setdefault("entries", {})
+    now = stix_time(now_utc())
+
+    present: dict[str, Entry] = {}
+    for entry in parse_lines(text, config, report):
+        report.read += 1
+        present.setdefault(f"{entry.kind}|{entry.value}", entry)
+
+    # 1. Record first-seen (and generation) of every new entry *before* publishing, so a crash
+    #    after the broker acked cannot re-mint the entry with another `created`.
+    fresh: list[str] = []
+    for key_, entry in present.items():
+        known = entries.get(key_)
+        if known is not None and known.get("revoke_at") and not known.get("revoked"):
+            report.unchanged += 1  # finish the pending revocation first; revived next run
+        elif known is None or known.get("revoked"):
+            generation = (known or {}).get("generation", 0) + 1
+            entries[key_] = {
+                "first_seen": entry.first_seen or now,
+                "generation": generation,
+                "published": False,
+            }
+            fresh.append(key_)
+        elif not known.get("published"):
+            fresh.append(key_)
+        else:
+            report.unchanged += 1
+    store.save(state)
+
+    # 2. Vanished entries to revoke (guarded against a truncated download).  The revocation
+    #    time is saved before publishing too, so a re-send is the identical version.
+    if config.revoke_missing:
+        live = [
+            k
+            for k, v in entries.items()
+            if v.get("published") and not v.get("revoked") and not v.get("revoke_at")
+        ]
+        vanished = [k for k in live if k not in present]
+        if vanished and len(vanished) > config.max_revoke_fraction * len(live):
+            report.warnings.append(
+                f"{config.name}: {len(vanished)} of {len(live)} live entries vanished, over the "
+                f"max_revoke_fraction {config.max_revoke_fraction}: no revocation this run "
+                "(a truncated or broken download?) — raise the fraction if it is intended"
+            )
+            vanished = []
+        for k in vanished:
+            entries[k]["revoke_at"] = max(now, _after(entries[k]["first_seen"]))
+        if vanished:
+            store.save(state)
+    to_revoke = [
+        k for k, v in entries.items() if v.get("revoke_at") and not v.get("revoked")
+    ]
+    if progress_total:
+        progress_total(len(fresh) + len(to_revoke))
+
+    def mark(keys: list[str], field: str) -> Callable[[], None]:
+        def commit() -> None:
+            for k in keys:
+                entries[k][field] = True
+            store.save(state)
+
+        return commit
+
+    batch: list[str] = []
+    objects: list[dict[str, Any]] = []
+    chunk = 500  # entries per state save (state writes stay cheap for 100k-line lists)
+    for key_ in fresh:
+        kind, value = key_.split("|", 1)
+        record = entries[key_]
+        objects.append(
+            make_indicator(config, kind, value, record["first_seen"], record["generation"])
+        )
+        batch.append(key_)
+        if len(batch) >= chunk:
+            await submitter.add(objects, mark(batch, "published"))
+            batch, objects = [], []
+    if batch:
+        await submitter.add(objects, mark(batch, "published"))
+    batch, objects = [], []
+    for key_ in to_revoke:
+        kind, value = key_.split("|", 1)
+        record = entries[key_]
+        objects.append(
+            make_indicator(
+                config, kind, value, record["first_seen"], record["generation"], record["revoke_at"]
+            )
+        )
+        batch.append(key_)
+        report.revoked += 1
+        if len(batch) >= chunk:
+            await submitter.add(objects, mark(batch, "revoked"))
+            batch, objects = [], []
+    if batch:
+        await submitter.add(objects, mark(batch, "revoked"))
+    await submitter.flush()
+
+
+def _after(stamp: str) -> str:
+    """One millisecond after a STIX timestamp (a revocation must be a newer version)."""
+    return stix_time(parse_time(stamp) + timedelta(milliseconds=1))

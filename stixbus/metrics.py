@@ -1,0 +1,281 @@
+"""The bus's own Prometheus metrics (prometheus-client, default registry).
+
+Served on the worker's `/metrics` together with Faust's own sensor metrics (`faust_*`, see
+`agents/observe.py`), because both live in `prometheus_client.REGISTRY`.
+
+Naming follows the Prometheus conventions: a `stixbus_` prefix, the unit in the name
+(`_seconds`, `_records`), `_total` on counters. Labels are bounded: org ids (`publisher`,
+`subscriber`), agreement ids (`agreement`) and reason codes (`reason`, from
+`schemas.envelope.Reason` for rejections and `stixbus.decide.ReasonCode` for denials). A value
+outside those sets is recorded as `other` (reason) or `unknown` (org, once `init_orgs` ran), so a
+hostile or buggy input cannot blow up the series count.
+
+Agents call the `observe_*` / `set_*` functions below; they never touch the metric objects.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from schemas.envelope import Reason
+
+# Seconds; from "fast path" (10 ms) to "a subscriber waited ten minutes".
+LATENCY_BUCKETS_SECONDS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+OTHER_REASON = "other"
+UNKNOWN_ORG = "unknown"
+
+SUBMISSIONS = Counter(
+    "stixbus_submissions_total",
+    "Submissions (ingest records) received, per publisher",
+    ["publisher"],
+)
+OBJECTS_RECEIVED = Counter(
+    "stixbus_objects_received_total",
+    "STIX objects received in submissions (accepted + rejected), per publisher",
+    ["publisher"],
+)
+OBJECTS_REJECTED = Counter(
+    "stixbus_objects_rejected_total",
+    "Rejections at ingest, per publisher and reason (schemas.envelope.Reason)",
+    ["publisher", "reason"],
+)
+LAST_SUBMISSION = Gauge(
+    "stixbus_last_submission_timestamp_seconds",
+    "Unix time of the last submission received from the publisher",
+    ["publisher"],
+)
+OBJECTS_SUPPRESSED = Counter(
+    "stixbus_objects_suppressed_total",
+    "Objects the dedup stage suppressed (an equivalent version was already seen)",
+)
+DELIVERIES = Counter(
+    "stixbus_deliveries_total",
+    "Objects produced to stixbus.deliver.<subscriber>, per subscriber and agreement",
+    ["subscriber", "agreement"],
+)
+REVOCATIONS_DELIVERED = Counter(
+    "stixbus_revocations_delivered_total",
+    "Revocations (revoked: true) produced to stixbus.deliver.<subscriber>",
+    ["subscriber"],
+)
+LAST_DELIVERY = Gauge(
+    "stixbus_last_delivery_timestamp_seconds",
+    "Unix time of the last object produced to the subscriber's delivery topic",
+    ["subscriber"],
+)
+DENIALS = Counter(
+    "stixbus_denials_total",
+    "Routing decisions that denied delivery, per reason (stixbus.decide.ReasonCode)",
+    ["reason"],
+)
+DELIVERY_LATENCY = Histogram(
+    "stixbus_delivery_latency_seconds",
+    "End-to-end latency: publish timestamp on the ingest record to produced on the delivery topic",
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+REVOCATION_FANOUT = Histogram(
+    "stixbus_revocation_fanout_seconds",
+    "Publish timestamp of a revocation to the last subscriber's delivery produced",
+    buckets=LATENCY_BUCKETS_SECONDS,
+)
+AGREEMENT_VERSION = Gauge(
+    "stixbus_agreement_version",
+    "Version of each sharing agreement currently in force in the router",
+    ["agreement"],
+)
+DEDUP_KEYS = Gauge(
+    "stixbus_dedup_keys",
+    "Canonical dedup keys held in the dedup table (on this worker)",
+)
+SUBSCRIBER_LAG = Gauge(
+    "stixbus_subscriber_lag_records",
+    "Records on stixbus.deliver.<subscriber> not yet committed by the subscriber's consumer "
+    "group (end offsets minus committed offsets), sampled from the broker",
+    ["subscriber"],
+)
+LAG_SAMPLE_TIME = Gauge(
+    "stixbus_subscriber_lag_sampled_timestamp_seconds",
+    "Unix time of the last successful lag sample from the broker",
+)
+LAG_SAMPLE_ERRORS = Counter(
+    "stixbus_subscriber_lag_sample_errors_total",
+    "Lag samples that failed (broker unreachable, timeout)",
+)
+
+# Every metric family this module registers (the dashboard test compares against these).
+ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
+    SUBMISSIONS,
+    OBJECTS_RECEIVED,
+    OBJECTS_REJECTED,
+    LAST_SUBMISSION,
+    OBJECTS_SUPPRESSED,
+    DELIVERIES,
+    REVOCATIONS_DELIVERED,
+    LAST_DELIVERY,
+    DENIALS,
+    DELIVERY_LATENCY,
+    REVOCATION_FANOUT,
+    AGREEMENT_VERSION,
+    DEDUP_KEYS,
+    SUBSCRIBER_LAG,
+    LAG_SAMPLE_TIME,
+    LAG_SAMPLE_ERRORS,
+)
+
+_REJECTION_REASONS = frozenset(r.value for r in Reason)
+_denial_reasons: frozenset[str] | None = None
+_known_orgs: frozenset[str] | None = None
+_LABEL_SHAPE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def _denials() -> frozenset[str] | None:
+    """Denial reason codes from the decision module (imported lazily: it is heavy)."""
+    global _denial_reasons
+    if _denial_reasons is None:
+        try:
+            from stixbus.decide import ReasonCode
+
+            _denial_reasons = frozenset(r.value for r in ReasonCode)
+        except Exception:  # the decision module failing to import must not break metrics
+            return None
+    return _denial_reasons
+
+
+def _org(org: str) -> str:
+    if _known_orgs is not None and org not in _known_orgs:
+        return UNKNOWN_ORG
+    return org
+
+
+def _reason(reason: str, allowed: frozenset[str] | None) -> str:
+    value = str(getattr(reason, "value", reason))
+    if allowed is not None:
+        return value if value in allowed else OTHER_REASON
+    return value if _LABEL_SHAPE.match(value) else OTHER_REASON
+
+
+def metric_names() -> set[str]:
+    """Sample names this module exposes (with `_total`, `_bucket`, `_sum`, `_count`...)."""
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("stixbus_"):
+            names.add(family.name)
+            names.update(s.name for s in family.samples)
+    for metric in ALL_METRICS:
+        for family in metric.describe():
+            names.add(family.name)
+            if isinstance(metric, Counter):
+                names.update({family.name + "_total", family.name + "_created"})
+            elif isinstance(metric, Histogram):
+                names.update(
+                    family.name + suffix for suffix in ("_bucket", "_sum", "_count", "_created")
+                )
+    return names
+
+
+def init_orgs(publishers: Iterable[str], subscribers: Iterable[str]) -> None:
+    """Create every org's series at 0, so `increase(...) == 0` alerts work after a restart.
+
+    Also fixes the set of org label values: anything else is recorded as `unknown`.
+    """
+    global _known_orgs
+    pubs, subs = list(publishers), list(subscribers)
+    _known_orgs = frozenset(pubs) | frozenset(subs) | {UNKNOWN_ORG}
+    for org in pubs:
+        SUBMISSIONS.labels(org)
+        OBJECTS_RECEIVED.labels(org)
+    for org in subs:
+        REVOCATIONS_DELIVERED.labels(org)
+
+
+def observe_submission(publisher: str, objects: int) -> None:
+    """One submission from `publisher` holding `objects` objects (accepted + rejected)."""
+    org = _org(publisher)
+    SUBMISSIONS.labels(org).inc()
+    if objects > 0:
+        OBJECTS_RECEIVED.labels(org).inc(objects)
+    LAST_SUBMISSION.labels(org).set(time.time())
+
+
+def observe_rejections(publisher: str, reasons: Iterable[str]) -> None:
+    """One rejection per item of `reasons` (values of `schemas.envelope.Reason`)."""
+    org = _org(publisher)
+    for reason in reasons:
+        OBJECTS_REJECTED.labels(org, _reason(reason, _REJECTION_REASONS)).inc()
+
+
+def observe_suppressed(count: int = 1) -> None:
+    """`count` objects suppressed by dedup."""
+    if count > 0:
+        OBJECTS_SUPPRESSED.inc(count)
+
+
+def observe_delivery(
+    subscriber: str,
+    agreement_id: str,
+    latency_seconds: float | None,
+    revocation: bool = False,
+) -> None:
+    """One object produced to `stixbus.deliver.<subscriber>` under `agreement_id`.
+
+    `latency_seconds`: publish timestamp of the ingest record → now (None when unknown).
+    """
+    org = _org(subscriber)
+    DELIVERIES.labels(org, agreement_id).inc()
+    LAST_DELIVERY.labels(org).set(time.time())
+    if revocation:
+        REVOCATIONS_DELIVERED.labels(org).inc()
+    if latency_seconds is not None and latency_seconds >= 0:
+        DELIVERY_LATENCY.observe(latency_seconds)
+
+
+def observe_denial(reason: str) -> None:
+    """One (object, subscriber) pair denied, with the decision's reason code."""
+    DENIALS.labels(_reason(reason, _denials())).inc()
+
+
+def observe_revocation_fanout(latency_seconds: float) -> None:
+    """A revocation reached every subscriber it must reach, `latency_seconds` after publish."""
+    if latency_seconds >= 0:
+        REVOCATION_FANOUT.observe(latency_seconds)
+
+
+def set_agreement_version(agreement_id: str, version: int) -> None:
+    AGREEMENT_VERSION.labels(agreement_id).set(version)
+
+
+def retire_agreement(agreement_id: str) -> None:
+    """The agreement is no longer in force: drop its version series."""
+    try:
+        AGREEMENT_VERSION.remove(agreement_id)
+    except KeyError:
+        pass
+
+
+def set_dedup_keys(count: int) -> None:
+    DEDUP_KEYS.set(count)
+
+
+def set_subscriber_lag(subscriber: str, lag: int) -> None:
+    SUBSCRIBER_LAG.labels(_org(subscriber)).set(max(lag, 0))
