@@ -24,8 +24,20 @@ NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 def synthetic_agreements(count: int, rng: random.Random) -> AgreementSet:
-    parties = ["cert", "bank-a", "bank-b", "bank-c", "bank-assoc", "isp-one", "isp-two",
-               "central-bank", "prosecution", "fiu", "sector:bank", "sector:isp"]
+    parties = [
+        "cert",
+        "bank-a",
+        "bank-b",
+        "bank-c",
+        "bank-assoc",
+        "isp-one",
+        "isp-two",
+        "central-bank",
+        "prosecution",
+        "fiu",
+        "sector:bank",
+        "sector:isp",
+    ]
     agreements = []
     for i in range(count):
         data: dict[str, Any] = {
@@ -33,14 +45,17 @@ def synthetic_agreements(count: int, rng: random.Random) -> AgreementSet:
             "version": 1,
             "term": {"valid_from": "2026-01-01", "valid_until": "2029-01-01"},
             "purpose": {"code": "incident-response", "text": "bench"},
-            "publishers": rng.sample(parties[:7] + ["sector:bank", "sector:isp"], 2),
+            "publishers": rng.sample([*parties[:7], "sector:bank", "sector:isp"], 2),
             "subscribers": rng.sample(parties, 3),
             "tlp_ceiling": rng.choice(["green", "amber", "amber+strict", "red"]),
             "object_types": rng.choice([["*"], ["indicator"], ["indicator", "sighting"]]),
             "observable_types": rng.choice([["*"], ["url", "domain-name", "ipv4-addr"]]),
             "labels": rng.choice(
-                [None, {"mode": "any", "values": ["fraud", "phishing"]},
-                 {"mode": "all", "values": ["fraud", "phishing"]}]
+                [
+                    None,
+                    {"mode": "any", "values": ["fraud", "phishing"]},
+                    {"mode": "all", "values": ["fraud", "phishing"]},
+                ]
             ),
             "min_confidence": rng.choice([None, 50, 70]),
             "attribution": rng.choice(["attributed", "pseudonymous", "anonymous"]),
@@ -52,7 +67,9 @@ def synthetic_agreements(count: int, rng: random.Random) -> AgreementSet:
     return AgreementSet(agreements=tuple(agreements))
 
 
-def synthetic_objects(count: int, publishers: list[str], rng: random.Random) -> list[NormalizedObject]:
+def synthetic_objects(
+    count: int, publishers: list[str], rng: random.Random
+) -> list[NormalizedObject]:
     objects = []
     for i in range(count):
         tlp = rng.choice(list(TLP))
@@ -65,8 +82,13 @@ def synthetic_objects(count: int, publishers: list[str], rng: random.Random) -> 
         }
         objects.append(
             NormalizedObject(
-                submission_id="bench", publisher=rng.choice(publishers), received_at=NOW,
-                published_at=NOW, object_id=stix["id"], object_type=stix["type"], tlp=tlp,
+                submission_id="bench",
+                publisher=rng.choice(publishers),
+                received_at=NOW,
+                published_at=NOW,
+                object_id=stix["id"],
+                object_type=stix["type"],
+                tlp=tlp,
                 observable_types=rng.sample(["url", "domain-name", "ipv4-addr", "file"], 1),
                 object=stix,
             )
@@ -103,12 +125,16 @@ def main() -> None:
                 decisions += len(subscribers)
         elapsed = time.perf_counter() - start
         rate = decisions / elapsed
-        print(f"{label}: {rate:,.0f} decisions/s ({decisions:,} in {elapsed:.2f} s, "
-              f"{allowed / decisions:.0%} allowed)")
+        print(
+            f"{label}: {rate:,.0f} decisions/s ({decisions:,} in {elapsed:.2f} s, "
+            f"{allowed / decisions:.0%} allowed)"
+        )
         return rate
 
-    print(f"20 agreements x {len(subscribers)} subscribers, {len(objects)} objects; "
-          f"index built in {build_ms:.2f} ms")
+    print(
+        f"20 agreements x {len(subscribers)} subscribers, {len(objects)} objects; "
+        f"index built in {build_ms:.2f} ms"
+    )
     index_rate = run(lambda o, p, s: index.decide(o, p, s, NOW), "AgreementIndex.decide")
     run(lambda o, p, s: decide(o, p, s, agreements, NOW, registry), "decide() (cached index)")
     print(f"target >= 100,000/s: {'met' if index_rate >= 100_000 else 'NOT met'}")

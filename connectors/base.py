@@ -372,6 +372,7 @@ class Submitter:
         self._parts: list[bytes] = []
         self._size = 0
         self._commits: list[Callable[[], None]] = []
+        self.checkpoint: Callable[[], None] | None = None  # e.g. save the state file
 
     def _overhead(self) -> int:
         return len(self._HEAD) + 36 + 2
@@ -426,6 +427,8 @@ class Submitter:
         commits, self._commits = self._commits, []
         for commit in commits:
             commit()
+        if commits and self.checkpoint is not None:
+            self.checkpoint()
 
 
 def tlp_marking_refs(tlp_name: str | None) -> list[str]:

@@ -450,11 +450,12 @@ async def run_once(
     if progress_total:
         progress_total(len(fresh) + len(to_revoke))
 
+    submitter.checkpoint = lambda: store.save(state)
+
     def mark(keys: list[str], field: str) -> Callable[[], None]:
         def commit() -> None:
             for k in keys:
                 entries[k][field] = True
-            store.save(state)
 
         return commit
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import faust
 
 from stixbus.context import BusContext
+from stixbus.kafka_config import faust_kwargs
+from stixbus.security import WORKER
 
 
 def build_app(ctx: BusContext) -> faust.App:
@@ -24,14 +26,15 @@ def build_app(ctx: BusContext) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         web_port=settings.web_port,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
         consumer_auto_offset_reset="earliest",
         # at-least-once: exactly_once has open duplicate/crash bugs in faust-streaming 0.15.
         processing_guarantee="at_least_once",
         producer_acks=-1,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
+        **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)
     )
     # Imported here: agents register themselves on the app they are given.
     from agents import agreements, health, ingest, observe, route

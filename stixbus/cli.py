@@ -24,8 +24,10 @@ from schemas.org import load_registry
 from stixbus import REPO_ROOT, supervisor
 from stixbus.client import VersionFilter, publish, read_topic
 from stixbus.commands import agreements as agreements_commands
+from stixbus.commands import security as security_commands
 from stixbus.kafka_admin import ensure_topics, list_topics
-from stixbus.kafka_config import client_kwargs
+from stixbus.kafka_config import client_kwargs, uses_sasl
+from stixbus.security import ADMIN, WORKER, group_prefix
 from stixbus.settings import Settings, get_settings
 from stixbus.topics import TopicNames
 
@@ -59,10 +61,11 @@ def _kafka(action: str, settings: Settings) -> None:
         )
 
 
-def _create_topics(settings: Settings) -> list[str]:
+def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
     registry = load_registry(settings.registry_path)
     specs = _names(settings).all_specs(registry, settings.partitions)
-    return asyncio.run(ensure_topics(client_kwargs(settings), specs, settings.replication_factor))
+    conn = client_kwargs(settings, principal)
+    return asyncio.run(ensure_topics(conn, specs, settings.replication_factor))
 
 
 @cli.command()
@@ -73,6 +76,17 @@ def up(
     settings = get_settings()
     started = time.monotonic()
     _kafka("up", settings)
+    get_settings.cache_clear()  # kafka.sh (re)wrote <home>/secrets/client.env
+    settings = get_settings()
+    if uses_sasl(settings):
+        from stixbus.security_admin import apply as apply_security
+
+        applied = apply_security(settings, load_registry(settings.registry_path))
+        out.print(
+            f"security: {settings.security_protocol}; users created {len(applied.users.upsert)}, "
+            f"ACLs created {len(applied.acls.create)}, removed {len(applied.acls.delete)} "
+            "(stixbus security show)"
+        )
     created = _create_topics(settings)
     out.print(f"topics: {len(created)} created under prefix '{settings.topic_prefix}'")
     written, _ = agreements_commands.apply_file(settings, settings.agreements_path, prune=False)
@@ -97,7 +111,7 @@ def _demo(settings: Settings) -> None:
     names = _names(settings)
     for org in DEMO_PUBLISHERS:
         payload = (DEMO_DIR / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(client_kwargs(settings), names.ingest(org), payload))
+        sent = asyncio.run(publish(client_kwargs(settings, org), names.ingest(org), payload))
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
     time.sleep(2.0)
     registry = load_registry(settings.registry_path)
@@ -106,17 +120,17 @@ def _demo(settings: Settings) -> None:
     table.add_column("objects", justify="right")
     table.add_column("indicators")
     for subscriber in registry.subscribers:
-        records = asyncio.run(_collect(settings, names.deliver(subscriber.id)))
+        records = asyncio.run(_collect(settings, names.deliver(subscriber.id), subscriber.id))
         shown = [escape(str(r.get("pattern", r.get("id")))) for r in records if isinstance(r, dict)]
         table.add_row(subscriber.id, str(len(records)), "\n".join(shown[:8]) or "—")
     out.print(table)
 
 
-async def _collect(settings: Settings, topic: str) -> list[object]:
+async def _collect(settings: Settings, topic: str, principal: str) -> list[object]:
     seen = VersionFilter()
     objects = []
     async for record in read_topic(
-        client_kwargs(settings), topic, from_beginning=True, max_wait=10
+        client_kwargs(settings, principal), topic, from_beginning=True, max_wait=10
     ):
         obj = record.json()
         if seen.is_new(obj):
@@ -141,7 +155,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="Log level")] = "info") ->
     from stixbus.worker import run_worker
 
     settings = get_settings()
-    _create_topics(settings)
+    _create_topics(settings, WORKER)
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
     run_worker(settings, loglevel)
 
@@ -168,7 +182,8 @@ def publish_cmd(
     if not org.publishes:
         raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
-    sent = asyncio.run(publish(client_kwargs(settings), _names(settings).ingest(org.id), payload))
+    conn = client_kwargs(settings, org.id)
+    sent = asyncio.run(publish(conn, _names(settings).ingest(org.id), payload))
     sys.stdout.write(
         orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
     )
@@ -197,7 +212,15 @@ def consume(
     settings = get_settings()
     registry = load_registry(settings.registry_path)
     org = registry.get(as_org)
-    _print_topic(settings, _names(settings).deliver(org.id), follow, from_beginning, group, True)
+    own_groups = group_prefix(settings.topic_prefix, org.id)
+    if group is not None and uses_sasl(settings) and not group.startswith(own_groups):
+        raise CliError(
+            f"consumer group {group!r}: org {org.id!r} may only use groups starting with "
+            f"{own_groups!r} (Kafka ACL); use e.g. --group {own_groups}siem"
+        )
+    _print_topic(
+        settings, _names(settings).deliver(org.id), follow, from_beginning, group, True, org.id
+    )
 
 
 @cli.command()
@@ -208,7 +231,7 @@ def receipts(
     """Print ORG's submission receipts (accepted/rejected counts and reasons) as JSON lines."""
     settings = get_settings()
     org = load_registry(settings.registry_path).get(as_org)
-    _print_topic(settings, _names(settings).receipts(org.id), follow, True, None, False)
+    _print_topic(settings, _names(settings).receipts(org.id), follow, True, None, False, org.id)
 
 
 def _print_topic(
@@ -218,12 +241,13 @@ def _print_topic(
     from_beginning: bool,
     group: str | None,
     dedup: bool,
+    principal: str | None = None,
 ) -> None:
     seen = VersionFilter()
 
     async def run() -> None:
         async for record in read_topic(
-            client_kwargs(settings),
+            client_kwargs(settings, principal),
             topic,
             group_id=group,
             from_beginning=from_beginning,
@@ -250,9 +274,13 @@ def settings() -> None:
 # Command groups live in stixbus/commands/<group>.py, each exposing `app: typer.Typer`.
 # Add one with: `cli.add_typer(<module>.app, name="<group>")` below (one line per group).
 # -- command groups --
+from stixbus.commands import status as _status  # noqa: E402
+
+cli.command("status")(_status.status)
 cli.add_typer(agreements_commands.app, name="agreements")
 cli.command("explain")(agreements_commands.explain)
 cli.command("audit")(agreements_commands.audit)
+cli.add_typer(security_commands.app, name="security")
 # -- end command groups --
 
 

@@ -7,7 +7,8 @@ is the broker's super user (created when the storage is formatted) and gets no A
 - org X (publisher) may WRITE `<prefix>.ingest.X` and READ `<prefix>.receipts.X`;
 - org X (subscriber) may READ `<prefix>.deliver.X`;
 - org X may use consumer groups whose names start with `<prefix>.X.`;
-- the worker may READ the ingest topics and its own pipeline inputs, WRITE/CREATE/DESCRIBE every
+- the worker may READ the ingest topics and the bus's own (not per-org) topics from
+  `TopicNames.all_specs`, WRITE/CREATE/DESCRIBE every
   `<prefix>.` topic, do anything on its Faust-internal `<app_id>-` topics (changelogs,
   `<app_id>-__assignor-__leader`) and use the consumer group `<app_id>`;
 - operators may READ audit, dead letters and agreements, WRITE agreements and DESCRIBE every
@@ -122,11 +123,18 @@ def org_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
     return out
 
 
-def worker_bindings(prefix: str, app_id: str) -> list[AclBinding]:
+def pipeline_topics(registry: Registry, prefix: str) -> list[str]:
+    """The bus's own topics (not per org): normalized, audit, agreements, dead letters..."""
     names = TopicNames(prefix)
+    per_org = {f(o.id) for o in registry.orgs for f in (names.ingest, names.deliver, names.receipts)}
+    return sorted({s.name for s in names.all_specs(registry, 1)} - per_org)
+
+
+def worker_bindings(registry: Registry, prefix: str, app_id: str) -> list[AclBinding]:
     lit, pre = PatternType.LITERAL, PatternType.PREFIXED
     out = _topic(WORKER, pre, f"{prefix}.ingest.", Operation.READ)
-    for topic in (names.normalized, names.unique, names.agreements):
+    # Its pipeline inputs; never the delivery or receipt topics of an org.
+    for topic in pipeline_topics(registry, prefix):
         out += _topic(WORKER, lit, topic, Operation.READ)
     out += _topic(
         WORKER,
@@ -159,11 +167,12 @@ def derive_acls(registry: Registry, prefix: str, app_id: str) -> list[AclBinding
     check_registry(registry)
     if app_id.startswith(f"{prefix}."):
         raise ValueError(
-            f"app id {app_id!r} starts with the topic prefix {prefix!r} plus a dot, so the worker's "
-            "internal topics would mix with the org topics: choose an app id without that prefix"
+            f"app id {app_id!r} starts with the topic prefix {prefix!r} plus a dot, so the "
+            "worker's internal topics would mix with the org topics: choose an app id without "
+            "that prefix"
         )
     bindings = org_bindings(registry, prefix)
-    bindings += worker_bindings(prefix, app_id)
+    bindings += worker_bindings(registry, prefix, app_id)
     bindings += operator_bindings(prefix)
     return sorted(set(bindings))
 

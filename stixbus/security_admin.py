@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AclBinding as CkAclBinding
 from confluent_kafka.admin import (
     AclBindingFilter,
     AclOperation,
@@ -23,7 +24,6 @@ from confluent_kafka.admin import (
     UserScramCredentialDeletion,
     UserScramCredentialUpsertion,
 )
-from confluent_kafka.admin import AclBinding as CkAclBinding
 from confluent_kafka.admin import ResourceType as CkResourceType
 
 from schemas.org import Registry
@@ -84,17 +84,21 @@ def _to_ck(b: AclBinding) -> CkAclBinding:
     )
 
 
+def _enum_name(value: object) -> str:
+    return str(getattr(value, "name", value))
+
+
 def _from_ck(b: CkAclBinding) -> AclBinding | None:
     """None for bindings outside the model (DENY rules, other operations): kept as found."""
     try:
         return AclBinding(
             principal=b.principal,
-            resource_type=ResourceType(b.restype.name),
-            pattern_type=PatternType(b.resource_pattern_type.name),
+            resource_type=ResourceType(_enum_name(b.restype)),
+            pattern_type=PatternType(_enum_name(b.resource_pattern_type)),
             resource_name=b.name,
-            operation=Operation(b.operation.name),
+            operation=Operation(_enum_name(b.operation)),
             host=b.host,
-            permission=b.permission_type.name,
+            permission=_enum_name(b.permission_type),
         )
     except ValueError:
         return None
@@ -110,10 +114,10 @@ def _wait(future: Any, what: str) -> Any:
 def existing_acls(client: AdminClient) -> list[AclBinding]:
     flt = AclBindingFilter(
         CkResourceType.ANY,
-        None,
+        None,  # type: ignore[arg-type]  # None matches any name (librdkafka)
         ResourcePatternType.ANY,
-        None,
-        None,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
         AclOperation.ANY,
         AclPermissionType.ANY,
     )

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         default=REPO_ROOT / ".stixbus", description="State folder: Kafka data, worker data, logs"
     )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
+    web_host: str = Field(
+        default="127.0.0.1", description="Worker HTTP bind address (0.0.0.0 inside containers)"
+    )
     store: str = Field(default="rocksdb://", description="Faust table store (memory:// in tests)")
     confidence_step: int = Field(
         default=10, ge=1, description="Confidence change that warrants re-delivery"
@@ -104,7 +107,7 @@ def load_settings() -> Settings:
     """Settings from STIXBUS_* env vars, then <STIXBUS_HOME>/secrets/client.env, then defaults."""
     env_file = client_env_file()
     if env_file.is_file():
-        return Settings(_env_file=env_file)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file)
     return Settings()
 
 

@@ -39,7 +39,9 @@ def agreement(**overrides: Any) -> Agreement:
 
 
 def indicator(
-    tlp: TLP = TLP.GREEN, publisher: str = "cert", observables: tuple[str, ...] = ("url",),
+    tlp: TLP = TLP.GREEN,
+    publisher: str = "cert",
+    observables: tuple[str, ...] = ("url",),
     **stix: Any,
 ) -> NormalizedObject:
     obj = {
@@ -62,8 +64,13 @@ def indicator(
     )
 
 
-def run(obj: NormalizedObject, *agreements: Agreement, pub: Org = CERT, sub: Org = BANK_A,
-        now: datetime = NOW):
+def run(
+    obj: NormalizedObject,
+    *agreements: Agreement,
+    pub: Org = CERT,
+    sub: Org = BANK_A,
+    now: datetime = NOW,
+):
     return decide(obj, pub, sub, list(agreements), now, REGISTRY)
 
 
@@ -101,8 +108,12 @@ def test_sector_and_named_parties_both_match() -> None:
 
 def test_unknown_org_denies() -> None:
     stranger = Org(
-        id="bank-z", name="Zeta", sector=Sector.BANK, default_tlp=TLP.AMBER,
-        identity_id="identity--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f", roles={"subscriber"},
+        id="bank-z",
+        name="Zeta",
+        sector=Sector.BANK,
+        default_tlp=TLP.AMBER,
+        identity_id="identity--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+        roles={"subscriber"},
     )
     d = run(indicator(), agreement(subscribers=["sector:bank", "bank-z"]), sub=stranger)
     assert not d.allow and codes(d) == {ReasonCode.UNKNOWN_ORG}
@@ -161,8 +172,9 @@ def test_naive_now_is_a_programming_error() -> None:
     ],
 )
 def test_tlp_ceiling(tlp: TLP, ceiling: str, allowed: bool) -> None:
-    d = run(indicator(tlp), agreement(tlp_ceiling=ceiling, subscribers=["bank-a"],
-                                       onward_sharing=False))
+    d = run(
+        indicator(tlp), agreement(tlp_ceiling=ceiling, subscribers=["bank-a"], onward_sharing=False)
+    )
     assert d.allow is allowed
     if not allowed:
         assert codes(d) == {ReasonCode.TLP_ABOVE_CEILING}
@@ -179,8 +191,9 @@ def test_red_only_to_individually_named_subscribers() -> None:
     assert codes(run(indicator(TLP.RED), through_sector)) == {
         ReasonCode.RED_REQUIRES_NAMED_RECIPIENT
     }
-    named = agreement(tlp_ceiling="red", subscribers=["sector:bank", "bank-a"],
-                      onward_sharing=False)
+    named = agreement(
+        tlp_ceiling="red", subscribers=["sector:bank", "bank-a"], onward_sharing=False
+    )
     assert run(indicator(TLP.RED), named).allow
     assert not run(indicator(TLP.RED), named, sub=BANK_B).allow
 
@@ -285,7 +298,8 @@ def test_fewer_redactions_is_more_permissive() -> None:
 
 def test_transformations_are_listed() -> None:
     a = agreement(
-        attribution="pseudonymous", onward_sharing=False,
+        attribution="pseudonymous",
+        onward_sharing=False,
         redaction={"drop_custom_properties": ["x_*"], "pseudonymise": ["description"]},
     )
     kinds = [t.kind for t in run(indicator(), a).transformations]

@@ -24,6 +24,7 @@ OBJECT_TYPES = ["indicator", "sighting", "report", "observed-data"]
 OBSERVABLES = ["url", "domain-name", "ipv4-addr", "file"]
 TAGS = ["fraud", "phishing", "botnet"]
 
+
 def unique_lists(values: list[str], min_size: int = 0, max_size: int | None = None):
     return st.lists(st.sampled_from(values), unique=True, min_size=min_size, max_size=max_size)
 
@@ -108,7 +109,9 @@ def scenarios(draw: st.DrawFn) -> tuple[list[Agreement], NormalizedObject, str, 
     return agreement_list, obj, publisher, subscriber, now
 
 
-FAST = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _decide(scenario: tuple[list[Agreement], NormalizedObject, str, str, datetime]):
@@ -133,7 +136,7 @@ def test_never_above_the_ceiling_and_always_in_term(scenario) -> None:
 @given(scenarios())
 def test_red_and_amber_strict_only_to_named_orgs_never_onward(scenario) -> None:
     decision, chosen = _decide(scenario)
-    _, obj, pub, sub, _ = scenario
+    _, obj, _pub, sub, _ = scenario
     if decision.allow and obj.tlp >= TLP.AMBER_STRICT:
         assert chosen is not None and sub in chosen.named_subscribers
         assert decision.onward_sharing is False
@@ -142,11 +145,12 @@ def test_red_and_amber_strict_only_to_named_orgs_never_onward(scenario) -> None:
 @FAST
 @given(scenarios())
 def test_deny_when_no_agreement_covers_the_pair(scenario) -> None:
-    agreement_list, obj, pub, sub, _ = scenario
+    agreement_list, _obj, pub, sub, _ = scenario
     decision, _ = _decide(scenario)
     pub_sector, sub_sector = REGISTRY.get(pub).sector.value, REGISTRY.get(sub).sector.value
     covering = [
-        a for a in agreement_list
+        a
+        for a in agreement_list
         if (pub in a.publishers or f"sector:{pub_sector}" in a.publishers)
         and (sub in a.subscribers or f"sector:{sub_sector}" in a.subscribers)
     ]

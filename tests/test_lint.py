@@ -12,8 +12,15 @@ from stixbus.lint import Finding, FindingCode, Severity, check_agreements
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-EVERYONE = ["sector:cert", "sector:bank", "sector:association", "sector:isp", "central-bank",
-            "prosecution", "fiu"]
+EVERYONE = [
+    "sector:cert",
+    "sector:bank",
+    "sector:association",
+    "sector:isp",
+    "central-bank",
+    "prosecution",
+    "fiu",
+]
 
 
 def agreement(**overrides: Any) -> Agreement:
@@ -35,8 +42,13 @@ def agreement(**overrides: Any) -> Agreement:
 
 
 # Covers every subscriber so that only the finding under test shows up.
-COVER_ALL = agreement(id="zz-cover", publishers=["isp-one"], subscribers=EVERYONE,
-                      object_types=["note"], tlp_ceiling="clear")
+COVER_ALL = agreement(
+    id="zz-cover",
+    publishers=["isp-one"],
+    subscribers=EVERYONE,
+    object_types=["note"],
+    tlp_ceiling="clear",
+)
 
 
 def findings(*agreements: Agreement) -> list[Finding]:
@@ -77,36 +89,53 @@ def test_amber_strict_through_sector_and_with_onward_sharing() -> None:
         (Severity.ERROR, "ag", FindingCode.AMBER_STRICT_THROUGH_SECTOR),
         (Severity.ERROR, "ag", FindingCode.AMBER_STRICT_WITH_ONWARD_SHARING),
     }
-    named_closed = agreement(tlp_ceiling="amber+strict", subscribers=["bank-a"],
-                             onward_sharing=False)
+    named_closed = agreement(
+        tlp_ceiling="amber+strict", subscribers=["bank-a"], onward_sharing=False
+    )
     assert only(named_closed) == set()
 
 
 def test_shadowed_agreement() -> None:
     wide = agreement(id="wide")
-    narrow = agreement(id="narrow", subscribers=["bank-a"], tlp_ceiling="green",
-                       object_types=["indicator"], attribution="anonymous")
+    narrow = agreement(
+        id="narrow",
+        subscribers=["bank-a"],
+        tlp_ceiling="green",
+        object_types=["indicator"],
+        attribution="anonymous",
+    )
     assert only(wide, narrow) == {(Severity.WARNING, "narrow", FindingCode.SHADOWED)}
 
 
 def test_overlap_without_containment() -> None:
     indicators = agreement(id="indicators", object_types=["indicator"])
-    sightings = agreement(id="sightings", object_types=["sighting", "indicator"],
-                          tlp_ceiling="green")
+    sightings = agreement(
+        id="sightings", object_types=["sighting", "indicator"], tlp_ceiling="green"
+    )
     assert only(indicators, sightings) == {(Severity.WARNING, "indicators", FindingCode.OVERLAP)}
 
 
 def test_disjoint_pairs_do_not_overlap() -> None:
-    assert only(agreement(id="xx", subscribers=["bank-a"]),
-                agreement(id="yy", subscribers=["bank-b"])) == set()
+    assert (
+        only(agreement(id="xx", subscribers=["bank-a"]), agreement(id="yy", subscribers=["bank-b"]))
+        == set()
+    )
 
 
 def test_subscriber_without_agreement() -> None:
     got = check_agreements([agreement()], REGISTRY, NOW)
-    orphans = {f.message.split()[1] for f in got
-               if f.code is FindingCode.SUBSCRIBER_WITHOUT_AGREEMENT}
-    assert orphans == {"cert", "bank-assoc", "isp-one", "isp-two", "central-bank",
-                       "prosecution", "fiu"}
+    orphans = {
+        f.message.split()[1] for f in got if f.code is FindingCode.SUBSCRIBER_WITHOUT_AGREEMENT
+    }
+    assert orphans == {
+        "cert",
+        "bank-assoc",
+        "isp-one",
+        "isp-two",
+        "central-bank",
+        "prosecution",
+        "fiu",
+    }
 
 
 def test_term_ended() -> None:
@@ -115,8 +144,10 @@ def test_term_ended() -> None:
 
 
 def test_errors_sort_first() -> None:
-    got = findings(agreement(id="b-old", term={"valid_from": "2024-01-01",
-                                               "valid_until": "2025-01-01"}),
-                   agreement(id="z-bad", subscribers=["nobody"]))
-    assert [f.severity for f in got] == sorted((f.severity for f in got),
-                                               key=lambda s: s is Severity.WARNING)
+    got = findings(
+        agreement(id="b-old", term={"valid_from": "2024-01-01", "valid_until": "2025-01-01"}),
+        agreement(id="z-bad", subscribers=["nobody"]),
+    )
+    assert [f.severity for f in got] == sorted(
+        (f.severity for f in got), key=lambda s: s is Severity.WARNING
+    )

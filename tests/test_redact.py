@@ -88,9 +88,15 @@ def agreement(**overrides: Any) -> Agreement:
 
 def deliver(stix: dict[str, Any], a: Agreement) -> dict[str, Any]:
     normalized = NormalizedObject(
-        submission_id="s", publisher="bank-a", received_at=NOW, published_at=NOW,
-        object_id=stix["id"], object_type=stix["type"], modified=stix.get("modified"),
-        tlp=TLP.AMBER, object=stix,
+        submission_id="s",
+        publisher="bank-a",
+        received_at=NOW,
+        published_at=NOW,
+        object_id=stix["id"],
+        object_type=stix["type"],
+        modified=stix.get("modified"),
+        tlp=TLP.AMBER,
+        object=stix,
     )
     decision = decide(normalized, BANK_A, BANK_B, [a], NOW, REGISTRY)
     assert decision.allow, decision.reasons
@@ -110,8 +116,11 @@ MODES = [
     agreement(onward_sharing=False),
     agreement(redaction={"drop_custom_properties": ["x_*"]}),
     agreement(attribution="pseudonymous", redaction={"pseudonymise": ["description"]}),
-    agreement(attribution="anonymous", onward_sharing=False,
-              redaction={"drop_custom_properties": ["x_alpha_customer"]}),
+    agreement(
+        attribution="anonymous",
+        onward_sharing=False,
+        redaction={"drop_custom_properties": ["x_alpha_customer"]},
+    ),
 ]
 
 
@@ -122,10 +131,21 @@ def test_delivered_objects_and_companions_are_valid_stix(a: Agreement, stix: dic
     assert_valid(out)
     assert out["modified"] == stix["modified"] and out["created"] == stix["created"]
     decision_stub = decide(
-        NormalizedObject(submission_id="s", publisher="bank-a", received_at=NOW,
-                         published_at=NOW, object_id=stix["id"], object_type=stix["type"],
-                         tlp=TLP.AMBER, object=stix),
-        BANK_A, BANK_B, [a], NOW, REGISTRY,
+        NormalizedObject(
+            submission_id="s",
+            publisher="bank-a",
+            received_at=NOW,
+            published_at=NOW,
+            object_id=stix["id"],
+            object_type=stix["type"],
+            tlp=TLP.AMBER,
+            object=stix,
+        ),
+        BANK_A,
+        BANK_B,
+        [a],
+        NOW,
+        REGISTRY,
     )
     for companion in companion_objects(decision_stub, a, REGISTRY):
         assert_valid(companion)
@@ -143,12 +163,16 @@ def test_drop_all_custom_properties_changes_id_and_records_source() -> None:
     assert out["id"] == derived_object_id(PRODUCER_INDICATOR["id"], a, REGISTRY)
     assert out["id"] != PRODUCER_INDICATOR["id"]
     assert out["created_by_ref"] == BANK_A.identity_id
-    assert {"source_name": SOURCE_REFERENCE_NAME, "external_id": PRODUCER_INDICATOR["id"]}.items() \
-        <= out["external_references"][-1].items()
+    assert {
+        "source_name": SOURCE_REFERENCE_NAME,
+        "external_id": PRODUCER_INDICATOR["id"],
+    }.items() <= out["external_references"][-1].items()
 
 
 def test_drop_named_custom_property_only() -> None:
-    out = deliver(PRODUCER_INDICATOR, agreement(redaction={"drop_custom_properties": ["x_alpha_customer"]}))
+    out = deliver(
+        PRODUCER_INDICATOR, agreement(redaction={"drop_custom_properties": ["x_alpha_customer"]})
+    )
     assert "x_alpha_customer" not in out and out["x_alpha_case_id"] == "CASE-2026-0042"
 
 
@@ -188,8 +212,7 @@ def test_no_onward_sharing_adds_the_statement_marking() -> None:
 def test_derived_id_is_stable_across_versions_and_differs_per_settings() -> None:
     a = agreement(attribution="anonymous")
     v1 = deliver(PRODUCER_INDICATOR, a)
-    v2 = deliver({**PRODUCER_INDICATOR, "modified": "2026-05-09T00:00:00.000Z",
-                  "revoked": True}, a)
+    v2 = deliver({**PRODUCER_INDICATOR, "modified": "2026-05-09T00:00:00.000Z", "revoked": True}, a)
     assert v1["id"] == v2["id"] and v2["revoked"] is True
     other = agreement(attribution="anonymous", onward_sharing=False)
     assert derived_object_id(PRODUCER_INDICATOR["id"], other, REGISTRY) != v1["id"]
@@ -198,8 +221,13 @@ def test_derived_id_is_stable_across_versions_and_differs_per_settings() -> None
 def test_refuses_a_deny_or_a_different_agreement() -> None:
     a = agreement()
     normalized = NormalizedObject(
-        submission_id="s", publisher="bank-a", received_at=NOW, published_at=NOW,
-        object_id=PRODUCER_INDICATOR["id"], object_type="indicator", tlp=TLP.RED,
+        submission_id="s",
+        publisher="bank-a",
+        received_at=NOW,
+        published_at=NOW,
+        object_id=PRODUCER_INDICATOR["id"],
+        object_type="indicator",
+        tlp=TLP.RED,
         object=PRODUCER_INDICATOR,
     )
     denied = decide(normalized, BANK_A, BANK_B, [a], NOW, REGISTRY)
@@ -214,9 +242,14 @@ def test_structured_values_are_withheld_not_leaked() -> None:
 
 
 def test_sco_keeps_its_id() -> None:
-    sco = {"type": "url", "spec_version": "2.1",
-           "id": "url--4f8e1a6f-d1a4-5b3b-9b1d-2b1d8d9b0a71", "value": "https://x.example/",
-           "x_alpha_case_id": "C1"}
-    out = deliver(sco, agreement(attribution="anonymous",
-                                 redaction={"drop_custom_properties": ["x_*"]}))
+    sco = {
+        "type": "url",
+        "spec_version": "2.1",
+        "id": "url--4f8e1a6f-d1a4-5b3b-9b1d-2b1d8d9b0a71",
+        "value": "https://x.example/",
+        "x_alpha_case_id": "C1",
+    }
+    out = deliver(
+        sco, agreement(attribution="anonymous", redaction={"drop_custom_properties": ["x_*"]})
+    )
     assert out["id"] == sco["id"] and "x_alpha_case_id" not in out
