@@ -234,7 +234,10 @@ def is_retryable_status(status: int) -> bool:
 
 
 def with_retries(
-    what: str, call: Callable[[], T], policy: RetryPolicy, sleep: Callable[[float], None] = time.sleep
+    what: str,
+    call: Callable[[], T],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run `call`, retrying 429/5xx and connection errors with backoff; auth errors fail at once."""
     last: Exception | None = None

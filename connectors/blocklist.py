@@ -31,8 +31,8 @@ from pydantic import Field, model_validator
 
 from connectors.base import (
     CONNECTOR_NAMESPACE,
-    PullConfig,
     ConnectorError,
+    PullConfig,
     Report,
     StateFile,
     Submitter,
@@ -76,7 +76,9 @@ class BlocklistConfig(PullConfig):
     type: IndicatorType = IndicatorType.AUTO
     labels: list[str] = Field(default_factory=lambda: ["malicious-activity"])
     indicator_types: list[str] = Field(default_factory=lambda: ["malicious-activity"])
-    tlp: str | None = Field(default="clear", description="TLP of every indicator; null: org default")
+    tlp: str | None = Field(
+        default="clear", description="TLP of every indicator; null: org default"
+    )
     confidence: int | None = Field(default=None, ge=0, le=100)
     valid_for_days: float | None = Field(
         default=None, gt=0, description="valid_until = first seen + this TTL"
@@ -253,9 +255,7 @@ def parse_value(text: str, kind: IndicatorType) -> tuple[str, str]:
     try:
         return "domain-name", canonical_domain(value)
     except BadLine:
-        raise BadLine(
-            f"{value!r} is not a URL, domain, IP/CIDR or md5/sha1/sha256 hash"
-        ) from None
+        raise BadLine(f"{value!r} is not a URL, domain, IP/CIDR or md5/sha1/sha256 hash") from None
 
 
 def _column(row: list[str], column: int | str, header: list[str] | None, line: int) -> str:
@@ -444,9 +444,7 @@ async def run_once(
             entries[k]["revoke_at"] = max(now, _after(entries[k]["first_seen"]))
         if vanished:
             store.save(state)
-    to_revoke = [
-        k for k, v in entries.items() if v.get("revoke_at") and not v.get("revoked")
-    ]
+    to_revoke = [k for k, v in entries.items() if v.get("revoke_at") and not v.get("revoked")]
     if progress_total:
         progress_total(len(fresh) + len(to_revoke))
 

@@ -201,16 +201,18 @@ class StatusEntry:
 
 def taxii_error(status: int, title: str, description: str) -> web.Response:
     body = {"title": title, "description": description, "http_status": str(status)}
-    return web.Response(status=status, body=orjson.dumps(body),
-                        headers={"Content-Type": TAXII_MEDIA})
+    return web.Response(
+        status=status, body=orjson.dumps(body), headers={"Content-Type": TAXII_MEDIA}
+    )
 
 
 TAXII_MEDIA_BASE = "application/taxii+json"
 
 
 def taxii_json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data),
-                        headers={"Content-Type": TAXII_MEDIA})
+    return web.Response(
+        status=status, body=orjson.dumps(data), headers={"Content-Type": TAXII_MEDIA}
+    )
 
 
 def collection_id(org: str) -> str:
@@ -280,8 +282,9 @@ class Inbox:
 
     async def _start_receipts(self, app: web.Application) -> None:
         topics = [self.names.receipts(o.id) for o in self.registry.publishers]
-        consumer = AIOKafkaConsumer(**client_kwargs(self.settings), enable_auto_commit=False,
-                                    auto_offset_reset="latest")
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(self.settings), enable_auto_commit=False, auto_offset_reset="latest"
+        )
         await consumer.start()
         cluster = await consumer._client.fetch_all_metadata()
         tps = [
@@ -341,8 +344,12 @@ class Inbox:
 
     def _check_root(self, request: web.Request) -> web.Response | None:
         if request.match_info.get("root") != self.config.api_root:
-            return taxii_error(404, "Not Found", f"no API root {request.match_info['root']!r}; "
-                               f"this server has /taxii2/{self.config.api_root}/")
+            return taxii_error(
+                404,
+                "Not Found",
+                f"no API root {request.match_info['root']!r}; "
+                f"this server has /taxii2/{self.config.api_root}/",
+            )
         if not _accept_ok(request.headers.get("Accept", "")):
             return taxii_error(406, "Not Acceptable", f"send 'Accept: {TAXII_MEDIA}'")
         return None
@@ -363,9 +370,12 @@ class Inbox:
         if owner is None:
             return taxii_error(404, "Not Found", f"no collection {cid!r} in this API root")
         if owner != org:
-            return taxii_error(403, "Forbidden",
-                               f"collection {cid} is {owner}'s ingest; your token is for {org}: "
-                               f"post to collection {collection_id(org)}")
+            return taxii_error(
+                403,
+                "Forbidden",
+                f"collection {cid} is {owner}'s ingest; your token is for {org}: "
+                f"post to collection {collection_id(org)}",
+            )
         return None
 
     # -- handlers --
@@ -375,9 +385,14 @@ class Inbox:
         if isinstance(auth, web.Response):
             return auth
         root_url = f"{self.base_url}/taxii2/{self.config.api_root}/"
-        return taxii_json({"title": "stixbus TAXII 2.1 inbox",
-                           "description": "Push STIX 2.1 to the bus as your organisation",
-                           "default": root_url, "api_roots": [root_url]})
+        return taxii_json(
+            {
+                "title": "stixbus TAXII 2.1 inbox",
+                "description": "Push STIX 2.1 to the bus as your organisation",
+                "default": root_url,
+                "api_roots": [root_url],
+            }
+        )
 
     async def api_root(self, request: web.Request) -> web.Response:
         auth = self._auth(request)
@@ -385,8 +400,13 @@ class Inbox:
             return auth
         if (bad := self._check_root(request)) is not None:
             return bad
-        return taxii_json({"title": "stixbus ingest", "versions": [TAXII_MEDIA],
-                           "max_content_length": self.max_body})
+        return taxii_json(
+            {
+                "title": "stixbus ingest",
+                "versions": [TAXII_MEDIA],
+                "max_content_length": self.max_body,
+            }
+        )
 
     async def list_collections(self, request: web.Request) -> web.Response:
         auth = self._auth(request)
@@ -415,12 +435,17 @@ class Inbox:
         if (bad := self._own_collection(request, auth)) is not None:
             return bad
         if not _media_ok(request.headers.get("Content-Type", "")):
-            return taxii_error(415, "Unsupported Media Type",
-                               f"Content-Type {request.headers.get('Content-Type', '')!r} is not "
-                               f"{TAXII_MEDIA!r}: send a TAXII 2.1 envelope with that type")
-        too_big = taxii_error(413, "Payload Too Large",
-                              f"the body is over {self.max_body} bytes: split it into several "
-                              "POSTs")
+            return taxii_error(
+                415,
+                "Unsupported Media Type",
+                f"Content-Type {request.headers.get('Content-Type', '')!r} is not "
+                f"{TAXII_MEDIA!r}: send a TAXII 2.1 envelope with that type",
+            )
+        too_big = taxii_error(
+            413,
+            "Payload Too Large",
+            f"the body is over {self.max_body} bytes: split it into several POSTs",
+        )
         if request.content_length is not None and request.content_length > self.max_body:
             return too_big
         body = bytearray()
@@ -434,9 +459,11 @@ class Inbox:
             return taxii_error(400, "Bad Request", f"the body is not JSON ({exc})")
         objects = document.get("objects") if isinstance(document, dict) else None
         if not isinstance(objects, list):
-            return taxii_error(400, "Bad Request",
-                               "the body must be a TAXII envelope or STIX bundle with an "
-                               "'objects' list")
+            return taxii_error(
+                400,
+                "Bad Request",
+                "the body must be a TAXII envelope or STIX bundle with an 'objects' list",
+            )
         status_id = str(uuid.uuid4())
         bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         versions = {}
@@ -447,8 +474,9 @@ class Inbox:
         self.statuses[status_id] = entry
         while len(self.statuses) > MAX_STATUSES:
             self.statuses.popitem(last=False)
-        await publish(client_kwargs(self.settings), self.names.ingest(auth),
-                      orjson.dumps(bundle), status_id)
+        await publish(
+            client_kwargs(self.settings), self.names.ingest(auth), orjson.dumps(bundle), status_id
+        )
         return taxii_json(self._status(status_id, entry, len(objects)), status=202)
 
     async def get_status(self, request: web.Request) -> web.Response:
@@ -460,8 +488,11 @@ class Inbox:
         sid = request.match_info["sid"]
         entry = self.statuses.get(sid)
         if entry is None or entry.org != auth:
-            return taxii_error(404, "Not Found", f"no status {sid!r} for {auth} (statuses live "
-                               "as long as the inbox process)")
+            return taxii_error(
+                404,
+                "Not Found",
+                f"no status {sid!r} for {auth} (statuses live as long as the inbox process)",
+            )
         return taxii_json(self._status(sid, entry, None))
 
     def _status(self, sid: str, entry: StatusEntry, total: int | None) -> dict[str, Any]:
@@ -470,25 +501,40 @@ class Inbox:
         base = {"id": sid, "request_timestamp": entry.request_timestamp, "total_count": total}
         receipt = entry.receipt
         if receipt is None:
-            return {**base, "status": "pending", "success_count": 0, "failure_count": 0,
-                    "pending_count": total}
+            return {
+                **base,
+                "status": "pending",
+                "success_count": 0,
+                "failure_count": 0,
+                "pending_count": total,
+            }
         accepted = set(receipt.accepted_ids)
         reasons: dict[str | None, str] = {}
         for rej in receipt.rejections:
             reasons.setdefault(rej.object_id, f"{rej.reason.value}: {rej.message}")
         successes = [{"id": i, "version": entry.versions[i]} for i in ids if i in accepted]
         failures = [
-            {"id": i, "version": entry.versions[i],
-             "message": reasons.get(i) or reasons.get(None) or "rejected by the bus"}
-            for i in ids if i not in accepted
+            {
+                "id": i,
+                "version": entry.versions[i],
+                "message": reasons.get(i) or reasons.get(None) or "rejected by the bus",
+            }
+            for i in ids
+            if i not in accepted
         ]
         failures += [
             {"id": "", "version": "", "message": "not a STIX object with an id"}
             for _ in range(total - len(ids))
         ]
-        return {**base, "status": "complete", "success_count": len(successes),
-                "failure_count": len(failures), "pending_count": 0,
-                "successes": successes, "failures": failures}
+        return {
+            **base,
+            "status": "complete",
+            "success_count": len(successes),
+            "failure_count": len(failures),
+            "pending_count": 0,
+            "successes": successes,
+            "failures": failures,
+        }
 
 
 async def serve(config: InboxConfig, settings: Settings, stop: asyncio.Event | None = None) -> None:

@@ -28,9 +28,14 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "taxii": Kind("taxii", taxii.TaxiiConfig, "Poll TAXII 2.1 collections (added_after + next)"),
-    "misp": Kind("misp", misp.MispConfig, "Read a MISP feed (manifest.json + events), via misp-stix"),
-    "blocklist": Kind("blocklist", blocklist.BlocklistConfig,
-                      "CSV/plain-text lists of URLs, domains, IPs/CIDRs, hashes"),
+    "misp": Kind(
+        "misp", misp.MispConfig, "Read a MISP feed (manifest.json + events), via misp-stix"
+    ),
+    "blocklist": Kind(
+        "blocklist",
+        blocklist.BlocklistConfig,
+        "CSV/plain-text lists of URLs, domains, IPs/CIDRs, hashes",
+    ),
     "inbox": Kind("inbox", inbox.InboxConfig, "Serve a TAXII 2.1 inbox: orgs push with a token"),
 }
 
@@ -56,8 +61,12 @@ async def run_once(
     org = resolve_org(settings, config.org)
     report = Report(config.connector, config.name, org.id)
     submitter = Submitter(
-        settings, org, f"{config.connector}:{config.name}", report,
-        max_bytes=config.max_submission_bytes, progress=progress,
+        settings,
+        org,
+        f"{config.connector}:{config.name}",
+        report,
+        max_bytes=config.max_submission_bytes,
+        progress=progress,
     )
     if isinstance(config, blocklist.BlocklistConfig):
         await blocklist.run_once(config, settings, org.id, report, submitter, progress_total)

@@ -21,8 +21,8 @@ from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import Collection
 
 from connectors.base import (
-    PullConfig,
     ConnectorError,
+    PullConfig,
     Report,
     RetryPolicy,
     StateFile,
@@ -112,8 +112,9 @@ async def run_once(
     conn, last_headers = connection(config)
     try:
         for ref in config.collections:
-            await _pull(config, ref, conn, last_headers, policy, store, state, cursors, report,
-                        submitter)
+            await _pull(
+                config, ref, conn, last_headers, policy, store, state, cursors, report, submitter
+            )
     finally:
         conn.close()
 
@@ -159,8 +160,9 @@ async def _pull(
         objects = [o for o in envelope.get("objects", []) if isinstance(o, dict)]
         skipped = len(envelope.get("objects", [])) - len(objects)
         if skipped:
-            report.reject("/objects", f"{what}: {skipped} entries are not JSON objects",
-                          Reason.NOT_STIX)
+            report.reject(
+                "/objects", f"{what}: {skipped} entries are not JSON objects", Reason.NOT_STIX
+            )
         report.read += len(objects)
         page_last = last_headers.get("x-taxii-date-added-last")
         more = bool(envelope.get("more"))

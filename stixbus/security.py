@@ -126,7 +126,9 @@ def org_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
 def pipeline_topics(registry: Registry, prefix: str) -> list[str]:
     """The bus's own topics (not per org): normalized, audit, agreements, dead letters..."""
     names = TopicNames(prefix)
-    per_org = {f(o.id) for o in registry.orgs for f in (names.ingest, names.deliver, names.receipts)}
+    per_org = {
+        topic(o.id) for o in registry.orgs for topic in (names.ingest, names.deliver, names.receipts)
+    }
     return sorted({s.name for s in names.all_specs(registry, 1)} - per_org)
 
 

@@ -35,7 +35,7 @@ def _settings(registry: Path | None) -> Settings:
 def _table(title: str, bindings: list[AclBinding], marks: dict[AclBinding, str]) -> Table:
     table = Table(title=title)
     for column in ("principal", "resource", "pattern", "name", "operation"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     if marks:
         table.add_column("change")
     for b in bindings:
