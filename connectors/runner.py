@@ -29,7 +29,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "taxii": Kind("taxii", taxii.TaxiiConfig, "Poll TAXII 2.1 collections (added_after + next)"),
     "misp": Kind(
-        "misp", misp.MispConfig, "Read a MISP feed (manifest.json + events), via misp-stix"
+        "misp", misp.MispConfig, "Read a MISP feed (manifest.json + events) via misp-stix"
     ),
     "blocklist": Kind(
         "blocklist",

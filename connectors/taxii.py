@@ -11,6 +11,7 @@ after the last published page (neither re-publishing nor skipping).  When a serv
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -53,7 +54,7 @@ class TaxiiConfig(PullConfig):
     api_key_env: str | None = Field(default=None, description="Env var with an API key")
     api_key_header: str = Field(
         default="Authorization",
-        description="Header for the API key; 'Authorization' sends 'Token <key>' like taxii2-client",
+        description="API key header; 'Authorization' sends 'Token <key>' (taxii2-client style)",
     )
     page_size: int = Field(default=500, ge=1, le=10_000)
     types: list[str] | None = Field(default=None, description="match[type] filter")
@@ -94,7 +95,7 @@ def connection(config: TaxiiConfig) -> tuple[_HTTPConnection, dict[str, str]]:
         kwargs.setdefault("timeout", config.timeout_seconds)
         return original(method, url, **kwargs)
 
-    conn.session.request = request  # type: ignore[method-assign]
+    conn.session.request = request
     return conn, last
 
 
@@ -152,8 +153,8 @@ async def _pull(
         kwargs = dict(filters)
         if next_token:
             kwargs["next"] = next_token
-        envelope = with_retries(
-            f"{what} (get objects)", lambda kw=kwargs: collection.get_objects(**kw), policy
+        envelope: Any = with_retries(
+            f"{what} (get objects)", functools.partial(collection.get_objects, **kwargs), policy
         )
         if not isinstance(envelope, dict):
             raise ConnectorError(f"{what}: the server sent no TAXII envelope (a JSON object)")
