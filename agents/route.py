@@ -8,7 +8,10 @@ processing an event of its partition.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Any
 
 import faust
 import orjson
@@ -52,6 +55,10 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                 if outcome is MergeOutcome.CONFLICT:
                     await _quarantine(record)
                     continue
+                if outcome is MergeOutcome.IDENTICAL:
+                    metrics.observe_suppressed()
+                    table[key] = state.model_dump_json().encode()  # last_seen only
+                    continue
                 if outcome not in (MergeOutcome.NEW_SOURCE, MergeOutcome.NEW_VERSION):
                     metrics.observe_suppressed()
                     continue
@@ -63,12 +70,20 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                 table[key] = plan.state.model_dump_json().encode()
 
     async def _write(plan: Plan, now: datetime) -> None:
+        # Crash safety: the key's new state (the changelog record, written by the caller after
+        # this returns) must never reach the broker before the deliveries it records, or a
+        # kill -9 in between would lose them for good.  So wait for the broker's acks here.
+        # The reverse (deliveries acked, state lost) only re-mints the same (id, modified) on
+        # replay, which consumers drop (stixbus.client.VersionFilter).
+        pending: list[Awaitable[Any]] = []
         for delivery in plan.deliveries:
             topic = deliver[delivery.subscriber]
             for companion in delivery.companions:
-                await topic.send(key=companion["id"].encode(), value=orjson.dumps(companion))
+                pending.append(
+                    await topic.send(key=companion["id"].encode(), value=orjson.dumps(companion))
+                )
             obj = delivery.stix_object
-            await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj))
+            pending.append(await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj)))
             latency = (
                 (now - delivery.published_at).total_seconds() if delivery.published_at else None
             )
@@ -86,6 +101,8 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                 "delivered": decision.subscriber in delivered and decision.allow,
             }
             await audit.send(key=decision.object_id.encode(), value=orjson.dumps(entry))
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _quarantine(record: NormalizedObject) -> None:
         rejection = Rejection(

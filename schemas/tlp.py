@@ -27,7 +27,7 @@ class TLP(IntEnum):
 
     @classmethod
     def parse(cls, text: str) -> TLP:
-        """Accept 'clear', 'white', 'green', 'amber', 'amber+strict', 'red' (any case, TLP: prefix ok)."""
+        """Accept clear, white, green, amber, amber+strict, red (any case; TLP: prefix ok)."""
         key = text.strip().lower().removeprefix("tlp:").replace("_", "+").replace(" ", "")
         try:
             return _BY_NAME[key]

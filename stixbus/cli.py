@@ -109,33 +109,60 @@ def up(
 
 def _demo(settings: Settings) -> None:
     names = _names(settings)
+    registry = load_registry(settings.registry_path)
+    sent_at = time.monotonic()
     for org in DEMO_PUBLISHERS:
         payload = (DEMO_DIR / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(client_kwargs(settings, org), names.ingest(org), payload))
+        sent = asyncio.run(publish(client_kwargs(settings), names.ingest(org), payload))
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
-    time.sleep(2.0)
-    registry = load_registry(settings.registry_path)
-    table = Table(title="What each subscriber received (stixbus.deliver.<org>)")
+    topics = [names.deliver(s.id) for s in registry.subscribers]
+    received: dict[str, dict[str, dict[str, object]]] = {}
+    while time.monotonic() - sent_at < 20:
+        time.sleep(1.0)
+        received = asyncio.run(_collect_all(settings, topics))
+        banks = [names.deliver(o.id) for o in registry.subscribers if o.sector == "bank"]
+        if all(received.get(t) for t in banks):
+            break
+    waited = time.monotonic() - sent_at
+    table = Table(title=f"Indicators each subscriber holds ({waited:.1f}s after publishing)")
     table.add_column("subscriber")
-    table.add_column("objects", justify="right")
-    table.add_column("indicators")
-    for subscriber in registry.subscribers:
-        records = asyncio.run(_collect(settings, names.deliver(subscriber.id), subscriber.id))
-        shown = [escape(str(r.get("pattern", r.get("id")))) for r in records if isinstance(r, dict)]
-        table.add_row(subscriber.id, str(len(records)), "\n".join(shown[:8]) or "—")
+    table.add_column("indicators", justify="right")
+    table.add_column("pattern · TLP · sources")
+    for subscriber, topic in zip(registry.subscribers, topics, strict=True):
+        indicators = [o for o in received.get(topic, {}).values() if o.get("type") == "indicator"]
+        lines = [_describe(o) for o in indicators]
+        table.add_row(subscriber.id, str(len(indicators)), "\n".join(lines) or "—")
     out.print(table)
 
 
-async def _collect(settings: Settings, topic: str, principal: str) -> list[object]:
-    seen = VersionFilter()
-    objects = []
-    async for record in read_topic(
-        client_kwargs(settings, principal), topic, from_beginning=True, max_wait=10
-    ):
-        obj = record.json()
-        if seen.is_new(obj):
-            objects.append(obj)
-    return objects
+def _describe(indicator: dict[str, object]) -> str:
+    from schemas.tlp import tlp_of_marking
+
+    refs = indicator.get("object_marking_refs")
+    marks = [tlp_of_marking(str(m)) for m in refs] if isinstance(refs, list) else []
+    tlps = "/".join(t.label for t in marks if t is not None) or "?"
+    sources = indicator.get("x_stixbus_sources")
+    count = len(sources) if isinstance(sources, list) else 0
+    revoked = " REVOKED" if indicator.get("revoked") else ""
+    return escape(f"{indicator.get('pattern')} · {tlps} · {count} source(s){revoked}")
+
+
+async def _collect_all(
+    settings: Settings, topics: list[str]
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Latest version of every object on each topic (id -> object), read concurrently."""
+
+    async def one(topic: str) -> tuple[str, dict[str, dict[str, object]]]:
+        latest: dict[str, dict[str, object]] = {}
+        async for record in read_topic(
+            client_kwargs(settings), topic, from_beginning=True, max_wait=10
+        ):
+            obj = record.json()
+            if isinstance(obj, dict):
+                latest[str(obj.get("id"))] = obj
+        return topic, latest
+
+    return dict(await asyncio.gather(*(one(t) for t in topics)))
 
 
 @cli.command()
@@ -281,6 +308,9 @@ cli.add_typer(agreements_commands.app, name="agreements")
 cli.command("explain")(agreements_commands.explain)
 cli.command("audit")(agreements_commands.audit)
 cli.add_typer(security_commands.app, name="security")
+from stixbus.commands import connector  # noqa: E402
+
+cli.add_typer(connector.app, name="connector")
 # -- end command groups --
 
 

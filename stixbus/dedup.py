@@ -101,6 +101,11 @@ def merge_source(
     held = state.sources.get(record.object_id)
     if held is not None:
         outcome = _compare(held, record, digest)
+        if outcome is MergeOutcome.IDENTICAL:
+            # Nothing to deliver, but the producer still vouches: remember when it last said so.
+            seen = held.model_copy(update={"last_seen": max(held.last_seen, now)})
+            sources = {**state.sources, record.object_id: seen}
+            return state.model_copy(update={"sources": sources}), outcome
         if outcome is not None:
             return state, outcome
     version = SourceVersion(

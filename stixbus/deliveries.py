@@ -92,9 +92,10 @@ def plan_key(
             delivery, view = _plan_forward(
                 state, subscriber, allowed, previous, registry, index, now
             )
-        if delivery is not None and view is not None:
-            deliveries.append(delivery)
+        if view is not None:
             views[subscriber.id] = view
+        if delivery is not None:
+            deliveries.append(delivery)
     settled = _settled(state, views, now)
     new_state = state.model_copy(update={"views": views, "settled_at": settled})
     return Plan(new_state, deliveries, audited)
@@ -131,17 +132,30 @@ def _plan_minted(
         ]
         if still:
             return None, None
-        revoked = {**previous.delivered, "revoked": True, "modified": _next_modified(previous, now)}
+        stamp = _vouching_ended(state, previous)
+        revoked = {
+            **previous.delivered,
+            "revoked": True,
+            "modified": _next_modified(previous, stamp),
+        }
         view = previous.model_copy(update={"delivered": revoked})
         return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
 
     sources = [state.sources[sid] for sid in sorted(vouching)]
     decisions = [allowed[sid] for sid in sorted(vouching)]
     body = _minted_body(state, sources, decisions, registry)
-    if previous is not None and not _material_change(previous, body, decisions, config):
-        return None, None
-    created = previous.delivered["created"] if previous else stix_time(now)
-    modified = _next_modified(previous, now) if previous else created
+    if previous is not None and not _material_change(previous, body, registry, config):
+        if previous.source_ids == tuple(sorted(vouching)):
+            return None, None
+        # Nothing the subscriber must hear about, but remember which sources now back what it
+        # holds (expiry checks them; a stale list would tick this key on every scan).
+        return None, previous.model_copy(update={"source_ids": tuple(sorted(vouching))})
+    # Version timestamps come from the inputs (Kafka time of the newest source record), never
+    # from the wall clock: reprocessing after a crash re-mints the same (id, modified), which
+    # the consumer's idempotent drop (stixbus.client.VersionFilter) then discards.
+    stamp = max(s.record.published_at for s in sources)
+    created = previous.delivered["created"] if previous else stix_time(stamp)
+    modified = _next_modified(previous, stamp) if previous else created
     minted = {
         "type": "indicator",
         "spec_version": "2.1",
@@ -173,7 +187,7 @@ def _minted_body(
 ) -> dict[str, Any]:
     objects = [s.record.object for s in sources]
     tlp = max(s.record.tlp for s in sources)
-    valid_from = min(str(o["valid_from"]) for o in objects if "valid_from" in o)
+    valid_from = min((str(o["valid_from"]) for o in objects if "valid_from" in o), key=parse_time)
     untils = [o.get("valid_until") for o in objects]
     confidences = [o["confidence"] for o in objects if isinstance(o.get("confidence"), int)]
     markings = [TLP(tlp).marking_id]
@@ -194,7 +208,7 @@ def _minted_body(
         ],
     }
     if all(isinstance(u, str) for u in untils):
-        body["valid_until"] = max(str(u) for u in untils)
+        body["valid_until"] = max((str(u) for u in untils), key=parse_time)
     if confidences:
         body["confidence"] = max(confidences)
     types = sorted({t for o in objects for t in o.get("indicator_types", []) if isinstance(t, str)})
@@ -224,14 +238,14 @@ def _source_ref(src: SourceVersion, decision: Decision, registry: Registry) -> d
 
 
 def _material_change(
-    previous: SubscriberView, body: dict[str, Any], decisions: list[Decision], config: RouteConfig
+    previous: SubscriberView, body: dict[str, Any], registry: Registry, config: RouteConfig
 ) -> bool:
     old = previous.delivered
     old_until, new_until = old.get("valid_until"), body.get("valid_until")
-    if new_until != old_until and (
-        new_until is None or (old_until is not None and new_until > old_until)
+    if old_until is not None and (
+        new_until is None or parse_time(str(new_until)) > parse_time(str(old_until))
     ):
-        return True  # validity extended
+        return True  # validity extended (or now open-ended)
     old_conf, new_conf = old.get("confidence"), body.get("confidence")
     if isinstance(old_conf, int) and isinstance(new_conf, int):
         if abs(new_conf - old_conf) >= config.confidence_step:
@@ -240,9 +254,24 @@ def _material_change(
         return True
     if old.get("object_marking_refs") != body.get("object_marking_refs"):
         return True  # a stricter TLP now applies
-    attributed = [d for d in decisions if d.attribution is not Attribution.ANONYMOUS]
-    # A newly visible source matters only where attribution lets the subscriber see it.
-    return bool(attributed) and old.get("x_stixbus_sources") != body.get("x_stixbus_sources")
+    # A newly visible source matters only where attribution lets the subscriber see it (an
+    # anonymous source shows as the bus identity, which the subscriber already has).  A new
+    # version of a source it already sees, or a source dropping out, is not material.
+    anonymous = registry.bus.identity_id
+    return bool(_source_identities(body, anonymous) - _source_identities(old, anonymous))
+
+
+def _source_identities(obj: dict[str, Any], anonymous: str) -> set[tuple[str, str]]:
+    """The sources a subscriber can tell apart (an anonymous one is just the bus identity)."""
+    refs = obj.get("x_stixbus_sources") or []
+    identities = set()
+    for ref in refs:
+        if not isinstance(ref, dict):
+            continue
+        identity = (str(ref.get("source_ref", "")), str(ref.get("created_by_ref", "")))
+        if identity != ("", anonymous):
+            identities.add(identity)
+    return identities
 
 
 def _plan_forward(
@@ -299,9 +328,26 @@ def _agreement_of(decision: Decision, index: AgreementIndex) -> Agreement | None
     return next((a for a in index.agreements if a.id == decision.agreement_id), None)
 
 
+def _vouching_ended(state: KeyState, previous: SubscriberView) -> datetime:
+    """When the last source behind `previous` stopped vouching: its revocation's Kafka time or
+    its valid_until.  Derived from state only, so a replay re-mints the same version."""
+    ends: list[datetime] = []
+    for sid in previous.source_ids:
+        src = state.sources.get(sid)
+        if src is None:
+            continue
+        if src.revoked:
+            ends.append(src.record.published_at)
+        elif src.valid_until is not None:
+            ends.append(parse_time(src.valid_until))
+    return max(ends) if ends else parse_time(str(previous.delivered["modified"]))
+
+
 def _next_modified(previous: SubscriberView | None, now: datetime) -> str:
-    """A version timestamp strictly after the last one delivered (clocks can step back)."""
-    candidate = now
+    """A version timestamp strictly after the last one delivered (inputs can be out of order).
+
+    STIX timestamps here carry milliseconds, so compare at that precision."""
+    candidate = now.astimezone(UTC).replace(microsecond=now.microsecond // 1000 * 1000)
     if previous is not None:
         last = parse_time(str(previous.delivered["modified"]))
         if candidate <= last:

@@ -26,8 +26,8 @@ import pytest
 from schemas.org import Registry, load_registry
 from stixbus import REPO_ROOT
 from stixbus.client import Record, publish, read_topic
-from stixbus.kafka_admin import ensure_topics, list_topics
 from stixbus.commands.agreements import apply_file
+from stixbus.kafka_admin import ensure_topics, list_topics
 from stixbus.settings import Settings
 from stixbus.topics import TopicNames
 

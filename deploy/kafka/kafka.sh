@@ -210,7 +210,7 @@ up() {
     return 0
   fi
   if port_open "$port"; then
-    die "port $port is taken by another process; stop it or set KAFKA_PORT"
+    die "port $port is taken by a process this script did not start (another broker?); stop it or set KAFKA_PORT"
   fi
   if [ -f "$kdir/data/meta.properties" ]; then
     local formatted; formatted="$(cat "$modefile" 2>/dev/null || echo plaintext)"
