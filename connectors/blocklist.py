@@ -15,6 +15,7 @@ and written to `--report FILE`.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import ipaddress
 import re
@@ -450,44 +451,23 @@ async def run_once(
 
     submitter.checkpoint = lambda: store.save(state)
 
-    def mark(keys: list[str], field: str) -> Callable[[], None]:
-        def commit() -> None:
-            for k in keys:
-                entries[k][field] = True
+    def mark(key_: str, field: str) -> None:
+        entries[key_][field] = True
 
-        return commit
-
-    batch: list[str] = []
-    objects: list[dict[str, Any]] = []
-    chunk = 500  # entries per state save (state writes stay cheap for 100k-line lists)
+    # One unit per entry: a unit is committed as soon as the submission carrying it is acked.
     for key_ in fresh:
         kind, value = key_.split("|", 1)
         record = entries[key_]
-        objects.append(
-            make_indicator(config, kind, value, record["first_seen"], record["generation"])
-        )
-        batch.append(key_)
-        if len(batch) >= chunk:
-            await submitter.add(objects, mark(batch, "published"))
-            batch, objects = [], []
-    if batch:
-        await submitter.add(objects, mark(batch, "published"))
-    batch, objects = [], []
+        obj = make_indicator(config, kind, value, record["first_seen"], record["generation"])
+        await submitter.add([obj], functools.partial(mark, key_, "published"))
     for key_ in to_revoke:
         kind, value = key_.split("|", 1)
         record = entries[key_]
-        objects.append(
-            make_indicator(
-                config, kind, value, record["first_seen"], record["generation"], record["revoke_at"]
-            )
+        obj = make_indicator(
+            config, kind, value, record["first_seen"], record["generation"], record["revoke_at"]
         )
-        batch.append(key_)
         report.revoked += 1
-        if len(batch) >= chunk:
-            await submitter.add(objects, mark(batch, "revoked"))
-            batch, objects = [], []
-    if batch:
-        await submitter.add(objects, mark(batch, "revoked"))
+        await submitter.add([obj], functools.partial(mark, key_, "revoked"))
     await submitter.flush()
 
 

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
-from misp_stix_converter import MISPtoSTIX21Parser
 from pydantic import Field, field_validator
 
 from connectors.base import (
@@ -105,6 +104,9 @@ def convert_event(event: dict[str, Any], config: MispConfig) -> list[dict[str, A
         tlp = tlp_of_tags(tag_names(attribute))
         if tlp is not None and attribute.get("uuid"):
             attr_tlp[str(attribute["uuid"])] = tlp
+    # Imported here: misp-stix pulls in the STIX 1 stack (seconds), other connectors need not.
+    from misp_stix_converter import MISPtoSTIX21Parser
+
     parser = MISPtoSTIX21Parser()  # fresh per event: a failed parse leaves state behind
     parser.parse_misp_event({"Event": body})
     objects: list[dict[str, Any]] = json.loads(parser.bundle.serialize())["objects"]

@@ -27,7 +27,7 @@ from stixbus.commands import agreements as agreements_commands
 from stixbus.commands import security as security_commands
 from stixbus.kafka_admin import ensure_topics, list_topics
 from stixbus.kafka_config import client_kwargs, uses_sasl
-from stixbus.security import ADMIN, WORKER, group_prefix
+from stixbus.security import ADMIN, WORKER, group_prefix, may_use_group
 from stixbus.settings import Settings, get_settings
 from stixbus.topics import TopicNames
 
@@ -182,6 +182,9 @@ def worker(loglevel: Annotated[str, typer.Option(help="Log level")] = "info") ->
     from stixbus.worker import run_worker
 
     settings = get_settings()
+    if uses_sasl(settings) and not settings.sasl_username:
+        # Every client in the worker process (Faust, lag sampler...) acts as the worker.
+        settings = settings.model_copy(update={"sasl_username": WORKER})
     _create_topics(settings, WORKER)
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
     run_worker(settings, loglevel)
@@ -240,10 +243,14 @@ def consume(
     registry = load_registry(settings.registry_path)
     org = registry.get(as_org)
     own_groups = group_prefix(settings.topic_prefix, org.id)
-    if group is not None and uses_sasl(settings) and not group.startswith(own_groups):
+    if (
+        group is not None
+        and uses_sasl(settings)
+        and not may_use_group(settings.topic_prefix, org.id, group)
+    ):
         raise CliError(
-            f"consumer group {group!r}: org {org.id!r} may only use groups starting with "
-            f"{own_groups!r} (Kafka ACL); use e.g. --group {own_groups}siem"
+            f"consumer group {group!r}: org {org.id!r} may only use {own_groups[:-1]!r} or groups "
+            f"starting with {own_groups!r} (Kafka ACL); use e.g. --group {own_groups}siem"
         )
     _print_topic(
         settings, _names(settings).deliver(org.id), follow, from_beginning, group, True, org.id

@@ -410,7 +410,7 @@ def _check_top_level_values(obj: dict[str, Any], label: str, pointer: str) -> No
                 f"{label}: property {name!r} is {'null' if value is None else 'an empty list'}; "
                 "STIX does not allow that: omit the property instead",
             )
-        if name in _FORBIDDEN_COMMON_PROPERTIES:
+        if name in _FORBIDDEN_COMMON_PROPERTIES and obj["type"] != "marking-definition":
             raise _reject(
                 obj["id"],
                 Reason.INVALID_PROPERTY,

@@ -6,13 +6,14 @@ is the broker's super user (created when the storage is formatted) and gets no A
 
 - org X (publisher) may WRITE `<prefix>.ingest.X` and READ `<prefix>.receipts.X`;
 - org X (subscriber) may READ `<prefix>.deliver.X`;
-- org X may use consumer groups whose names start with `<prefix>.X.`;
+- org X may use the consumer group `<prefix>.X` and groups whose names start with `<prefix>.X.`;
 - the worker may READ the ingest topics and the bus's own (not per-org) topics from
   `TopicNames.all_specs`, WRITE/CREATE/DESCRIBE every
   `<prefix>.` topic, do anything on its Faust-internal `<app_id>-` topics (changelogs,
-  `<app_id>-__assignor-__leader`) and use the consumer group `<app_id>`;
+  `<app_id>-__assignor-__leader`), use the consumer group `<app_id>` and DESCRIBE every
+  `<prefix>.` group (committed offsets, for the lag monitor);
 - operators may READ audit, dead letters and agreements, WRITE agreements and DESCRIBE every
-  `<prefix>.` topic, with groups under `<prefix>.stixbus-operator.`.
+  `<prefix>.` topic and group, with groups under `<prefix>.stixbus-operator.`.
 
 READ and WRITE imply DESCRIBE in Kafka, and WRITE on any topic implies IDEMPOTENT_WRITE (KIP-679),
 so those are not listed.
@@ -82,8 +83,14 @@ def principal(user: str) -> str:
 
 
 def group_prefix(prefix: str, user: str) -> str:
-    """Consumer groups `user` may use: `<prefix>.<user>.` followed by anything."""
+    """Consumer groups `user` may use: `<prefix>.<user>` itself (the lag monitor's convention,
+    stixbus/lag.py) and `<prefix>.<user>.` followed by anything."""
     return f"{prefix}.{user}."
+
+
+def may_use_group(prefix: str, user: str, group: str) -> bool:
+    own = group_prefix(prefix, user)
+    return group == own[:-1] or group.startswith(own)
 
 
 def users(registry: Registry) -> list[str]:
@@ -105,8 +112,10 @@ def _topic(user: str, pattern: PatternType, name: str, *ops: Operation) -> list[
     return [AclBinding(principal(user), ResourceType.TOPIC, pattern, name, op) for op in ops]
 
 
-def _group(user: str, pattern: PatternType, name: str) -> AclBinding:
-    return AclBinding(principal(user), ResourceType.GROUP, pattern, name, Operation.READ)
+def _group(
+    user: str, pattern: PatternType, name: str, op: Operation = Operation.READ
+) -> AclBinding:
+    return AclBinding(principal(user), ResourceType.GROUP, pattern, name, op)
 
 
 def org_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
@@ -119,6 +128,7 @@ def org_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
             out += _topic(org.id, lit, names.receipts(org.id), Operation.READ)
         if org.subscribes:
             out += _topic(org.id, lit, names.deliver(org.id), Operation.READ)
+        out.append(_group(org.id, lit, group_prefix(prefix, org.id)[:-1]))
         out.append(_group(org.id, PatternType.PREFIXED, group_prefix(prefix, org.id)))
     return out
 
@@ -127,7 +137,7 @@ def pipeline_topics(registry: Registry, prefix: str) -> list[str]:
     """The bus's own topics (not per org): normalized, audit, agreements, dead letters..."""
     names = TopicNames(prefix)
     per_org = {
-        topic(o.id) for o in registry.orgs for topic in (names.ingest, names.deliver, names.receipts)
+        name(o.id) for o in registry.orgs for name in (names.ingest, names.deliver, names.receipts)
     }
     return sorted({s.name for s in names.all_specs(registry, 1)} - per_org)
 
@@ -150,6 +160,8 @@ def worker_bindings(registry: Registry, prefix: str, app_id: str) -> list[AclBin
     # Faust's own topics: table changelogs and `<app_id>-__assignor-__leader`.
     out += _topic(WORKER, pre, f"{app_id}-", Operation.ALL)
     out.append(_group(WORKER, lit, app_id))
+    # Committed offsets of subscriber groups, for the lag monitor (agents/observe.py).
+    out.append(_group(WORKER, pre, f"{prefix}.", Operation.DESCRIBE))
     return out
 
 
@@ -161,6 +173,7 @@ def operator_bindings(prefix: str) -> list[AclBinding]:
     out += _topic(OPERATOR, lit, names.deadletter, Operation.READ)
     out += _topic(OPERATOR, lit, names.agreements, Operation.READ, Operation.WRITE)
     out.append(_group(OPERATOR, PatternType.PREFIXED, group_prefix(prefix, OPERATOR)))
+    out.append(_group(OPERATOR, PatternType.PREFIXED, f"{prefix}.", Operation.DESCRIBE))
     return out
 
 

@@ -1,4 +1,4 @@
-"""De-duplication core without Kafka: merge_source (stixbus.dedup) and plan_key (stixbus.deliveries).
+"""De-duplication core without Kafka: merge_source (dedup.py) and plan_key (deliveries.py).
 
 Records come from the real normaliser and decisions from the example agreements in
 deploy/agreements.yaml, so these tests pin what the worker does for the local stack:
@@ -34,6 +34,7 @@ REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 AGREEMENTS = load_agreements(REPO_ROOT / "deploy" / "agreements.yaml")
 INDEX = AgreementIndex(AGREEMENTS, REGISTRY)
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+DEFAULT_CONFIG = RouteConfig()
 URL = "[url:value = 'http://login-bank.example.com/verify']"
 CERT_RECIPIENTS = {
     "bank-a",
@@ -53,7 +54,7 @@ def indicator(pattern: str = URL, **props: Any) -> dict[str, Any]:
         "type": "indicator",
         "spec_version": "2.1",
         "id": f"indicator--{uuid.uuid4()}",
-        "created": "2026-05-01T00:00:00.000Z",
+        "created": "2026-04-01T00:00:00.000Z",
         "modified": "2026-05-01T00:00:00.000Z",
         "name": "Phishing page",
         "pattern": pattern,
@@ -89,7 +90,7 @@ def record(org: str, obj: dict[str, Any], at: datetime) -> NormalizedObject:
 class Key:
     """One canonical key's state as the route agent would keep it."""
 
-    def __init__(self, index: AgreementIndex = INDEX, config: RouteConfig = RouteConfig()) -> None:
+    def __init__(self, index: AgreementIndex = INDEX, config: RouteConfig = DEFAULT_CONFIG) -> None:
         self.state: KeyState | None = None
         self.index = index
         self.config = config

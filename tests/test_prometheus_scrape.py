@@ -171,6 +171,7 @@ def test_prometheus_scrapes_the_bus(obs_bus: Bus, prometheus: Prometheus) -> Non
 def test_stixbus_status_shows_live_numbers(obs_bus: Bus, prometheus: Prometheus) -> None:
     # Runs after the scrape test in this module: cert has published CERT_SUBMISSIONS bundles.
     obs_bus.objects(obs_bus.names.receipts("cert"), expect=CERT_SUBMISSIONS)
+    obs_bus.env["COLUMNS"] = "200"  # one table row per line
     result = obs_bus.cli("status", "--window", "1", timeout=60)
     text = result.stdout.decode()
     assert result.returncode == 0, text + result.stderr.decode()

@@ -99,9 +99,16 @@ def apply_cmd(
 
 @app.command("retire")
 def retire_cmd(agreement_id: str) -> None:
-    """Retire one agreement (a tombstone on the agreements topic)."""
-    asyncio.run(write_agreements(get_settings(), [], [agreement_id]))
-    out.print(f"retired {agreement_id}")
+    """Retire one agreement (a tombstone on the agreements topic); workers stop routing under it."""
+    settings = get_settings()
+    in_force = asyncio.run(agreements_in_force(settings))
+    if agreement_id not in in_force:
+        raise AgreementsError(
+            f"agreement {agreement_id!r} is not in force, nothing retired "
+            f"(in force: {', '.join(sorted(in_force)) or 'none'}); see `stixbus agreements list`"
+        )
+    asyncio.run(write_agreements(settings, [], [agreement_id]))
+    out.print(f"retired {agreement_id} (version {in_force[agreement_id].get('version')})")
 
 
 @app.command("list")
@@ -135,7 +142,9 @@ def check_cmd(file: Annotated[Path, typer.Argument(help="Agreements YAML")]) -> 
     errors = sum(f.severity is Severity.ERROR for f in findings)
     out.print(f"{len(findings)} finding(s), {errors} error(s)")
     if errors:
-        raise typer.Exit(1)
+        # An exception, not typer.Exit(1): `stixbus.cli.main` runs click with
+        # standalone_mode=False, which turns Exit into a return value and the status into 0.
+        raise AgreementsError(f"{file}: {errors} error(s); fix them before `agreements apply`")
 
 
 def explain(

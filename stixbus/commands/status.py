@@ -7,6 +7,7 @@ its `/readyz`, and the broker (subscriber lag, fresh, so lag shows even when the
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -140,6 +141,7 @@ def status(
         }
 
     span = second.at - first.at
+    zero = None if worker_error else 0.0
     now = time.time()
 
     health = Table(title="Worker and broker", show_header=False)
@@ -208,11 +210,11 @@ def status(
             _int(subs_now.get(org.id)) if org.publishes else "",
             _int(objs_now.get(org.id)) if org.publishes else "",
             _rate(objs_now, objs_before, org.id, span) if org.publishes else "",
-            _int(rejected.get(org.id, 0.0)) if org.publishes else "",
+            _int(rejected.get(org.id, zero)) if org.publishes else "",
             f"{top[0]} ({top[1]:.0f})" if top and top[1] > 0 else "",
-            _int(deliv_now.get(org.id, 0.0)) if org.subscribes else "",
+            _int(deliv_now.get(org.id, zero)) if org.subscribes else "",
             _rate(deliv_now, deliv_before, org.id, span) if org.subscribes else "",
-            _int(revoked.get(org.id, 0.0)) if org.subscribes else "",
+            _int(revoked.get(org.id, zero)) if org.subscribes else "",
             ("—" if lag is None else str(lag)) if org.subscribes else "",
             _ago(last, now),
         )
@@ -240,4 +242,4 @@ def status(
             denied.add_row(reason, _int(count))
         out.print(denied)
     if worker_error:
-        raise typer.Exit(1)
+        sys.exit(1)
