@@ -46,6 +46,24 @@ class AgreementStore:
             except ValidationError as exc:
                 log.error("agreements topic: record %r is not a valid agreement: %s", key, exc)
                 return
+            if agreement.id != agreement_id:
+                # Compaction and tombstones work per key: a record keyed otherwise could never
+                # be retired by `stixbus agreements retire <id>`.
+                log.error(
+                    "agreements topic: record keyed %r holds agreement %r; skipped (the key must "
+                    "be the agreement id)",
+                    agreement_id,
+                    agreement.id,
+                )
+                return
+            previous = self.agreements.get(agreement.id)
+            if previous is not None and agreement.version < previous.version:
+                log.warning(
+                    "agreement %s goes back from version %d to %d (rollback?)",
+                    agreement.id,
+                    previous.version,
+                    agreement.version,
+                )
             self.agreements[agreement.id] = agreement
             metrics.set_agreement_version(agreement.id, agreement.version)
             log.warning("agreement %s version %d in force", agreement.id, agreement.version)

@@ -46,7 +46,9 @@ def _indicator(rng: random.Random, pattern: str, **extra: Any) -> dict[str, Any]
 
 
 def _label(rng: random.Random) -> str:
-    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(4, 12)))
+    return "".join(
+        rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(4, 12))
+    )
 
 
 def _observable(rng: random.Random, variant: bool) -> str:
@@ -55,7 +57,12 @@ def _observable(rng: random.Random, variant: bool) -> str:
     if kind == "url":
         url = f"http://{domain}/{_label(rng)}/{_label(rng)}.php?id={rng.randint(1, 9999)}"
         if variant:
-            url = url.replace("http://", "hxxp://").replace(".", "[.]", 1).upper().replace("HXXP", "hxxp")
+            url = (
+                url.replace("http://", "hxxp://")
+                .replace(".", "[.]", 1)
+                .upper()
+                .replace("HXXP", "hxxp")
+            )
         return f"[url:value = '{url}']"
     if kind == "domain":
         value = domain.replace(".", "[.]") if variant else domain
@@ -102,7 +109,11 @@ def generate_corpus(count: int, seed: int = 7) -> list[dict[str, Any]]:
 def bundles(corpus: list[dict[str, Any]], size: int) -> Iterator[bytes]:
     for start in range(0, len(corpus), size):
         yield orjson.dumps(
-            {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": corpus[start : start + size]}
+            {
+                "type": "bundle",
+                "id": f"bundle--{uuid.uuid4()}",
+                "objects": corpus[start : start + size],
+            }
         )
 
 

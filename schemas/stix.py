@@ -68,7 +68,9 @@ TimestampMillis = Annotated[str, AfterValidator(check_timestamp_millis)]
 NonEmptyStrings = Annotated[list[str], Field(min_length=1)]
 Identifiers = Annotated[list[Identifier], Field(min_length=1)]
 
-_FORBIDDEN_SOURCE_TARGET = re.compile(r"^(relationship|sighting|bundle|marking-definition|language-content)--")
+_FORBIDDEN_SOURCE_TARGET = re.compile(
+    r"^(relationship|sighting|bundle|marking-definition|language-content)--"
+)
 
 
 def _not_sro_ref(value: str) -> str:
@@ -106,7 +108,14 @@ class GranularMarking(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     selectors: Annotated[
-        list[Annotated[str, StringConstraints(pattern=r"^([a-z0-9_-]{3,249}(\.(\[\d+\]|[a-z0-9_-]{1,250}))*|id)$")]],
+        list[
+            Annotated[
+                str,
+                StringConstraints(
+                    pattern=r"^([a-z0-9_-]{3,249}(\.(\[\d+\]|[a-z0-9_-]{1,250}))*|id)$"
+                ),
+            ]
+        ],
         Field(min_length=1),
     ]
     marking_ref: MarkingRef
@@ -176,11 +185,15 @@ class Sighting(DomainObject):
     count: Annotated[int, Field(ge=0, le=999_999_999)] | None = None
     sighting_of_ref: SdoOrScoRef
     observed_data_refs: (
-        Annotated[list[Annotated[Identifier, AfterValidator(_observed_data_ref)]], Field(min_length=1)]
+        Annotated[
+            list[Annotated[Identifier, AfterValidator(_observed_data_ref)]], Field(min_length=1)
+        ]
         | None
     ) = None
     where_sighted_refs: (
-        Annotated[list[Annotated[Identifier, AfterValidator(_where_sighted_ref)]], Field(min_length=1)]
+        Annotated[
+            list[Annotated[Identifier, AfterValidator(_where_sighted_ref)]], Field(min_length=1)
+        ]
         | None
     ) = None
     summary: bool | None = None

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.errors import TopicAuthorizationFailedError
 
 SUBMISSION_HEADER = "stixbus-submission-id"
 
@@ -91,6 +93,15 @@ async def read_topic(
         cluster = await consumer._client.fetch_all_metadata()
         partitions = cluster.partitions_for_topic(topic)
         if partitions is None:
+            # Under ACLs a topic this principal may not describe is missing from the listing:
+            # ask for it by name, so a denial is reported as one (docs/security.md).
+            probe = ClusterMetadata()
+            await consumer._client._metadata_update(probe, [topic])
+            if topic in probe.unauthorized_topics:
+                raise TopicAuthorizationFailedError(
+                    f"{topic}: the broker denies this principal access (Kafka ACL); an org may "
+                    "read only its own deliver and receipts topics"
+                )
             raise LookupError(f"topic {topic!r} does not exist; run `stixbus topics` to list them")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if group_id:

@@ -159,12 +159,12 @@ def _normalise(raw: bytes, submission: Submission, limits: Limits) -> NormaliseO
     accepted: list[NormalizedObject] = []
     rejections: list[Rejection] = []
     rejected_count = 0
-    for result in results:
-        if isinstance(result, _Accepted):
-            accepted.append(_normalized_object(result, submission))
-        elif result:
+    for checked in results:
+        if isinstance(checked, _Accepted):
+            accepted.append(_normalized_object(checked, submission))
+        elif checked:
             rejected_count += 1
-            rejections.extend(result)
+            rejections.extend(checked)
     if not objects:
         warnings.append("the bundle has no objects: nothing to publish")
     return _outcome(raw, submission, accepted, rejections, rejected_count, warnings)
@@ -188,7 +188,9 @@ def _locate_objects(document: Any, limits: Limits) -> tuple[list[Any], str, bool
     objects = document.get("objects", [])
     if not isinstance(objects, list):
         return PayloadProblem(
-            Reason.NOT_STIX, "/objects", "the bundle's 'objects' must be a JSON array of STIX objects"
+            Reason.NOT_STIX,
+            "/objects",
+            "the bundle's 'objects' must be a JSON array of STIX objects",
         )
     if len(objects) > limits.objects_per_bundle:
         return PayloadProblem(
@@ -198,8 +200,10 @@ def _locate_objects(document: Any, limits: Limits) -> tuple[list[Any], str, bool
             "limit: split it into several bundles",
         )
     bundle_id = document.get("id")
-    if not isinstance(bundle_id, str) or not IDENTIFIER_RE.match(bundle_id) or not bundle_id.startswith(
-        "bundle--"
+    if (
+        not isinstance(bundle_id, str)
+        or not IDENTIFIER_RE.match(bundle_id)
+        or not bundle_id.startswith("bundle--")
     ):
         return PayloadProblem(
             Reason.INVALID_ID,
@@ -240,7 +244,9 @@ class _Rejected(Exception):
 
 def _reject(obj_id: Any, reason: Reason, pointer: str, message: str) -> _Rejected:
     object_id = obj_id if isinstance(obj_id, str) else None
-    return _Rejected([Rejection(object_id=object_id, reason=reason, pointer=pointer, message=message)])
+    return _Rejected(
+        [Rejection(object_id=object_id, reason=reason, pointer=pointer, message=message)]
+    )
 
 
 def _check_object(
@@ -282,12 +288,16 @@ def _accept_object(
         warnings.append(
             f"{pointer or '/'}: {label} upgraded from STIX 2.0 ({', '.join(upgraded.changes)})"
         )
-    is_sco = object_type in STIX_SCO_TYPES or ("created" not in obj and object_type not in MODEL_BY_TYPE)
+    is_sco = object_type in STIX_SCO_TYPES or (
+        "created" not in obj and object_type not in MODEL_BY_TYPE
+    )
     _check_spec_version(obj, label, pointer, is_sco)
     _check_top_level_values(obj, label, pointer)
-    if not is_sco:
-        _check_created_modified(obj, label, pointer)
+    if not is_sco and object_type not in MODEL_BY_TYPE:
+        _check_created_modified(obj, label, pointer)  # the models check these themselves
     model = _validate_model(obj, label, pointer)
+    if model is not None and "modified" in obj and "created" in obj:
+        _check_modified_not_before_created(obj, label, pointer)
     _check_timestamp_order(obj, label, pointer)
 
     parsed_pattern = None
@@ -305,7 +315,8 @@ def _accept_object(
     if not is_sco and not is_standard_tlp_definition:
         obj = _bind_creator(obj, label, pointer, submission)
 
-    canonical_sco_id, sco_types = None, ()
+    canonical_sco_id: str | None = None
+    sco_types: tuple[str, ...] = ()
     if object_type in SCO_TYPES:
         canonical_sco_id, sco_warnings = _canonical_sco(obj, label, pointer)
         warnings.extend(sco_warnings)
@@ -446,9 +457,14 @@ def _check_created_modified(obj: dict[str, Any], label: str, pointer: str) -> No
             raise _reject(
                 object_id, Reason.INVALID_TIMESTAMP, f"{pointer}/{name}", f"{label}: {name}: {exc}"
             ) from None
-    if len(names) == 2 and timestamp_order_key(obj["modified"]) < timestamp_order_key(obj["created"]):
+    if len(names) == 2:
+        _check_modified_not_before_created(obj, label, pointer)
+
+
+def _check_modified_not_before_created(obj: dict[str, Any], label: str, pointer: str) -> None:
+    if timestamp_order_key(obj["modified"]) < timestamp_order_key(obj["created"]):
         raise _reject(
-            object_id,
+            obj["id"],
             Reason.MODIFIED_BEFORE_CREATED,
             f"{pointer}/modified",
             f"{label}: modified ({obj['modified']}) is before created ({obj['created']}); a "
@@ -483,7 +499,10 @@ def _rejection_from_pydantic(
     dotted = ".".join(str(part) for part in location)
     if error["type"] == "missing":
         reason = Reason.MISSING_PROPERTY
-        message = f"{label} lacks required property {dotted!r}: add it (see the STIX 2.1 spec for {obj['type']})"
+        message = (
+            f"{label} lacks required property {dotted!r}: add it "
+            f"(see the STIX 2.1 spec for {obj['type']})"
+        )
     else:
         if name in _TIMESTAMP_PROPERTIES:
             reason = Reason.INVALID_TIMESTAMP
@@ -503,7 +522,10 @@ def _check_timestamp_order(obj: dict[str, Any], label: str, pointer: str) -> Non
             continue
         if not (TIMESTAMP_RE.match(later_value) and TIMESTAMP_RE.match(earlier_value)):
             continue  # an unmodelled type with a malformed timestamp: the OASIS check reports it
-        later_key, earlier_key = timestamp_order_key(later_value), timestamp_order_key(earlier_value)
+        later_key, earlier_key = (
+            timestamp_order_key(later_value),
+            timestamp_order_key(earlier_value),
+        )
         if later_key > earlier_key or (operator == "ge" and later_key == earlier_key):
             continue
         relation = "after" if operator == "gt" else "at or after"
@@ -559,7 +581,9 @@ def _bind_creator(
     publisher, registry = submission.publisher, submission.registry
     if obj["type"] == "identity":
         owner = registry.by_identity.get(obj["id"])
-        if obj["id"] == registry.bus.identity_id or (owner is not None and owner.id != publisher.id):
+        if obj["id"] == registry.bus.identity_id or (
+            owner is not None and owner.id != publisher.id
+        ):
             raise _reject(
                 obj["id"],
                 Reason.IMPERSONATION,
@@ -602,12 +626,16 @@ def _canonical_sco(obj: dict[str, Any], label: str, pointer: str) -> tuple[str |
     try:
         if obj["type"] == "file":
             hashes = obj.get("hashes") or {}
-            canonical_hashes = {name: canonical_hash(name, value).value for name, value in hashes.items()}
+            canonical_hashes = {
+                name: canonical_hash(name, value).value for name, value in hashes.items()
+            }
             canonical = {**obj, "hashes": canonical_hashes} if canonical_hashes else obj
             return deterministic_sco_id(canonical), []
         value = canonical_observable(obj["type"], ("value",), obj["value"])
     except CanonicalError as exc:
-        raise _reject(obj["id"], Reason.INVALID_PROPERTY, _sco_value_pointer(obj, pointer), f"{label}: {exc}") from None
+        raise _reject(
+            obj["id"], Reason.INVALID_PROPERTY, _sco_value_pointer(obj, pointer), f"{label}: {exc}"
+        ) from None
     return deterministic_sco_id({"type": obj["type"], "value": value.value}), list(value.warnings)
 
 
@@ -641,7 +669,9 @@ def _check_with_oasis_validator(obj: dict[str, Any], label: str, pointer: str) -
                     object_id=obj["id"],
                     reason=Reason.INVALID_PROPERTY,
                     pointer=pointer,
-                    message=f"{label} fails the OASIS STIX 2.1 validator: {error}; fix it and resend",
+                    message=(
+                        f"{label} fails the OASIS STIX 2.1 validator: {error}; fix it and resend"
+                    ),
                 )
                 for error in errors
             ]

@@ -33,4 +33,8 @@ def oasis_errors(obj: dict[str, Any]) -> list[str]:
 
 def _without_object_id(message: str, object_id: Any) -> str:
     prefix = f"{object_id}: "
-    return message[len(prefix):] if isinstance(object_id, str) and message.startswith(prefix) else message
+    return (
+        message[len(prefix) :]
+        if isinstance(object_id, str) and message.startswith(prefix)
+        else message
+    )

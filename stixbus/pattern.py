@@ -142,7 +142,11 @@ def _official_check(pattern: str, pattern_version: str) -> ParsedPattern | str:
     if errors:
         return "; ".join(e.split(": ", 1)[-1] for e in errors)
     try:
-        types = tuple(sorted(Pattern(pattern).inspect().comparisons)) if pattern_version == "2.1" else ()
+        types = (
+            tuple(sorted(Pattern(pattern).inspect().comparisons))
+            if pattern_version == "2.1"
+            else ()
+        )
     except Exception:
         types = ()
     return ParsedPattern(canonical=pattern.strip(), observable_types=types, fast=False)

@@ -7,6 +7,7 @@ so a publisher cannot get half a bundle through by accident.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ def decode_payload(raw: bytes, limits: Limits) -> Any | PayloadProblem:
     return problem if problem is not None else document
 
 
-def _classify_decode_error(raw: bytes, exc: orjson.JSONDecodeError, limits: Limits) -> PayloadProblem:
+def _classify_decode_error(
+    raw: bytes, exc: orjson.JSONDecodeError, limits: Limits
+) -> PayloadProblem:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as utf8_error:
@@ -72,37 +75,55 @@ def _classify_decode_error(raw: bytes, exc: orjson.JSONDecodeError, limits: Limi
 
 
 def _check_shape_limits(document: Any, limits: Limits) -> PayloadProblem | None:
-    """Walk the value once (iteratively: a deep document must not blow the Python stack)."""
+    """Walk the value once, iteratively (a deep document must not blow the Python stack).
+
+    The walk carries no paths: they are only rebuilt, by `_path_to`, for the rare offender."""
     max_depth, max_chars = limits.nesting_depth, limits.string_chars
-    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(document, 1, ())]
+    stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
-        value, depth, path = stack.pop()
+        value, depth = stack.pop()
         if isinstance(value, dict):
-            if depth > max_depth:
-                return _too_deep(path, max_depth)
-            for key, item in value.items():
-                problem = _check_string(key, (*path, key), max_chars)
-                if problem is not None:
-                    return problem
-                if isinstance(item, str):
-                    problem = _check_string(item, (*path, key), max_chars)
-                    if problem is not None:
-                        return problem
-                elif isinstance(item, dict | list):
-                    stack.append((item, depth + 1, (*path, key)))
+            items: Iterable[Any] = value.values()
+            keys: Iterable[Any] = value.keys()
         elif isinstance(value, list):
-            if depth > max_depth:
-                return _too_deep(path, max_depth)
-            for index, item in enumerate(value):
-                if isinstance(item, str):
-                    problem = _check_string(item, (*path, index), max_chars)
-                    if problem is not None:
-                        return problem
-                elif isinstance(item, dict | list):
-                    stack.append((item, depth + 1, (*path, index)))
-        elif isinstance(value, str):
-            return _check_string(value, path, max_chars)
+            items, keys = value, ()
+        else:
+            if isinstance(value, str) and (len(value) > max_chars or "\x00" in value):
+                return _string_problem(document, value, max_chars)
+            continue
+        if depth > max_depth:
+            return _too_deep(_path_to(document, value), max_depth)
+        for key in keys:
+            if len(key) > max_chars or "\x00" in key:
+                return _string_problem(document, key, max_chars)
+        for item in items:
+            if isinstance(item, str):
+                if len(item) > max_chars or "\x00" in item:
+                    return _string_problem(document, item, max_chars)
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
     return None
+
+
+def _path_to(document: Any, target: Any) -> tuple[str | int, ...]:
+    """Path of the first node that is `target` (by identity, or a key equal to it)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if value is target:
+            return path
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key is target or (key == target and isinstance(target, str)):
+                    return (*path, key)
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+    return ()
+
+
+def _string_problem(document: Any, text: str, max_chars: int) -> PayloadProblem | None:
+    return _check_string(text, _path_to(document, text), max_chars)
 
 
 def _too_deep(path: tuple[str | int, ...], max_depth: int) -> PayloadProblem:

@@ -28,7 +28,9 @@ def new_id(object_type: str) -> str:
     return f"{object_type}--{uuid.uuid4()}"
 
 
-def indicator(pattern: str = "[domain-name:value = 'evil.example.com']", **extra: Any) -> dict[str, Any]:
+def indicator(
+    pattern: str = "[domain-name:value = 'evil.example.com']", **extra: Any
+) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "type": "indicator",
         "spec_version": "2.1",
@@ -44,7 +46,9 @@ def indicator(pattern: str = "[domain-name:value = 'evil.example.com']", **extra
 
 
 def bundle(*objects: Any, **extra: Any) -> bytes:
-    return orjson.dumps({"type": "bundle", "id": new_id("bundle"), "objects": list(objects), **extra})
+    return orjson.dumps(
+        {"type": "bundle", "id": new_id("bundle"), "objects": list(objects), **extra}
+    )
 
 
 def run(raw: bytes, publisher: Any = CERT, limits: Limits | None = None) -> NormaliseOutcome:

@@ -284,8 +284,10 @@ def test_hot_reload_takes_effect_without_restart(restored: Bus, tmp_path: Path) 
     got = delivered(bus, "isp-one", with_pattern(marker(after)))
     end_to_end = time.monotonic() - started
     print(
-        f"\nhot reload: apply {applied - started:.2f}s, worker reload {reload_latency:.2f}s after "
-        f"apply, apply->delivery of the next publication {end_to_end:.2f}s"
+        f"\nhot reload: apply call {applied - started:.2f}s; v2 in force in the worker "
+        f"{applied - started + reload_latency:.2f}s after the apply started "
+        f"({reload_latency:.2f}s after it returned); apply -> delivery of the next publication "
+        f"{end_to_end:.2f}s"
     )
     assert reload_latency < 10
     assert len(got) == 1 and stix_errors(got[0]) == [], got
@@ -398,7 +400,7 @@ def _identity_of(obj: dict[str, Any]) -> object:
 def test_redaction_and_pseudonyms_hold_on_the_wire(bus: Bus) -> None:
     """bank-a's objects reach other banks anonymously and the central bank pseudonymously."""
     producer = bus.registry.get("bank-a").identity_id
-    sighting = {
+    sighting: dict[str, Any] = {
         "type": "sighting",
         "spec_version": "2.1",
         "id": f"sighting--{uuid.uuid4()}",

@@ -57,7 +57,13 @@ def test_ips() -> None:
     assert canonical_ip("2001:DB8:0000::0001", 6).value == "2001:db8::1"
     assert canonical_ip("2001:db8::1/128", 6).value == "2001:db8::1"
     assert canonical_ip("2001:db8::/32", 6).value == "2001:db8::/32"
-    for bad, version in (("192.0.2.1/24", 4), ("300.1.1.1", 4), ("010.1.1.1", 4), ("::1", 4), ("1.2.3.4", 6)):
+    for bad, version in (
+        ("192.0.2.1/24", 4),
+        ("300.1.1.1", 4),
+        ("010.1.1.1", 4),
+        ("::1", 4),
+        ("1.2.3.4", 6),
+    ):
         with pytest.raises(CanonicalError):
             canonical_ip(bad, version)
 
@@ -86,7 +92,10 @@ def test_url_without_host_is_an_error() -> None:
 
 def test_email_and_hashes() -> None:
     assert canonical_email("Alice@EXAMPLE.com").value == "Alice@example.com"
-    assert canonical_hash("MD5", "D41D8CD98F00B204E9800998ECF8427E").value == "d41d8cd98f00b204e9800998ecf8427e"
+    assert (
+        canonical_hash("MD5", "D41D8CD98F00B204E9800998ECF8427E").value
+        == "d41d8cd98f00b204e9800998ecf8427e"
+    )
     with pytest.raises(CanonicalError):
         canonical_hash("SHA-1", "abc")
 

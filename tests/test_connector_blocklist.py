@@ -127,7 +127,7 @@ def test_restart_mid_import_neither_loses_nor_duplicates(bus: Bus, tmp_path: Pat
 
 def test_source_down_fails_loudly_and_keeps_state(bus: Bus, tmp_path: Path) -> None:
     cfg = config(tmp_path, "down-e2e", source=str(tmp_path / "missing.csv"))
-    with pytest.raises(SourceUnavailable, match="missing.csv"):
+    with pytest.raises(SourceUnavailable, match=r"missing\.csv"):
         run(cfg, bus)
     assert not (tmp_path / "state.json").exists()
     result = bus.cli(

@@ -36,9 +36,7 @@ def inbox(bus: Bus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
     tokens = tmp / "tokens.yaml"
     cert = create_token(tokens, "cert", "test")
     bank = create_token(tokens, "bank-a", "test")
-    config = InboxConfig(
-        name="inbox", tokens_file=tokens, port=free_port(), max_body_bytes=200_000
-    )
+    config = InboxConfig(name="inbox", tokens_file=tokens, port=free_port(), max_body_bytes=200_000)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     thread = threading.Thread(

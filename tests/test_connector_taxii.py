@@ -92,7 +92,14 @@ class Medallion:
         )
         script = Path(sys.executable).parent / "medallion"
         self.proc = subprocess.Popen(
-            [str(script), "--host", "127.0.0.1", "--port", str(self.port), str(tmp / "config.json")],
+            [
+                str(script),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                str(tmp / "config.json"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=(tmp / "medallion.log").open("wb"),
         )
@@ -110,9 +117,7 @@ class Medallion:
         """One POST per object, so each gets its own date_added."""
         collection = Collection(self.url, user="cert", password="s3cret")
         for obj in objects:
-            collection.add_objects(
-                {"objects": [obj]}, wait_for_completion=False
-            )
+            collection.add_objects({"objects": [obj]}, wait_for_completion=False)
             time.sleep(0.002)
 
     def stop(self) -> None:

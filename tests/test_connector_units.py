@@ -1,8 +1,9 @@
-"""Pure parts of the connectors: line parsing, id determinism, tag → TLP, state, batching, retries."""
+"""Pure parts of the connectors: parsing, id determinism, tag → TLP, state, batching, retries."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -202,7 +203,7 @@ def test_submitter_splits_by_bytes_and_commits_after_ack() -> None:
         sub = Submitter(settings, org, "t", report, max_bytes=20_000, publish_fn=fake_publish)
         for unit in range(50):
             objs = [{"id": f"x--{unit}-{i}", "pad": "y" * 100} for i in range(10)]
-            await sub.add(objs, lambda u=unit: committed.append(u))
+            await sub.add(objs, functools.partial(committed.append, unit))
         await sub.flush()
         return report
 

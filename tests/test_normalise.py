@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (tables of STIX test data read better unwrapped)
 """normalise_submission: identity binding, markings, limits, upgrade, receipts, never raising."""
 
 from __future__ import annotations
@@ -72,11 +73,19 @@ def test_one_bad_object_rejects_only_itself() -> None:
     ("change", "reason", "pointer"),
     [
         ({"id": "indicator--123"}, Reason.INVALID_ID, "/objects/0/id"),
-        ({"id": "malware--6ba7b810-9dad-41d1-80b4-00c04fd430c8"}, Reason.INVALID_ID, "/objects/0/id"),
+        (
+            {"id": "malware--6ba7b810-9dad-41d1-80b4-00c04fd430c8"},
+            Reason.INVALID_ID,
+            "/objects/0/id",
+        ),
         ({"created": "2024-03-01 10:00:00"}, Reason.INVALID_TIMESTAMP, "/objects/0/created"),
         ({"created": "2024-03-01T10:00:00Z"}, Reason.INVALID_TIMESTAMP, "/objects/0/created"),
         ({"modified": "2024-02-30T10:00:00.000Z"}, Reason.INVALID_TIMESTAMP, "/objects/0/modified"),
-        ({"modified": "2024-02-01T10:00:00.000Z"}, Reason.MODIFIED_BEFORE_CREATED, "/objects/0/modified"),
+        (
+            {"modified": "2024-02-01T10:00:00.000Z"},
+            Reason.MODIFIED_BEFORE_CREATED,
+            "/objects/0/modified",
+        ),
         ({"valid_from": "yesterday"}, Reason.INVALID_TIMESTAMP, "/objects/0/valid_from"),
         ({"pattern": "[domain-name:value = 'x.com'"}, Reason.INVALID_PATTERN, "/objects/0/pattern"),
         ({"pattern": None}, Reason.INVALID_PROPERTY, "/objects/0/pattern"),
@@ -84,7 +93,11 @@ def test_one_bad_object_rejects_only_itself() -> None:
         ({"spec_version": "2.2"}, Reason.UNSUPPORTED_SPEC_VERSION, "/objects/0/spec_version"),
         ({"confidence": 101}, Reason.INVALID_PROPERTY, "/objects/0/confidence"),
         ({"labels": []}, Reason.INVALID_PROPERTY, "/objects/0/labels"),
-        ({"object_marking_refs": [new_id("marking-definition")]}, Reason.UNKNOWN_MARKING, "/objects/0/object_marking_refs/0"),
+        (
+            {"object_marking_refs": [new_id("marking-definition")]},
+            Reason.UNKNOWN_MARKING,
+            "/objects/0/object_marking_refs/0",
+        ),
     ],
 )
 def test_object_rules(change: dict, reason: Reason, pointer: str) -> None:
@@ -110,14 +123,22 @@ def test_impersonating_another_member_is_rejected() -> None:
     assert reasons(outcome) == [Reason.IMPERSONATION]
     outcome = run(bundle(indicator(created_by_ref=REGISTRY.bus.identity_id)), BANK_A)
     assert reasons(outcome) == [Reason.IMPERSONATION]
-    identity = {"type": "identity", "spec_version": "2.1", "id": CERT.identity_id, "created": TS,
-                "modified": TS, "name": "Fake CERT"}
+    identity = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": CERT.identity_id,
+        "created": TS,
+        "modified": TS,
+        "name": "Fake CERT",
+    }
     assert reasons(run(bundle(identity), BANK_A)) == [Reason.IMPERSONATION]
 
 
 def test_third_party_creators_need_relay_rights() -> None:
     osint = new_id("identity")
-    assert reasons(run(bundle(indicator(created_by_ref=osint)), BANK_A)) == [Reason.RELAY_NOT_ALLOWED]
+    assert reasons(run(bundle(indicator(created_by_ref=osint)), BANK_A)) == [
+        Reason.RELAY_NOT_ALLOWED
+    ]
     outcome = run(bundle(indicator(created_by_ref=osint)), CERT)
     assert outcome.accepted[0].object["created_by_ref"] == osint
 
@@ -174,10 +195,18 @@ def test_repeated_versions_in_one_bundle() -> None:
         (bundle(indicator()), Limits(message_bytes=100), Reason.TOO_LARGE),
         (bundle(indicator(), indicator()), Limits(objects_per_bundle=1), Reason.TOO_MANY_OBJECTS),
         (bundle(indicator(name="x" * 100)), Limits(string_chars=50), Reason.STRING_TOO_LONG),
-        (bundle(indicator(x_deep={"a": {"b": {"c": 1}}})), Limits(nesting_depth=4), Reason.TOO_DEEP),
+        (
+            bundle(indicator(x_deep={"a": {"b": {"c": 1}}})),
+            Limits(nesting_depth=4),
+            Reason.TOO_DEEP,
+        ),
         (b"[" * 5000 + b"]" * 5000, Limits(), Reason.TOO_DEEP),
         (bundle(indicator(name="a\x00b")), Limits(), Reason.NUL_CHARACTER),
-        (orjson.dumps({"type": "bundle", "id": "bundle--x", "objects": []}), Limits(), Reason.INVALID_ID),
+        (
+            orjson.dumps({"type": "bundle", "id": "bundle--x", "objects": []}),
+            Limits(),
+            Reason.INVALID_ID,
+        ),
     ],
 )
 def test_whole_submission_problems(raw: bytes, limits: Limits, reason: Reason) -> None:
@@ -212,14 +241,27 @@ def test_stix_2_0_bundle_is_upgraded_losslessly() -> None:
 
 
 def test_stix_2_0_malware_is_not_upgraded_by_guessing() -> None:
-    old = {"type": "malware", "id": new_id("malware"), "created": "2017-01-01T00:00:00.000Z",
-           "modified": "2017-01-01T00:00:00.000Z", "labels": ["trojan"], "name": "x"}
+    old = {
+        "type": "malware",
+        "id": new_id("malware"),
+        "created": "2017-01-01T00:00:00.000Z",
+        "modified": "2017-01-01T00:00:00.000Z",
+        "labels": ["trojan"],
+        "name": "x",
+    }
     assert reasons(run(bundle(old, spec_version="2.0"))) == [Reason.UPGRADE_NOT_LOSSLESS]
 
 
 def test_unrouted_types_pass_after_validation() -> None:
-    malware = {"type": "malware", "spec_version": "2.1", "id": new_id("malware"), "created": TS,
-               "modified": TS, "name": "Emotet", "is_family": True}
+    malware = {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": new_id("malware"),
+        "created": TS,
+        "modified": TS,
+        "name": "Emotet",
+        "is_family": True,
+    }
     outcome = run(bundle(malware))
     assert outcome.receipt.accepted == 1
     del malware["is_family"]
@@ -230,7 +272,12 @@ def test_unrouted_types_pass_after_validation() -> None:
 
 
 def test_scos_get_canonical_ids() -> None:
-    sco = {"type": "domain-name", "spec_version": "2.1", "id": new_id("domain-name"), "value": "EVIL.com"}
+    sco = {
+        "type": "domain-name",
+        "spec_version": "2.1",
+        "id": new_id("domain-name"),
+        "value": "EVIL.com",
+    }
     [accepted] = run(bundle(sco)).accepted
     assert accepted.observable_types == ["domain-name"]
     import stix2

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (tables of STIX test data read better unwrapped)
 """Differential tests: the fast path against the OASIS tools.
 
 Hard rule: the fast path accepts NOTHING that `stix2validator` (default options) reports an
@@ -114,13 +115,22 @@ def corpus() -> list[tuple[str, dict[str, Any]]]:
                 cases.append((f"{label} {name}={value!r}", {**base, name: value}))
         if "created" in base:
             for stamp in BAD_TIMESTAMPS:
-                cases.append((f"{label} created={stamp}", {**base, "created": stamp, "modified": stamp}))
-            cases.append((f"{label} modified<created", {**base, "modified": "2024-02-01T10:00:00.000Z"}))
+                cases.append(
+                    (f"{label} created={stamp}", {**base, "created": stamp, "modified": stamp})
+                )
+            cases.append(
+                (f"{label} modified<created", {**base, "modified": "2024-02-01T10:00:00.000Z"})
+            )
             cases.append((f"{label} spec 2.0", {**base, "spec_version": "2.0"}))
             cases.append((f"{label} spec 2.2", {**base, "spec_version": "2.2"}))
         cases.append((f"{label} severity", {**base, "severity": "high"}))
         cases.append((f"{label} custom no x_", {**base, "my_prop": "v"}))
-        cases.append((f"{label} unknown marking", {**base, "object_marking_refs": [_id("marking-definition", 5)]}))
+        cases.append(
+            (
+                f"{label} unknown marking",
+                {**base, "object_marking_refs": [_id("marking-definition", 5)]},
+            )
+        )
     indicator = base_objects()[0]
     for bad_id in BAD_IDS:
         cases.append((f"indicator id {bad_id}", {**indicator, "id": bad_id}))
@@ -128,12 +138,29 @@ def corpus() -> list[tuple[str, dict[str, Any]]]:
         cases.append((f"indicator valid_from={stamp}", {**indicator, "valid_from": stamp}))
     for pattern in BAD_PATTERNS:
         cases.append((f"indicator pattern {pattern!r}", {**indicator, "pattern": pattern}))
-    cases.append(("valid_until == valid_from", {**indicator, "valid_until": indicator["valid_from"]}))
+    cases.append(
+        ("valid_until == valid_from", {**indicator, "valid_until": indicator["valid_from"]})
+    )
     cases.append(("valid_until < valid_from", {**indicator, "valid_until": "2020-01-01T00:00:00Z"}))
-    cases.append(("valid_until with fraction", {**indicator, "valid_until": "2024-03-01T10:00:00.001Z"}))
+    cases.append(
+        ("valid_until with fraction", {**indicator, "valid_until": "2024-03-01T10:00:00.001Z"})
+    )
     cases.append(("external ref", {**indicator, "external_references": [{"source_name": "cve"}]}))
-    cases.append(("kill chain", {**indicator, "kill_chain_phases": [{"kill_chain_name": "x", "phase_name": "y"}]}))
-    cases.append(("granular bad selector", {**indicator, "granular_markings": [{"selectors": ["nope"], "marking_ref": TLP_GREEN_1}]}))
+    cases.append(
+        (
+            "kill chain",
+            {**indicator, "kill_chain_phases": [{"kill_chain_name": "x", "phase_name": "y"}]},
+        )
+    )
+    cases.append(
+        (
+            "granular bad selector",
+            {
+                **indicator,
+                "granular_markings": [{"selectors": ["nope"], "marking_ref": TLP_GREEN_1}],
+            },
+        )
+    )
     cases.append(("lang", {**indicator, "lang": "not a language!"}))
     return cases
 
@@ -176,7 +203,9 @@ def decisions(index: int) -> tuple[bool, tuple[Reason, ...], bool, bool, bool]:
 
 
 # Where the bus differs from stix2.parse + stix2patterns on purpose (see docs/normalise.md).
-def deliberate_difference(label: str, decision: tuple[bool, tuple[Reason, ...], bool, bool, bool]) -> str | None:
+def deliberate_difference(
+    label: str, decision: tuple[bool, tuple[Reason, ...], bool, bool, bool]
+) -> str | None:
     accepted, reasons, oasis_input, _, _ = decision
     if accepted == oasis_input:
         # stix2.parse(allow_custom=True) lets through what the OASIS validator rejects (null
@@ -187,7 +216,7 @@ def deliberate_difference(label: str, decision: tuple[bool, tuple[Reason, ...], 
         return "observable values are checked, not just pattern syntax"
     if Reason.UNKNOWN_MARKING in reasons:
         return "unknown markings fail closed"
-    if accepted and "spec 2.0" in label or "without spec_version" in label:
+    if (accepted and "spec 2.0" in label) or "without spec_version" in label:
         return "STIX 2.0 objects are upgraded"
     if Reason.UPGRADE_NOT_LOSSLESS in reasons:
         return "STIX 2.0 objects that cannot be upgraded losslessly"
@@ -226,7 +255,9 @@ def test_agreement_with_stix2_parse_and_stix2patterns() -> None:
     print(dict(explained))
 
 
-@pytest.mark.parametrize("label", ["indicator valid", "identity valid", "sighting valid", "relationship valid"])
+@pytest.mark.parametrize(
+    "label", ["indicator valid", "identity valid", "sighting valid", "relationship valid"]
+)
 def test_valid_bases_are_accepted_by_all(label: str) -> None:
     index = [case for case, _ in CORPUS].index(label)
     accepted, _, oasis_input, oasis_delivered, naive = decisions(index)

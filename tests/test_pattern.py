@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (tables of STIX test data read better unwrapped)
 """The fast pattern parser: canonical forms, the fallback, and agreement with stix2patterns."""
 
 from __future__ import annotations
@@ -13,22 +14,59 @@ SHA256 = "a" * 64
 @pytest.mark.parametrize(
     ("pattern", "canonical", "types"),
     [
-        ("[domain-name:value = 'EVIL.Example.COM.']", "[domain-name:value = 'evil.example.com']", ("domain-name",)),
-        ("[url:value = 'hxxps://evil[.]com:443/a/./b/../c']", "[url:value = 'https://evil.com/a/c']", ("url",)),
+        (
+            "[domain-name:value = 'EVIL.Example.COM.']",
+            "[domain-name:value = 'evil.example.com']",
+            ("domain-name",),
+        ),
+        (
+            "[url:value = 'hxxps://evil[.]com:443/a/./b/../c']",
+            "[url:value = 'https://evil.com/a/c']",
+            ("url",),
+        ),
         ("[ipv4-addr:value = '10.0.0.1/32']", "[ipv4-addr:value = '10.0.0.1']", ("ipv4-addr",)),
         ("[ipv4-addr:value = '10.0.0.0/8']", "[ipv4-addr:value = '10.0.0.0/8']", ("ipv4-addr",)),
-        ("[ipv6-addr:value = '2001:DB8:0:0::1/128']", "[ipv6-addr:value = '2001:db8::1']", ("ipv6-addr",)),
-        (f"[file:hashes.'SHA-256' = '{SHA256.upper()}']", f"[file:hashes.'SHA-256' = '{SHA256}']", ("file",)),
-        ("[file:hashes.MD5 = 'D41D8CD98F00B204E9800998ECF8427E']", "[file:hashes.'MD5' = 'd41d8cd98f00b204e9800998ecf8427e']", ("file",)),
-        ("[email-addr:value = 'Phisher@EVIL.com']", "[email-addr:value = 'Phisher@evil.com']", ("email-addr",)),
-        ("[domain-name:value = 'b.com' OR domain-name:value = 'a.com']", "[domain-name:value = 'a.com' OR domain-name:value = 'b.com']", ("domain-name",)),
-        ("[url:value = 'http://x.org/' AND domain-name:value = 'x.org' OR domain-name:value = 'y.org']",
-         "[domain-name:value = 'x.org' AND url:value = 'http://x.org/' OR domain-name:value = 'y.org']", ("domain-name", "url")),
-        ("[domain-name:value = 'münchen.de']", "[domain-name:value = 'xn--mnchen-3ya.de']", ("domain-name",)),
+        (
+            "[ipv6-addr:value = '2001:DB8:0:0::1/128']",
+            "[ipv6-addr:value = '2001:db8::1']",
+            ("ipv6-addr",),
+        ),
+        (
+            f"[file:hashes.'SHA-256' = '{SHA256.upper()}']",
+            f"[file:hashes.'SHA-256' = '{SHA256}']",
+            ("file",),
+        ),
+        (
+            "[file:hashes.MD5 = 'D41D8CD98F00B204E9800998ECF8427E']",
+            "[file:hashes.'MD5' = 'd41d8cd98f00b204e9800998ecf8427e']",
+            ("file",),
+        ),
+        (
+            "[email-addr:value = 'Phisher@EVIL.com']",
+            "[email-addr:value = 'Phisher@evil.com']",
+            ("email-addr",),
+        ),
+        (
+            "[domain-name:value = 'b.com' OR domain-name:value = 'a.com']",
+            "[domain-name:value = 'a.com' OR domain-name:value = 'b.com']",
+            ("domain-name",),
+        ),
+        (
+            "[url:value = 'http://x.org/' AND domain-name:value = 'x.org' OR domain-name:value = 'y.org']",
+            "[domain-name:value = 'x.org' AND url:value = 'http://x.org/' OR domain-name:value = 'y.org']",
+            ("domain-name", "url"),
+        ),
+        (
+            "[domain-name:value = 'münchen.de']",
+            "[domain-name:value = 'xn--mnchen-3ya.de']",
+            ("domain-name",),
+        ),
         ("[domain-name:value = 'it\\'s.com']", None, None),
     ],
 )
-def test_canonical_forms(pattern: str, canonical: str | None, types: tuple[str, ...] | None) -> None:
+def test_canonical_forms(
+    pattern: str, canonical: str | None, types: tuple[str, ...] | None
+) -> None:
     if canonical is None:
         with pytest.raises(PatternError):
             parse_pattern(pattern)
@@ -37,7 +75,9 @@ def test_canonical_forms(pattern: str, canonical: str | None, types: tuple[str, 
     assert parsed.fast
     assert parsed.canonical == canonical
     assert parsed.observable_types == types
-    assert official_validate(parsed.canonical, stix_version="2.1"), "canonical form must stay valid STIX"
+    assert official_validate(parsed.canonical, stix_version="2.1"), (
+        "canonical form must stay valid STIX"
+    )
 
 
 def test_commutative_forms_share_one_canonical_text() -> None:
@@ -102,7 +142,10 @@ def test_fast_parser_never_accepts_what_the_grammar_rejects() -> None:
     for seed in seeds:
         for position in range(len(seed) + 1):
             for edit in edits:
-                for mutated in (seed[:position] + edit + seed[position:], seed[:position] + seed[position + 1 :]):
+                for mutated in (
+                    seed[:position] + edit + seed[position:],
+                    seed[:position] + seed[position + 1 :],
+                ):
                     try:
                         parsed = _fast_parse(mutated)
                     except PatternError:

@@ -192,7 +192,8 @@ def explain(
         for reason in decision.reasons:
             out.print(
                 f"  - {reason.code.value}: {escape(reason.message)}"
-                + (f" [{reason.agreement_id}]" if reason.agreement_id else "")
+                # escaped: rich would take "[agreement-id]" for a style tag and drop it
+                + (escape(f" [{reason.agreement_id}]") if reason.agreement_id else "")
             )
         for t in decision.transformations:
             out.print(f"  * {t.kind.value}: {escape(t.detail)}")
