@@ -323,7 +323,10 @@ cli.add_typer(connector.app, name="connector")
 
 def main() -> None:
     try:
-        cli(standalone_mode=False)
+        # standalone_mode=False returns typer.Exit codes instead of exiting: pass them on.
+        code = cli(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except (
         CliError,
         agreements_commands.AgreementsError,
