@@ -171,22 +171,23 @@ def main() -> None:
 
     for cached in (canonical_domain, canonical_ip, canonical_url, canonical_email):
         cached.cache_clear()
-    start = time.perf_counter()
+    start = time.process_time()
     fast = fast_decisions(payloads, publisher, registry)
-    fast_seconds = time.perf_counter() - start
+    fast_seconds = time.process_time() - start
 
     naive_accepts(corpus[0])
-    start = time.perf_counter()
+    start = time.process_time()
     naive = naive_decisions(payloads)
-    naive_seconds = time.perf_counter() - start
+    naive_seconds = time.process_time() - start
 
     ids = [str(obj.get("id")) for obj in corpus]
     disagreements = [i for i in ids if fast.get(i) != naive.get(i)]
     fast_rate, naive_rate = len(corpus) / fast_seconds, len(corpus) / naive_seconds
     print(f"objects:          {len(corpus)} in bundles of {args.bundle_size}")
     print(f"accepted (fast):  {sum(fast.get(i, False) for i in ids)}")
-    print(f"fast path:        {fast_rate:,.0f} objects/s ({fast_seconds:.2f} s)")
-    print(f"naive path:       {naive_rate:,.0f} objects/s ({naive_seconds:.2f} s)")
+    # CPU seconds of this process: the dev VMs are shared, and wall time measures the neighbours.
+    print(f"fast path:        {fast_rate:,.0f} objects/s ({fast_seconds:.2f} CPU s)")
+    print(f"naive path:       {naive_rate:,.0f} objects/s ({naive_seconds:.2f} CPU s)")
     print(f"speed-up:         {fast_rate / naive_rate:.1f}x")
     print(f"disagreements:    {len(disagreements)}")
     for object_id in disagreements[:10]:

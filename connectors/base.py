@@ -201,7 +201,7 @@ class StateFile:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+                handle.write(orjson.dumps(data))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)

@@ -186,10 +186,13 @@ def canonical_domain(text: str) -> str:
     value = text.strip().rstrip(".").lower()
     if not value or "." not in value:
         raise BadLine(f"{text.strip()!r} is not a domain name (expected e.g. evil.example)")
-    try:
-        ascii_name = idna.encode(value, uts46=True).decode("ascii")
-    except idna.IDNAError as exc:
-        raise BadLine(f"{text.strip()!r} is not a valid (IDNA) domain name: {exc}") from None
+    if value.isascii() and "xn--" not in value:
+        ascii_name = value  # plain LDH names: IDNA would return them unchanged (and is slow)
+    else:
+        try:
+            ascii_name = idna.encode(value, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise BadLine(f"{text.strip()!r} is not a valid (IDNA) domain name: {exc}") from None
     if len(ascii_name) > 253 or not all(_DOMAIN_LABEL.match(x) for x in ascii_name.split(".")):
         raise BadLine(f"{text.strip()!r} is not a valid domain name (labels a-z, 0-9, '-')")
     return ascii_name

@@ -166,6 +166,8 @@ def _homograph_warnings(original: str, unicode_form: str) -> tuple[str, ...]:
 
 
 # --- IP addresses ------------------------------------------------------------------------------
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"^(?P<address>{_OCTET}(?:\.{_OCTET}){{3}})(?:/(?P<prefix>[0-9]+))?$")
 _IP_EXAMPLE = {4: "192.0.2.1 or 192.0.2.0/24", 6: "2001:db8::1 or 2001:db8::/32"}
 
 
@@ -173,6 +175,12 @@ _IP_EXAMPLE = {4: "192.0.2.1 or 192.0.2.0/24", 6: "2001:db8::1 or 2001:db8::/32"
 def canonical_ip(value: str, version: int) -> Canonical:
     """Compressed canonical text; a host CIDR (/32, /128) folds to the bare address."""
     text = refang(value).strip()
+    if version == 4:
+        simple = _CANONICAL_IPV4.match(text)
+        if simple is not None:  # already canonical dotted quad: skip ipaddress (hot path)
+            prefix = simple.group("prefix")
+            if prefix is None or prefix == "32":
+                return Canonical(simple.group("address"))
     try:
         if "/" in text:
             network = ipaddress.ip_network(text, strict=True)
@@ -227,12 +235,46 @@ def _remove_dot_segments(path: str) -> str:
     return result if result.startswith("/") else "/" + result
 
 
+# scheme://host[:port][/path][?query][#fragment] with a plain host name (no userinfo, no IPv6
+# literal): the common case, canonicalised without urlsplit's repeated netloc parsing.
+_SIMPLE_URL = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>/[^?#\s]*)?(?:\?(?P<query>[^#\s]*))?(?:#\S*)?$"
+)
+
+
+def _canonical_simple_url(match: re.Match[str]) -> Canonical:
+    scheme = match.group("scheme").lower()
+    host_text = match.group("host")
+    if _DOTTED_QUAD.match(host_text):
+        host, warnings = canonical_ip(host_text, 4).value, ()
+    else:
+        domain = canonical_domain(host_text)
+        host, warnings = domain.value, domain.warnings
+    port_text = match.group("port")
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            raise CanonicalError(f"URL port {port} is out of range 0-65535")
+        if _DEFAULT_PORTS.get(scheme) != port:
+            host = f"{host}:{port}"
+    path = _remove_dot_segments(_normalise_percent_encoding(match.group("path") or "/"))
+    query = match.group("query")
+    canonical = f"{scheme}://{host}{path}"
+    if query:
+        canonical += "?" + _normalise_percent_encoding(query)
+    return Canonical(canonical, warnings)
+
+
 @lru_cache(maxsize=65536)
 def canonical_url(value: str) -> Canonical:
     """Scheme and host lower-cased, IDN host as punycode, default port dropped, dot segments
     removed, percent-encoding normalised, empty path as '/', fragment dropped (never sent to a
     server, so it cannot change what is blocked)."""
     text = refang(value).strip()
+    simple = _SIMPLE_URL.match(text)
+    if simple is not None:
+        return _canonical_simple_url(simple)
     try:
         parts = urlsplit(text)
         port = parts.port

@@ -111,6 +111,13 @@ async def read_topic(
             tps = sorted(consumer.assignment())
             if from_beginning:
                 await consumer.seek_to_beginning(*tps)
+            else:
+                # The getmany() calls above may have fetched records we dropped: rewind to the
+                # group's committed offsets (the beginning where it has none, like "earliest").
+                committed = await consumer.seek_to_committed(*tps)
+                fresh = [tp for tp, offset in committed.items() if not offset]
+                if fresh:
+                    await consumer.seek_to_beginning(*fresh)
         else:
             consumer.assign(tps)
             if from_beginning:

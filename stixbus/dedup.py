@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -88,6 +89,7 @@ def content_hash(stix_object: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(stix_object, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+@lru_cache(maxsize=65536)
 def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 

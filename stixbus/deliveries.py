@@ -52,11 +52,12 @@ class RouteConfig:
 
 
 def stix_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(STIX_TIME)[:-4] + "Z"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def minted_id(registry: Registry, key: str, subscriber: str) -> str:
     return f"indicator--{uuid.uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
+
 
 
 def plan_key(

@@ -152,13 +152,46 @@ def _official_check(pattern: str, pattern_version: str) -> ParsedPattern | str:
     return ParsedPattern(canonical=pattern.strip(), observable_types=types, fast=False)
 
 
+_BRACKET_PAIRS = {"]": "[", ")": "("}
+
+
+def _unbalanced(pattern: str) -> str | None:
+    """Why the pattern cannot be valid lexically (an unterminated quote, unbalanced brackets),
+    or None.  Sound for both grammar versions: brackets only appear unbalanced inside quoted
+    literals, which this scan skips.  Saves the ANTLR parser (~3 ms) on broken input."""
+    open_brackets: list[str] = []
+    in_quote = False
+    position, length = 0, len(pattern)
+    while position < length:
+        char = pattern[position]
+        if in_quote:
+            if char == "\\":
+                position += 1  # an escape: skip the escaped character
+            elif char == "'":
+                in_quote = False
+        elif char == "'":
+            in_quote = True
+        elif char in "[(":
+            open_brackets.append(char)
+        elif char in "])":
+            if not open_brackets or open_brackets.pop() != _BRACKET_PAIRS[char]:
+                return f"'{char}' at position {position} closes nothing"
+        position += 1
+    if in_quote:
+        return "a quoted string is not terminated"
+    if open_brackets:
+        return f"'{open_brackets[-1]}' is never closed"
+    return None
+
+
 def parse_pattern(pattern: str, pattern_version: str = "2.1") -> ParsedPattern:
     """Validate a STIX pattern and give its canonical form; raises PatternError when invalid."""
     if pattern_version == "2.1":
         parsed = _fast_parse(pattern)
         if parsed is not None:
             return parsed
-    result = _official_check(pattern, pattern_version)
+    lexical_problem = _unbalanced(pattern)
+    result = lexical_problem or _official_check(pattern, pattern_version)
     if isinstance(result, str):
         raise PatternError(
             f"STIX pattern {pattern[:200]!r} is not valid: {result}. Write it as e.g. "

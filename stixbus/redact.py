@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from schemas.agreement import Agreement, Attribution
@@ -41,7 +42,13 @@ _MARKING_REF_PROPERTIES = frozenset({"object_marking_refs"})
 
 
 def _uuid5(registry: Registry, seed: str) -> str:
-    return str(uuid.uuid5(registry.bus.namespace, seed))
+    return _cached_uuid5(registry.bus.namespace, seed)
+
+
+@lru_cache(maxsize=65536)
+def _cached_uuid5(namespace: uuid.UUID, seed: str) -> str:
+    # The same few ids (markings, pseudonyms) are derived for every delivery: hashing is the cost.
+    return str(uuid.uuid5(namespace, seed))
 
 
 def transformation_fingerprint(agreement: Agreement) -> str:

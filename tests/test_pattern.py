@@ -154,3 +154,24 @@ def test_fast_parser_never_accepts_what_the_grammar_rejects() -> None:
                         checked += 1
                         assert official_validate(mutated, stix_version="2.1"), mutated
     assert checked > 50
+
+
+def test_lexical_pre_check_only_rejects_what_the_grammar_rejects() -> None:
+    """The bracket/quote scan that spares the ANTLR parser must be sound."""
+    from stixbus.pattern import _unbalanced
+
+    seeds = [
+        "[domain-name:value = 'a[b'] AND ([ipv4-addr:value = '1.2.3.4'] OR [x:y = 'it\\'s'])",
+        "[network-traffic:src_ref.value = '1.2.3.4' AND file:hashes[*] = 'x']",
+        "[file:hashes.'SHA-256' = '" + "a" * 64 + "'] WITHIN 5 SECONDS",
+    ]
+    flagged = 0
+    for seed in seeds:
+        assert _unbalanced(seed) is None
+        for position in range(len(seed) + 1):
+            for edit in ("'", "[", "]", "(", ")", "\\"):
+                mutated = seed[:position] + edit + seed[position:]
+                if _unbalanced(mutated) is not None:
+                    flagged += 1
+                    assert not official_validate(mutated, stix_version="2.1"), mutated
+    assert flagged > 100

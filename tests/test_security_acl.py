@@ -106,13 +106,13 @@ def test_operator_reads_audit_and_deadletter_only() -> None:
 def test_admin_gets_no_acl_and_every_principal_is_a_user() -> None:
     assert not of(ADMIN)
     assert {b.user for b in ACLS} == set(users(REGISTRY))
-    assert ACLS == sorted(set(ACLS))
+    assert sorted(set(ACLS)) == ACLS
 
 
 def test_reserved_org_id_is_rejected_with_what_to_do() -> None:
     data = REGISTRY.model_dump(mode="json")
     data["orgs"][0]["id"] = "stixbus-worker"
-    with pytest.raises(ValueError, match="reserved.*rename the org"):
+    with pytest.raises(ValueError, match=r"reserved.*rename the org"):
         derive_acls(Registry.model_validate(data), PREFIX, "stixbus")
 
 
@@ -184,7 +184,7 @@ def test_env_username_and_password_win(tmp_path: Path) -> None:
 
 
 def test_missing_password_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(CredentialsError, match="'bank-z'.*security apply"):
+    with pytest.raises(CredentialsError, match=r"'bank-z'.*security apply"):
         client_kwargs(secure(tmp_path), "bank-z")
     settings = Settings(security_protocol="SASL_SSL", credentials_file=None)
     with pytest.raises(CredentialsError, match="STIXBUS_SASL_USERNAME"):
@@ -192,7 +192,7 @@ def test_missing_password_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_missing_ca_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(CredentialsError, match="nope.pem"):
+    with pytest.raises(CredentialsError, match=r"nope\.pem"):
         client_kwargs(secure(tmp_path, ssl_cafile=tmp_path / "nope.pem"), "bank-a")
 
 

@@ -56,7 +56,9 @@ class SecureBus:
     def conn(self, principal: str, **override: Any) -> dict[str, Any]:
         return {**client_kwargs(self.settings, principal), **override}
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "stixbus.cli", *args],
             env=env or self.env,
@@ -155,6 +157,17 @@ def secure_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBus]:
         _kafka("down", env)
 
 
+def _diagnose(bus: SecureBus) -> dict[str, int]:
+    """Record counts per pipeline topic, read as admin (for failure messages)."""
+
+    async def count(topic: str) -> int:
+        conn = bus.conn(ADMIN)
+        return len([r async for r in read_topic(conn, topic, from_beginning=True, max_wait=5)])
+
+    topics = [NAMES.ingest("cert"), NAMES.receipts("cert"), NAMES.normalized, NAMES.audit]
+    return {t: asyncio.run(count(t)) for t in [*topics, NAMES.deliver("bank-a")]}
+
+
 # -- allowed paths --------------------------------------------------------------------------------
 
 
@@ -174,7 +187,7 @@ def test_cert_publish_reaches_bank_a_through_the_worker(secure_bus: SecureBus) -
     deadline, delivered = time.monotonic() + 60, []
     while not delivered and time.monotonic() < deadline:
         delivered = asyncio.run(bank_a_reads())
-    assert delivered, "bank-a received nothing under SASL_SSL"
+    assert delivered, f"bank-a received nothing under SASL_SSL: {_diagnose(secure_bus)}"
     assert all(o["type"] for o in delivered)
 
     consumed = secure_bus.cli("consume", "--as", "bank-a", "--from-beginning")
