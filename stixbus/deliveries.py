@@ -59,7 +59,6 @@ def minted_id(registry: Registry, key: str, subscriber: str) -> str:
     return f"indicator--{uuid.uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
 
 
-
 def plan_key(
     state: KeyState,
     changed_source: str | None,
@@ -77,14 +76,24 @@ def plan_key(
     audited: list[Decision] = []
     views = dict(state.views)
     for subscriber in registry.subscribers:
-        decisions = {
-            sid: index.decide(src.record, registry.get(src.record.publisher), subscriber, now)
-            for sid, src in state.sources.items()
-        }
-        if changed_source is not None and changed_source in decisions:
-            audited.append(decisions[changed_source])
-        allowed = {sid: d for sid, d in decisions.items() if d.allow}
         previous = views.get(subscriber.id)
+        first: Decision | None = None
+        if changed_source is not None:
+            changed = state.sources[changed_source].record
+            first = index.decide(changed, registry.get(changed.publisher), subscriber, now)
+            audited.append(first)
+            if not first.allow and (previous is None or changed_source not in previous.source_ids):
+                # The new version is invisible to this subscriber and its copy does not rest on
+                # that source: nothing it holds can change (expiry comes through ticks).
+                continue
+        decisions: dict[str, Decision] = {}
+        for sid, src in state.sources.items():
+            if sid == changed_source and first is not None:
+                decisions[sid] = first
+            else:
+                publisher = registry.get(src.record.publisher)
+                decisions[sid] = index.decide(src.record, publisher, subscriber, now)
+        allowed = {sid: d for sid, d in decisions.items() if d.allow}
         if state.minted:
             delivery, view = _plan_minted(
                 state, subscriber, allowed, previous, registry, index, now, config

@@ -84,6 +84,19 @@ def _to_ck(b: AclBinding) -> CkAclBinding:
     )
 
 
+def _to_filter(b: AclBinding) -> AclBindingFilter:
+    """A filter matching exactly one binding (delete_acls takes filters)."""
+    return AclBindingFilter(
+        CkResourceType[b.resource_type.value],
+        b.resource_name,
+        ResourcePatternType[b.pattern_type.value],
+        b.principal,
+        b.host,
+        AclOperation[b.operation.value],
+        AclPermissionType[b.permission],
+    )
+
+
 def _enum_name(value: object) -> str:
     return str(getattr(value, "name", value))
 
@@ -173,7 +186,7 @@ def apply(
         ).items():
             _wait(fut, f"create SCRAM user {user!r}")
     if acl_plan.delete:
-        filters = [_to_ck(b) for b in acl_plan.delete]
+        filters = [_to_filter(b) for b in acl_plan.delete]
         for _flt, fut in client.delete_acls(filters, request_timeout=TIMEOUT).items():  # type: ignore[arg-type]
             _wait(fut, "delete ACLs")
     if acl_plan.create:
