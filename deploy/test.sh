@@ -8,6 +8,9 @@ export STIXBUS_HOME="${STIXBUS_HOME:-$repo/.stixbus-test}"
 export KAFKA_PORT="${KAFKA_PORT:-19092}"
 export KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 export STIXBUS_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
+# The shared test broker stays plaintext (an explicit opt-in: conftest's buses use random topic
+# prefixes without ACLs).  tests/test_security_broker.py starts its own SASL_SSL broker with ACLs.
+export STIXBUS_KAFKA_SECURITY="${STIXBUS_KAFKA_SECURITY:-plaintext}"
 
 bash deploy/bootstrap.sh
 # promtool + prometheus (Debian package) for the alert-rule and real-scrape tests.

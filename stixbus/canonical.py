@@ -246,6 +246,7 @@ _SIMPLE_URL = re.compile(
 def _canonical_simple_url(match: re.Match[str]) -> Canonical:
     scheme = match.group("scheme").lower()
     host_text = match.group("host")
+    warnings: tuple[str, ...]
     if _DOTTED_QUAD.match(host_text):
         host, warnings = canonical_ip(host_text, 4).value, ()
     else:

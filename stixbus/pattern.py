@@ -173,9 +173,8 @@ def _unbalanced(pattern: str) -> str | None:
             in_quote = True
         elif char in "[(":
             open_brackets.append(char)
-        elif char in "])":
-            if not open_brackets or open_brackets.pop() != _BRACKET_PAIRS[char]:
-                return f"'{char}' at position {position} closes nothing"
+        elif char in "])" and (not open_brackets or open_brackets.pop() != _BRACKET_PAIRS[char]):
+            return f"'{char}' at position {position} closes nothing"
         position += 1
     if in_quote:
         return "a quoted string is not terminated"

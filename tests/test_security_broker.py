@@ -200,7 +200,7 @@ def test_cert_publish_reaches_bank_a_through_the_worker(secure_bus: SecureBus) -
 def test_security_apply_is_idempotent_and_show_lists_acls(secure_bus: SecureBus) -> None:
     again = apply(secure_bus.settings, load_registry(REGISTRY))
     assert again.acls.empty and not again.users.upsert and not again.users.delete
-    shown = secure_bus.cli("security", "show")
+    shown = secure_bus.cli("security", "show", env={**secure_bus.env, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "User:bank-a" in shown.stdout and "stixbus.deliver.bank-a" in shown.stdout
 
@@ -276,7 +276,6 @@ def test_no_credentials_are_rejected(secure_bus: SecureBus) -> None:
             "bootstrap_servers": tls_only["bootstrap_servers"],
             "security_protocol": "SSL",
             "ssl_context": tls_only["ssl_context"],
-            "request_timeout_ms": 5000,
         }
     )
     # The CLI without any credentials stops before connecting, saying what to set.
