@@ -20,7 +20,7 @@ from agents.agreements import AgreementStore
 from schemas.envelope import NormalizedObject, Reason, Receipt, Rejection
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.dedup import KeyState, MergeOutcome, merge_source
+from stixbus.dedup import MergeOutcome, decode_state, encode_state, merge_source
 from stixbus.deliveries import Plan, RouteConfig, plan_key
 from stixbus.expiry import due_for_tick, is_collectable
 
@@ -44,7 +44,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
         async for event in stream.events():
             key, now = bytes(event.key or b""), datetime.now(UTC)
             raw = table.get(key)
-            state = KeyState.model_validate_json(raw) if raw else None
+            state = decode_state(raw) if raw else None
             if event.message.topic == names.ticks:
                 if state is None:
                     continue
@@ -57,7 +57,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                     continue
                 if outcome is MergeOutcome.IDENTICAL:
                     metrics.observe_suppressed()
-                    table[key] = state.model_dump_json().encode()  # last_seen only
+                    table[key] = encode_state(state)  # last_seen only
                     continue
                 if outcome not in (MergeOutcome.NEW_SOURCE, MergeOutcome.NEW_VERSION):
                     metrics.observe_suppressed()
@@ -67,7 +67,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
             if is_collectable(plan.state, now, settings.dedup_grace_seconds):
                 table.pop(key, None)
             else:
-                table[key] = plan.state.model_dump_json().encode()
+                table[key] = encode_state(plan.state)
 
     async def _write(plan: Plan, now: datetime) -> None:
         # Crash safety: the key's new state (the changelog record, written by the caller after
@@ -145,6 +145,6 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
         count = 0
         for key, raw in list(table.items()):
             count += 1
-            if due_for_tick(KeyState.model_validate_json(raw), now, settings.dedup_grace_seconds):
+            if due_for_tick(decode_state(raw), now, settings.dedup_grace_seconds):
                 await ticks.send(key=key, value=b"tick")
         metrics.set_dedup_keys(count)

@@ -34,7 +34,7 @@ from schemas.envelope import NormalizedObject
 from schemas.org import load_registry
 from stixbus import REPO_ROOT
 from stixbus.decide import AgreementIndex
-from stixbus.dedup import KeyState, merge_source
+from stixbus.dedup import KeyState, decode_state, encode_state, merge_source
 from stixbus.deliveries import plan_key
 from stixbus.normalise import normalise_submission
 from stixbus.settings import Limits
@@ -105,11 +105,11 @@ def bench_core(keys: int) -> KeyState:
             now = T0 + timedelta(milliseconds=n)
             held = states.get(rec.key)
             if isinstance(held, bytes):
-                held = KeyState.model_validate_json(held)
+                held = decode_state(held)
             state, _ = merge_source(held, rec, now)
             plan = plan_key(state, rec.object_id, REGISTRY, INDEX, now)
             deliveries += len(plan.deliveries)
-            states[rec.key] = plan.state.model_dump_json().encode() if roundtrip else plan.state
+            states[rec.key] = encode_state(plan.state) if roundtrip else plan.state
             sample = plan.state
         elapsed = time.perf_counter() - started
         results[label] = len(stream) / elapsed
@@ -127,7 +127,7 @@ def one_source_state() -> KeyState:
 
 def bench_state(keys: int, folder: Path) -> tuple[Path, bytes]:
     state = one_source_state()
-    template = state.model_dump_json().encode()
+    template = encode_state(state)
     key = state.key.encode()
     print(f"  one key's state: {len(template):,} bytes JSON ({len(state.views)} views)")
     path = folder / "dedup.db"
@@ -156,7 +156,7 @@ def bench_reopen(path: Path, keys: int, key: bytes) -> None:
     opened = time.perf_counter() - started
     started = time.perf_counter()
     for n in range(0, keys, max(1, keys // 10_000)):
-        KeyState.model_validate_json(db[b"%08x" % n + key[8:]] or b"")
+        decode_state(db[b"%08x" % n + key[8:]] or b"")
     lookups = time.perf_counter() - started
     print(f"  reopen the local store: {opened * 1000:.0f} ms; 10,000 random gets+parse: "
           f"{lookups:.2f} s; RSS {rss() / 2**20:,.0f} MiB")  # fmt: skip
@@ -226,7 +226,7 @@ def main() -> None:
         print("recovery:")
         bench_reopen(path, args.keys, key)
         if not args.no_kafka:
-            value = one_source_state().model_dump_json().encode()
+            value = encode_state(one_source_state())
             asyncio.run(bench_replay(args.replay, value, folder))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

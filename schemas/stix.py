@@ -55,6 +55,17 @@ def check_timestamp_millis(value: str) -> str:
     return value
 
 
+# Sufficient (not necessary) conditions for `check_timestamp` / `check_timestamp_millis`, for
+# the normalise fast path (use with `fullmatch`): a year other than 0000 and a day that exists
+# in every year for that month (29 February and leap seconds are left to the full check).
+_PLAIN_DATE_TIME = (
+    r"(?!0000)[0-9]{4}-(?:(?:0[1-9]|1[012])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[012])-(?:29|30)"
+    r"|(?:0[13578]|1[02])-31)T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+)
+PLAIN_TIMESTAMP_RE = re.compile(_PLAIN_DATE_TIME + r"(?:\.[0-9]+)?Z")
+PLAIN_TIMESTAMP_MILLIS_RE = re.compile(_PLAIN_DATE_TIME + r"\.[0-9]{3,}Z")
+
+
 def timestamp_order_key(value: str) -> tuple[str, str]:
     """Sortable key of a valid STIX timestamp: fixed-width seconds, then the fraction digits
     without trailing zeros (so .5 and .500 compare equal and .25 < .5 compares as text)."""

@@ -113,7 +113,7 @@ def _demo(settings: Settings) -> None:
     sent_at = time.monotonic()
     for org in DEMO_PUBLISHERS:
         payload = (DEMO_DIR / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(client_kwargs(settings), names.ingest(org), payload))
+        sent = asyncio.run(publish(client_kwargs(settings, org), names.ingest(org), payload))
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
     topics = [names.deliver(s.id) for s in registry.subscribers]
     received: dict[str, dict[str, dict[str, object]]] = {}
@@ -154,8 +154,9 @@ async def _collect_all(
 
     async def one(topic: str) -> tuple[str, dict[str, dict[str, object]]]:
         latest: dict[str, dict[str, object]] = {}
+        subscriber = topic.removeprefix(_names(settings).deliver(""))  # reads as that org (ACLs)
         async for record in read_topic(
-            client_kwargs(settings), topic, from_beginning=True, max_wait=10
+            client_kwargs(settings, subscriber), topic, from_beginning=True, max_wait=10
         ):
             obj = record.json()
             if isinstance(obj, dict):

@@ -16,11 +16,14 @@ Rules (docs/agreements.md has the table):
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+import orjson
 
 from schemas.agreement import Agreement, AgreementSet, Attribution, MatchMode
 from schemas.envelope import NormalizedObject
@@ -325,6 +328,64 @@ class AgreementIndex:
         # Filled on first use of each (publisher, subscriber): a hot reload pays only for the
         # pairs that traffic actually touches.
         self._pairs: dict[tuple[str, str], _Pair] = {}
+        # Decisions are constant between two consecutive term boundaries of the agreements.
+        self._boundaries = tuple(
+            sorted({c.valid_from for c in self._compiled} | {c.valid_until for c in self._compiled})
+        )
+        self._memo: dict[tuple[Any, ...], Decision] = {}
+
+    @staticmethod
+    def profile(obj: NormalizedObject) -> tuple[Any, ...] | None:
+        """Everything of `obj` that `decide` reads except its id: objects with equal profiles
+        get the same decision (see `decide_profiled`).  Keep in step with `decide`/`_check`.
+        None when it cannot be computed (then `decide_profiled` just decides)."""
+        stix = obj.object
+        try:
+            values = orjson.dumps(
+                [
+                    stix.get("object_marking_refs"),
+                    stix.get("granular_markings"),
+                    stix.get("labels"),
+                    stix.get("indicator_types"),
+                    stix.get("confidence"),
+                ]
+            )
+        except (TypeError, orjson.JSONEncodeError):
+            return None
+        return (
+            obj.publisher,
+            obj.tlp,
+            obj.object_type,
+            tuple(obj.observable_types),
+            values,
+        )
+
+    def decide_profiled(
+        self,
+        obj: NormalizedObject,
+        profile: tuple[Any, ...] | None,
+        publisher: Org,
+        subscriber: Org,
+        now: datetime,
+    ) -> Decision:
+        """`decide`, memoised per (profile, publisher, subscriber, term period).
+
+        For hot loops over many objects with few distinct profiles (the route stage decides
+        every held source of a key for every subscriber on every event).  `publisher` and
+        `subscriber` must be this index's registry entries."""
+        if profile is None or now.tzinfo is None:
+            return self.decide(obj, publisher, subscriber, now)
+        key = (profile, publisher.id, subscriber.id, bisect_right(self._boundaries, now))
+        found = self._memo.get(key)
+        if found is None:
+            found = self.decide(obj, publisher, subscriber, now)
+            if not any(r.code in _NAMES_THE_OBJECT for r in found.reasons):
+                if len(self._memo) >= _MEMO_LIMIT:
+                    self._memo.clear()
+                self._memo[key] = found
+        elif found.object_id != obj.object_id:
+            found = found._replace(object_id=obj.object_id)
+        return found
 
     def _pair(self, pub: Org, sub: Org) -> _Pair:
         candidates = tuple(
@@ -467,6 +528,13 @@ class AgreementIndex:
             transformations=best.transformations,
             also_allowed_by=tuple(c.id for c in allowed if c is not best),
         )
+
+
+_MEMO_LIMIT = 65536
+# Reasons whose message names the object: such decisions are not shared between objects.
+_NAMES_THE_OBJECT = frozenset(
+    {ReasonCode.UNKNOWN_ORG, ReasonCode.PUBLISHER_MISMATCH, ReasonCode.UNKNOWN_MARKING}
+)
 
 
 def _deny(pub: str, sub: str, object_id: str, reasons: tuple[Reason, ...]) -> Decision:

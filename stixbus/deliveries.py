@@ -8,16 +8,18 @@ agreement.  A new version goes out only on a material change; see docs/dedup.md.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from schemas.agreement import Agreement, Attribution
 from schemas.org import Org, Registry
 from schemas.tlp import TLP
 from stixbus.decide import AgreementIndex, Decision
-from stixbus.dedup import KeyState, SourceVersion, SubscriberView, parse_time
+from stixbus.dedup import KeyState, SourceVersion, SubscriberView, parse_time, with_views
 from stixbus.redact import (
     apply_transformations,
     bus_identity,
@@ -56,7 +58,41 @@ def stix_time(moment: datetime) -> str:
 
 
 def minted_id(registry: Registry, key: str, subscriber: str) -> str:
-    return f"indicator--{uuid.uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
+    return f"indicator--{fast_uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
+
+
+def fast_uuid5(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))` without building UUID objects (3x faster)."""
+    h = hashlib.sha1(_namespace_bytes(namespace) + name.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# RFC 4122 variant bits over the first hex digit of the clock sequence: 10xx.
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+
+
+@lru_cache(maxsize=16)
+def _namespace_bytes(namespace: uuid.UUID) -> bytes:
+    return namespace.bytes
+
+
+def minted_object(
+    view: SubscriberView, key: str, subscriber: str, registry: Registry
+) -> dict[str, Any]:
+    """The indicator a minted view stands for, exactly as it was delivered."""
+    assert view.body is not None
+    obj = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": minted_id(registry, key, subscriber),
+        "created": view.created,
+        "modified": view.modified,
+        "created_by_ref": registry.bus.identity_id,
+        **view.body,
+    }
+    if view.revoked:
+        obj["revoked"] = True
+    return obj
 
 
 def plan_key(
@@ -75,29 +111,48 @@ def plan_key(
     deliveries: list[Delivery] = []
     audited: list[Decision] = []
     views = dict(state.views)
+    sources = state.sources
+    active = {sid: src.active(now) for sid, src in sources.items()}
+    publishers = {src.record.publisher for src in sources.values()}
+    publisher_of = {p: registry.get(p) for p in publishers}
+    changed = sources[changed_source].record if changed_source is not None else None
+    # Decisions depend on a few properties of each source (its profile), so sources with the
+    # same profile share them across keys and events (AgreementIndex.decide_profiled).
+    profiles = {sid: index.profile(src.record) for sid, src in sources.items()}
+    shared = _Shared(state, registry, index, config, active)
     for subscriber in registry.subscribers:
         previous = views.get(subscriber.id)
         first: Decision | None = None
-        if changed_source is not None:
-            changed = state.sources[changed_source].record
-            first = index.decide(changed, registry.get(changed.publisher), subscriber, now)
+        if changed is not None:
+            first = index.decide_profiled(
+                changed,
+                profiles[changed.object_id],
+                publisher_of[changed.publisher],
+                subscriber,
+                now,
+            )
             audited.append(first)
             if not first.allow and (previous is None or changed_source not in previous.source_ids):
                 # The new version is invisible to this subscriber and its copy does not rest on
                 # that source: nothing it holds can change (expiry comes through ticks).
                 continue
-        decisions: dict[str, Decision] = {}
-        for sid, src in state.sources.items():
+        if state.minted and previous is not None and previous.revoked:
+            continue  # revoked is final
+        allowed: dict[str, Decision] = {}
+        for sid, src in sources.items():
+            if state.minted and not active[sid]:
+                continue  # only sources that still vouch shape a minted indicator
             if sid == changed_source and first is not None:
-                decisions[sid] = first
+                decision = first
             else:
-                publisher = registry.get(src.record.publisher)
-                decisions[sid] = index.decide(src.record, publisher, subscriber, now)
-        allowed = {sid: d for sid, d in decisions.items() if d.allow}
+                rec = src.record
+                decision = index.decide_profiled(
+                    rec, profiles[sid], publisher_of[rec.publisher], subscriber, now
+                )
+            if decision.allow:
+                allowed[sid] = decision
         if state.minted:
-            delivery, view = _plan_minted(
-                state, subscriber, allowed, previous, registry, index, now, config
-            )
+            delivery, view = _plan_minted(shared, subscriber, allowed, previous, now)
         else:
             delivery, view = _plan_forward(
                 state, subscriber, allowed, previous, registry, index, now
@@ -106,128 +161,211 @@ def plan_key(
             views[subscriber.id] = view
         if delivery is not None:
             deliveries.append(delivery)
-    settled = _settled(state, views, now)
-    new_state = state.model_copy(update={"views": views, "settled_at": settled})
-    return Plan(new_state, deliveries, audited)
+    settled = _settled(state, views, active, now)
+    return Plan(with_views(state, views, settled), deliveries, audited)
 
 
-def _settled(state: KeyState, views: dict[str, SubscriberView], now: datetime) -> datetime | None:
-    if any(src.active(now) for src in state.sources.values()):
+def _settled(
+    state: KeyState, views: dict[str, SubscriberView], active: dict[str, bool], now: datetime
+) -> datetime | None:
+    if any(active.values()):
         return None
     if any(not v.revoked for v in views.values()):
         return None
     return state.settled_at or now
 
 
+class _Minted(NamedTuple):
+    body: dict[str, Any]
+    companions: list[dict[str, Any]]
+    agreement_id: str | None
+    agreement_version: int | None
+    stamp: datetime  # Kafka time of the newest source record behind it
+    created: str  # the same as a STIX timestamp
+
+
+class _Summary(NamedTuple):
+    """The part of a minted body that depends on the sources only, not on the agreements."""
+
+    name: str
+    valid_from: str
+    tlp: TLP
+    valid_until: str | None
+    confidence: int | None
+    indicator_types: list[str]
+    labels: list[str]
+    stamp: datetime
+    created: str
+
+
+class _Shared:
+    """What one plan computes once for all subscribers: minted bodies per (sources, decisions)
+    signature, so that subscribers under the same agreement share one body (and one entry in
+    the encoded state)."""
+
+    def __init__(
+        self,
+        state: KeyState,
+        registry: Registry,
+        index: AgreementIndex,
+        config: RouteConfig,
+        active: dict[str, bool],
+    ) -> None:
+        self.state, self.registry, self.index, self.config = state, registry, index, config
+        self.active = active
+        self._minted: dict[tuple[Any, ...], _Minted] = {}
+        self._summaries: dict[tuple[str, ...], _Summary] = {}
+        self._refs: dict[tuple[Any, ...], dict[str, str]] = {}
+
+    def minted(self, vouching: list[tuple[str, Decision]]) -> _Minted:
+        signature = tuple(
+            (sid, d.agreement_id, d.agreement_version, d.attribution, d.onward_sharing)
+            for sid, d in vouching
+        )
+        found = self._minted.get(signature)
+        if found is None:
+            found = self._minted[signature] = self._build(vouching)
+        return found
+
+    def _build(self, vouching: list[tuple[str, Decision]]) -> _Minted:
+        registry, state = self.registry, self.state
+        source_ids = tuple(sid for sid, _ in vouching)
+        summary = self._summaries.get(source_ids)
+        if summary is None:
+            summary = self._summaries[source_ids] = _summarise(
+                [state.sources[sid] for sid in source_ids]
+            )
+        decisions = [d for _, d in vouching]
+        markings = [summary.tlp.marking_id]
+        if not all(d.onward_sharing for d in decisions):
+            markings.append(no_onward_sharing_marking_id(registry))
+        refs = []
+        for sid, decision in vouching:
+            ref_key = (sid, decision.attribution, decision.agreement_id)
+            ref = self._refs.get(ref_key)
+            if ref is None:
+                ref = self._refs[ref_key] = _source_ref(state.sources[sid], decision, registry)
+            refs.append(ref)
+        body: dict[str, Any] = {
+            "name": summary.name,
+            "pattern": state.canonical_pattern,
+            "pattern_type": "stix",
+            "valid_from": summary.valid_from,
+            "object_marking_refs": markings,
+            "x_stixbus_sources": refs,
+        }
+        if summary.valid_until is not None:
+            body["valid_until"] = summary.valid_until
+        if summary.confidence is not None:
+            body["confidence"] = summary.confidence
+        if summary.indicator_types:
+            body["indicator_types"] = summary.indicator_types
+        if summary.labels:
+            body["labels"] = summary.labels
+        chosen = max(decisions, key=lambda d: (d.onward_sharing, d.agreement_id or ""))
+        companions = [bus_identity(registry)]
+        agreements = _agreements_by_id(self.index)
+        for decision in decisions:
+            agreement = agreements.get(decision.agreement_id or "")
+            if agreement is not None:
+                new = companion_objects(decision, agreement, registry)
+                companions += [c for c in new if c not in companions]
+        return _Minted(
+            body,
+            companions,
+            chosen.agreement_id,
+            chosen.agreement_version,
+            summary.stamp,
+            summary.created,
+        )
+
+
+def _summarise(sources: list[SourceVersion]) -> _Summary:
+    """valid_from = earliest, valid_until = latest (absent if one has none), confidence =
+    highest, indicator_types/labels = union, name = the first source's with one."""
+    objects = [s.record.object for s in sources]
+    untils = [o.get("valid_until") for o in objects]
+    confidences = [o["confidence"] for o in objects if isinstance(o.get("confidence"), int)]
+    stamp = max(s.record.published_at for s in sources)
+    return _Summary(
+        name=next((str(o["name"]) for o in objects if o.get("name")), "stixbus indicator"),
+        valid_from=min(
+            (str(o["valid_from"]) for o in objects if "valid_from" in o), key=parse_time
+        ),
+        tlp=max(s.record.tlp for s in sources),
+        valid_until=(
+            max((str(u) for u in untils), key=parse_time)
+            if all(isinstance(u, str) for u in untils)
+            else None
+        ),
+        confidence=max(confidences) if confidences else None,
+        indicator_types=sorted(
+            {t for o in objects for t in o.get("indicator_types", []) if isinstance(t, str)}
+        ),
+        labels=sorted({t for o in objects for t in o.get("labels", []) if isinstance(t, str)}),
+        stamp=stamp,
+        created=stix_time(stamp),
+    )
+
+
+@lru_cache(maxsize=8)
+def _agreements_by_id(index: AgreementIndex) -> dict[str, Agreement]:
+    return {a.id: a for a in index.agreements}
+
+
 def _plan_minted(
-    state: KeyState,
+    shared: _Shared,
     subscriber: Org,
     allowed: dict[str, Decision],
     previous: SubscriberView | None,
-    registry: Registry,
-    index: AgreementIndex,
     now: datetime,
-    config: RouteConfig,
 ) -> tuple[Delivery | None, SubscriberView | None]:
-    if previous is not None and previous.revoked:
-        return None, None  # revoked is final
-    vouching = [sid for sid in allowed if state.sources[sid].active(now)]
-    if not vouching:
+    state, registry = shared.state, shared.registry
+    if not allowed:
         if previous is None:
             return None, None  # never deliver an indicator nobody still vouches for
         # Everyone it was built from is revoked or expired: tell the subscriber, whatever the
         # agreements say now (revocation reaches every subscriber that ever received it).
-        still = [
-            s for s in previous.source_ids if s in state.sources and state.sources[s].active(now)
-        ]
-        if still:
+        if any(shared.active.get(s, False) for s in previous.source_ids):
             return None, None
         stamp = _vouching_ended(state, previous)
-        revoked = {
-            **previous.delivered,
-            "revoked": True,
-            "modified": _next_modified(previous, stamp),
-        }
-        view = previous.model_copy(update={"delivered": revoked})
+        view = replace(previous, revoked=True, modified=_next_modified(previous, stamp))
+        revoked = minted_object(view, state.key, subscriber.id, registry)
         return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
 
-    sources = [state.sources[sid] for sid in sorted(vouching)]
-    decisions = [allowed[sid] for sid in sorted(vouching)]
-    body = _minted_body(state, sources, decisions, registry)
-    if previous is not None and not _material_change(previous, body, registry, config):
-        if previous.source_ids == tuple(sorted(vouching)):
-            return None, None
-        # Nothing the subscriber must hear about, but remember which sources now back what it
-        # holds (expiry checks them; a stale list would tick this key on every scan).
-        return None, previous.model_copy(update={"source_ids": tuple(sorted(vouching))})
+    vouching = sorted(allowed.items())
+    source_ids = tuple(sid for sid, _ in vouching)
+    minted = shared.minted(vouching)
+    body = minted.body
+    if previous is not None:
+        assert previous.body is not None
+        if previous.body is body or not _material_change(
+            previous.body, body, registry, shared.config
+        ):
+            if previous.source_ids == source_ids:
+                return None, None
+            # Nothing the subscriber must hear about, but remember which sources now back what
+            # it holds (expiry checks them; a stale list would tick this key on every scan).
+            return None, replace(previous, source_ids=source_ids)
     # Version timestamps come from the inputs (Kafka time of the newest source record), never
     # from the wall clock: reprocessing after a crash re-mints the same (id, modified), which
     # the consumer's idempotent drop (stixbus.client.VersionFilter) then discards.
-    stamp = max(s.record.published_at for s in sources)
-    created = previous.delivered["created"] if previous else stix_time(stamp)
-    modified = _next_modified(previous, stamp) if previous else created
-    minted = {
-        "type": "indicator",
-        "spec_version": "2.1",
-        "id": minted_id(registry, state.key, subscriber.id),
-        "created": created,
-        "modified": modified,
-        "created_by_ref": registry.bus.identity_id,
-        **body,
-    }
-    chosen = max(decisions, key=lambda d: (d.onward_sharing, d.agreement_id or ""))
-    companions = [bus_identity(registry)]
-    for decision in decisions:
-        agreement = _agreement_of(decision, index)
-        if agreement is not None:
-            new = companion_objects(decision, agreement, registry)
-            companions += [c for c in new if c not in companions]
+    stamp = minted.stamp
+    if previous is not None:
+        created = previous.created
+        modified = _next_modified(previous, stamp)
+    else:
+        created = modified = minted.created
     view = SubscriberView(
-        delivered=minted,
-        source_ids=tuple(sorted(vouching)),
-        agreement_id=chosen.agreement_id,
-        agreement_version=chosen.agreement_version,
+        source_ids=source_ids,
+        agreement_id=minted.agreement_id,
+        agreement_version=minted.agreement_version,
+        created=created,
+        modified=modified,
+        body=body,
     )
-    latest = max(s.record.published_at for s in sources)
-    return _delivery(subscriber, minted, companions, chosen.agreement_id, False, latest), view
-
-
-def _minted_body(
-    state: KeyState, sources: list[SourceVersion], decisions: list[Decision], registry: Registry
-) -> dict[str, Any]:
-    objects = [s.record.object for s in sources]
-    tlp = max(s.record.tlp for s in sources)
-    valid_from = min((str(o["valid_from"]) for o in objects if "valid_from" in o), key=parse_time)
-    untils = [o.get("valid_until") for o in objects]
-    confidences = [o["confidence"] for o in objects if isinstance(o.get("confidence"), int)]
-    markings = [TLP(tlp).marking_id]
-    for decision in decisions:
-        if not decision.onward_sharing:
-            marking = no_onward_sharing_marking_id(registry)
-            if marking not in markings:
-                markings.append(marking)
-    body: dict[str, Any] = {
-        "name": next((str(o["name"]) for o in objects if o.get("name")), "stixbus indicator"),
-        "pattern": state.canonical_pattern,
-        "pattern_type": "stix",
-        "valid_from": valid_from,
-        "object_marking_refs": markings,
-        "x_stixbus_sources": [
-            _source_ref(src, decision, registry)
-            for src, decision in zip(sources, decisions, strict=True)
-        ],
-    }
-    if all(isinstance(u, str) for u in untils):
-        body["valid_until"] = max((str(u) for u in untils), key=parse_time)
-    if confidences:
-        body["confidence"] = max(confidences)
-    types = sorted({t for o in objects for t in o.get("indicator_types", []) if isinstance(t, str)})
-    labels = sorted({t for o in objects for t in o.get("labels", []) if isinstance(t, str)})
-    if types:
-        body["indicator_types"] = types
-    if labels:
-        body["labels"] = labels
-    return body
+    obj = minted_object(view, state.key, subscriber.id, registry)
+    return _delivery(subscriber, obj, minted.companions, minted.agreement_id, False, stamp), view
 
 
 def _source_ref(src: SourceVersion, decision: Decision, registry: Registry) -> dict[str, str]:
@@ -248,9 +386,8 @@ def _source_ref(src: SourceVersion, decision: Decision, registry: Registry) -> d
 
 
 def _material_change(
-    previous: SubscriberView, body: dict[str, Any], registry: Registry, config: RouteConfig
+    old: dict[str, Any], body: dict[str, Any], registry: Registry, config: RouteConfig
 ) -> bool:
-    old = previous.delivered
     old_until, new_until = old.get("valid_until"), body.get("valid_until")
     if old_until is not None and (
         new_until is None or parse_time(str(new_until)) > parse_time(str(old_until))
@@ -298,12 +435,15 @@ def _plan_forward(
     if previous is not None:
         if previous.revoked:
             return None, None
+        assert previous.delivered is not None
         if previous.delivered.get("modified") == source.record.object.get("modified"):
             return None, None  # that version was delivered already
         if source.revoked and source_id not in allowed:
             # Revocation reaches whoever received the object, even after an agreement change.
             revoked = {**previous.delivered, "revoked": True, "modified": source.record.modified}
-            view = previous.model_copy(update={"delivered": revoked})
+            view = SubscriberView.forwarded(
+                revoked, previous.source_ids, previous.agreement_id, previous.agreement_version
+            )
             return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
     decision = allowed.get(source_id)
     if decision is None:
@@ -315,11 +455,8 @@ def _plan_forward(
         return None, None
     delivered = apply_transformations(source.record.object, decision, agreement, registry)
     companions = companion_objects(decision, agreement, registry)
-    view = SubscriberView(
-        delivered=delivered,
-        source_ids=(source_id,),
-        agreement_id=decision.agreement_id,
-        agreement_version=decision.agreement_version,
+    view = SubscriberView.forwarded(
+        delivered, (source_id,), decision.agreement_id, decision.agreement_version
     )
     return (
         _delivery(
@@ -335,7 +472,7 @@ def _plan_forward(
 
 
 def _agreement_of(decision: Decision, index: AgreementIndex) -> Agreement | None:
-    return next((a for a in index.agreements if a.id == decision.agreement_id), None)
+    return _agreements_by_id(index).get(decision.agreement_id or "")
 
 
 def _vouching_ended(state: KeyState, previous: SubscriberView) -> datetime:
@@ -350,7 +487,7 @@ def _vouching_ended(state: KeyState, previous: SubscriberView) -> datetime:
             ends.append(src.record.published_at)
         elif src.valid_until is not None:
             ends.append(parse_time(src.valid_until))
-    return max(ends) if ends else parse_time(str(previous.delivered["modified"]))
+    return max(ends) if ends else parse_time(str(previous.modified))
 
 
 def _next_modified(previous: SubscriberView | None, now: datetime) -> str:
@@ -358,8 +495,8 @@ def _next_modified(previous: SubscriberView | None, now: datetime) -> str:
 
     STIX timestamps here carry milliseconds, so compare at that precision."""
     candidate = now.astimezone(UTC).replace(microsecond=now.microsecond // 1000 * 1000)
-    if previous is not None:
-        last = parse_time(str(previous.delivered["modified"]))
+    if previous is not None and previous.modified is not None:
+        last = parse_time(previous.modified)
         if candidate <= last:
             candidate = last + timedelta(milliseconds=1)
     return stix_time(candidate)

@@ -44,15 +44,19 @@ _HASH_NAMES = frozenset(HASH_HEX_LENGTHS) | {"SSDEEP", "TLSH"}
 
 # One comparison: object-type ':' property-path '=' 'string'.  The string literal follows the
 # grammar exactly: any character but quote/backslash, or the escapes \' and \\.
-_COMPARISON = re.compile(
-    r"""[ \t\r\n]*
+_COMPARISON_TEXT = r"""[ \t\r\n]*
     (?P<type>[a-z0-9]+(?:-[a-z0-9]+)*)
     :
     (?:(?P<prop>value|name)|hashes\.(?:'(?P<qhash>[A-Za-z0-9-]+)'|(?P<hash>[A-Za-z][A-Za-z0-9]*)))
     [ \t\r\n]*=[ \t\r\n]*
-    '(?P<value>(?:[^'\\]|\\['\\])*)'
-    [ \t\r\n]*""",
-    re.VERBOSE,
+    '(?P<value>[^'\\]*(?:\\['\\][^'\\]*)*)'
+    [ \t\r\n]*"""
+_COMPARISON = re.compile(_COMPARISON_TEXT, re.VERBOSE)
+# The commonest shape, a whole pattern of exactly one comparison, matched in one go (with
+# `fullmatch`).  The parse is unambiguous (a literal ends at its first unescaped quote), so this
+# accepts exactly the one-comparison patterns that the general loop below accepts.
+_SINGLE_COMPARISON = re.compile(
+    r"[ \t\r\n]*\[" + _COMPARISON_TEXT + r"\][ \t\r\n]*", re.VERBOSE
 )
 _JOIN = re.compile(r"(AND|OR)(?=[ \t\r\n])")
 _UNESCAPE = re.compile(r"\\(['\\])")
@@ -62,44 +66,69 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _comparison(match: re.Match[str]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(canonical comparison text, object type, warnings) of one matched comparison; None when
+    it names a path outside the fast subset; PatternError when its value is impossible."""
+    object_type, prop, value = match.group("type", "prop", "value")
+    if prop is not None:
+        if (object_type, prop) not in _FAST_OBJECT_PATHS:
+            return None
+        property_path: tuple[str, ...] = (prop,)
+        path_text = prop
+    else:
+        hash_name = match.group("qhash") or match.group("hash")
+        if object_type != "file" or hash_name not in _HASH_NAMES:
+            return None
+        property_path = ("hashes", hash_name)
+        path_text = f"hashes.{_quote(hash_name)}"
+    if "\\" in value:
+        value = _UNESCAPE.sub(r"\1", value)
+    try:
+        canonical = canonical_observable(object_type, property_path, value)
+    except CanonicalError as exc:
+        raise PatternError(f"{object_type}:{'.'.join(property_path)}: {exc}") from None
+    return (
+        f"{object_type}:{path_text} = {_quote(canonical.value)}",
+        object_type,
+        canonical.warnings,
+    )
+
+
 def _fast_parse(pattern: str) -> ParsedPattern | None:
     """Parse the common subset; None when the pattern is outside it (not necessarily invalid).
 
     Raises PatternError only for patterns that are inside the subset syntactically but name an
     impossible observable value (a malformed IP, hash, domain or URL).
     """
+    single = _SINGLE_COMPARISON.fullmatch(pattern)
+    if single is not None:
+        comparison = _comparison(single)
+        if comparison is None:
+            return None
+        term, object_type, warnings = comparison
+        return ParsedPattern(
+            canonical=f"[{term}]",
+            observable_types=(object_type,),
+            warnings=tuple(dict.fromkeys(warnings)) if warnings else (),
+        )
     text = pattern.strip(" \t\r\n")
     if len(text) < 2 or text[0] != "[" or text[-1] != "]":
         return None
     position, end = 1, len(text) - 1
     terms: list[list[str]] = [[]]
     types: set[str] = set()
-    warnings: list[str] = []
+    all_warnings: list[str] = []
     while True:
         match = _COMPARISON.match(text, position, end)
         if match is None:
             return None
-        object_type = match.group("type")
-        hash_name = match.group("qhash") or match.group("hash")
-        if hash_name is not None:
-            if object_type != "file" or hash_name not in _HASH_NAMES:
-                return None
-            property_path: tuple[str, ...] = ("hashes", hash_name)
-            path_text = f"hashes.{_quote(hash_name)}"
-        else:
-            prop = match.group("prop")
-            if (object_type, prop) not in _FAST_OBJECT_PATHS:
-                return None
-            property_path = (prop,)
-            path_text = prop
-        value = _UNESCAPE.sub(r"\1", match.group("value"))
-        try:
-            canonical = canonical_observable(object_type, property_path, value)
-        except CanonicalError as exc:
-            raise PatternError(f"{object_type}:{'.'.join(property_path)}: {exc}") from None
-        warnings.extend(canonical.warnings)
+        comparison = _comparison(match)
+        if comparison is None:
+            return None
+        term, object_type, warnings = comparison
+        all_warnings.extend(warnings)
         types.add(object_type)
-        terms[-1].append(f"{object_type}:{path_text} = {_quote(canonical.value)}")
+        terms[-1].append(term)
         position = match.end()
         if position == end:
             break
@@ -115,7 +144,7 @@ def _fast_parse(pattern: str) -> ParsedPattern | None:
     return ParsedPattern(
         canonical="[" + " OR ".join(canonical_terms) + "]",
         observable_types=tuple(sorted(types)),
-        warnings=tuple(dict.fromkeys(warnings)),
+        warnings=tuple(dict.fromkeys(all_warnings)),
     )
 
 

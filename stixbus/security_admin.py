@@ -187,7 +187,7 @@ def apply(
             _wait(fut, f"create SCRAM user {user!r}")
     if acl_plan.delete:
         filters = [_to_filter(b) for b in acl_plan.delete]
-        for _flt, fut in client.delete_acls(filters, request_timeout=TIMEOUT).items():  # type: ignore[arg-type]
+        for _flt, fut in client.delete_acls(filters, request_timeout=TIMEOUT).items():
             _wait(fut, "delete ACLs")
     if acl_plan.create:
         for binding, fut in client.create_acls(
