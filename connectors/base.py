@@ -364,7 +364,7 @@ class Submitter:
         progress: Callable[[int], None] | None = None,
         publish_fn: PublishFn | None = None,
     ) -> None:
-        self.conn = client_kwargs(settings)
+        self.conn = client_kwargs(settings, org.id)  # publish as the org: its ingest ACL
         self.topic = TopicNames(settings.topic_prefix).ingest(org.id)
         self.source = source
         self.report = report

@@ -247,8 +247,8 @@ class Inbox:
     names: TopicNames = field(init=False)
     tokens: TokenStore = field(init=False)
     statuses: OrderedDict[str, StatusEntry] = field(default_factory=OrderedDict)
-    _consumer: AIOKafkaConsumer | None = None
-    _task: asyncio.Task[None] | None = None
+    _consumers: list[AIOKafkaConsumer] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.registry = load_registry(self.settings.registry_path)
@@ -281,29 +281,33 @@ class Inbox:
     # -- receipts --
 
     async def _start_receipts(self, app: web.Application) -> None:
-        topics = [self.names.receipts(o.id) for o in self.registry.publishers]
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self.settings), enable_auto_commit=False, auto_offset_reset="latest"
-        )
-        await consumer.start()
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(cluster.partitions_for_topic(t) or [])
-        ]
-        if not tps:
-            await consumer.stop()
-            raise ConnectorError(
-                f"no receipts topics under prefix {self.settings.topic_prefix!r}: create them "
-                "with `stixbus topics` (or start the worker) before the inbox"
+        # One consumer per publisher, each acting as that org: under security an org may read
+        # only its own receipts topic, and the inbox holds no broader principal.
+        self._consumers = []
+        for org in self.registry.publishers:
+            consumer = AIOKafkaConsumer(
+                **client_kwargs(self.settings, org.id),
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
             )
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)  # resolve now: receipts after this point are seen
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._read_receipts(consumer))
+            await consumer.start()
+            self._consumers.append(consumer)
+            topic = self.names.receipts(org.id)
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [
+                TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or [])
+            ]
+            if not tps:
+                await self._stop_receipts(app)
+                raise ConnectorError(
+                    f"no receipts topic {topic!r}: create the topics with `stixbus topics` "
+                    "(or start the worker) before the inbox"
+                )
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)  # resolve now: receipts after this point are seen
+            self._tasks.append(asyncio.create_task(self._read_receipts(consumer)))
 
     async def _read_receipts(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -319,14 +323,16 @@ class Inbox:
                         entry.receipt = receipt
 
     async def _stop_receipts(self, app: web.Application) -> None:
-        if self._task:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self._consumer:
-            await self._consumer.stop()
+        self._tasks = []
+        for consumer in self._consumers:
+            await consumer.stop()
+        self._consumers = []
 
     # -- helpers --
 
@@ -475,7 +481,10 @@ class Inbox:
         while len(self.statuses) > MAX_STATUSES:
             self.statuses.popitem(last=False)
         await publish(
-            client_kwargs(self.settings), self.names.ingest(auth), orjson.dumps(bundle), status_id
+            client_kwargs(self.settings, auth),
+            self.names.ingest(auth),
+            orjson.dumps(bundle),
+            status_id,
         )
         return taxii_json(self._status(status_id, entry, len(objects)), status=202)
 

@@ -363,18 +363,28 @@ def canonical_observable(object_type: str, property_path: tuple[str, ...], value
 
 
 # --- ids and keys ------------------------------------------------------------------------------
+# The variant nibble of a UUID: the top two bits forced to 10 (RFC 4122), as hex digits.
+_VARIANT_DIGIT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
+
+
+@lru_cache(maxsize=16)
+def _namespace_bytes(namespace: uuid.UUID) -> bytes:
+    return namespace.bytes
+
+
 def dedup_key(canonical_pattern: str, bus_namespace: uuid.UUID) -> str:
     """The bus dedup key: UUIDv5 in the bus namespace over the canonical pattern.
 
     Same result as str(uuid.uuid5(...)) (tested), computed without building UUID objects: this
-    runs once per indicator on the hot path."""
-    digest = bytearray(
-        hashlib.sha1(bus_namespace.bytes + canonical_pattern.encode("utf-8")).digest()[:16]
+    runs once per indicator on the hot path.  The version (5) and variant bits are set on the
+    hex digits of the SHA-1 digest directly."""
+    text = hashlib.sha1(
+        _namespace_bytes(bus_namespace) + canonical_pattern.encode("utf-8")
+    ).hexdigest()
+    return (
+        f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT_DIGIT[text[16]]}{text[17:20]}"
+        f"-{text[20:32]}"
     )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = digest.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def deterministic_sco_id(sco: dict[str, object]) -> str | None:

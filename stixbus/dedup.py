@@ -326,19 +326,16 @@ def encode_state(state: KeyState) -> bytes:
             ]
         )
     bodies: list[dict[str, Any]] = []
-    body_index: dict[int, int] = {}  # id(body) -> position: views share equal bodies
+    # id(body) -> position: views minted in one plan, or decoded together, share body objects
+    body_index: dict[int, int] = {}
     encoded_views = {}
     for subscriber, view in state.views.items():
         b = -1
         if view.body is not None:
             found = body_index.get(id(view.body))
             if found is None:
-                try:
-                    found = bodies.index(view.body)
-                except ValueError:
-                    found = len(bodies)
-                    bodies.append(view.body)
-                body_index[id(view.body)] = found
+                found = body_index[id(view.body)] = len(bodies)
+                bodies.append(view.body)
             b = found
         encoded_views[subscriber] = [
             [index[s] for s in view.source_ids if s in index],

@@ -112,46 +112,44 @@ def plan_key(
     audited: list[Decision] = []
     views = dict(state.views)
     sources = state.sources
+    minted = state.minted
     active = {sid: src.active(now) for sid, src in sources.items()}
-    publishers = {src.record.publisher for src in sources.values()}
-    publisher_of = {p: registry.get(p) for p in publishers}
-    changed = sources[changed_source].record if changed_source is not None else None
+    publisher_of = {p: registry.get(p) for p in {s.record.publisher for s in sources.values()}}
     # Decisions depend on a few properties of each source (its profile), so sources with the
-    # same profile share them across keys and events (AgreementIndex.decide_profiled).
-    profiles = {sid: index.profile(src.record) for sid, src in sources.items()}
+    # same profile share them across keys and events (AgreementIndex.decide_profiled).  A
+    # minted indicator is shaped only by the sources that still vouch.
+    candidates = [
+        (sid, src.record, index.profile(src.record), publisher_of[src.record.publisher])
+        for sid, src in sources.items()
+        if active[sid] or not minted
+    ]
+    changed = sources[changed_source].record if changed_source is not None else None
+    changed_profile = index.profile(changed) if changed is not None else None
     shared = _Shared(state, registry, index, config, active)
+    decide = index.decide_profiled
     for subscriber in registry.subscribers:
         previous = views.get(subscriber.id)
         first: Decision | None = None
         if changed is not None:
-            first = index.decide_profiled(
-                changed,
-                profiles[changed.object_id],
-                publisher_of[changed.publisher],
-                subscriber,
-                now,
+            first = decide(
+                changed, changed_profile, publisher_of[changed.publisher], subscriber, now
             )
             audited.append(first)
             if not first.allow and (previous is None or changed_source not in previous.source_ids):
                 # The new version is invisible to this subscriber and its copy does not rest on
                 # that source: nothing it holds can change (expiry comes through ticks).
                 continue
-        if state.minted and previous is not None and previous.revoked:
+        if minted and previous is not None and previous.revoked:
             continue  # revoked is final
         allowed: dict[str, Decision] = {}
-        for sid, src in sources.items():
-            if state.minted and not active[sid]:
-                continue  # only sources that still vouch shape a minted indicator
+        for sid, rec, profile, publisher in candidates:
             if sid == changed_source and first is not None:
                 decision = first
             else:
-                rec = src.record
-                decision = index.decide_profiled(
-                    rec, profiles[sid], publisher_of[rec.publisher], subscriber, now
-                )
+                decision = decide(rec, profile, publisher, subscriber, now)
             if decision.allow:
                 allowed[sid] = decision
-        if state.minted:
+        if minted:
             delivery, view = _plan_minted(shared, subscriber, allowed, previous, now)
         else:
             delivery, view = _plan_forward(
@@ -216,6 +214,7 @@ class _Shared:
         self._minted: dict[tuple[Any, ...], _Minted] = {}
         self._summaries: dict[tuple[str, ...], _Summary] = {}
         self._refs: dict[tuple[Any, ...], dict[str, str]] = {}
+        self._companions: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
 
     def minted(self, vouching: list[tuple[str, Decision]]) -> _Minted:
         signature = tuple(
@@ -263,13 +262,10 @@ class _Shared:
         if summary.labels:
             body["labels"] = summary.labels
         chosen = max(decisions, key=lambda d: (d.onward_sharing, d.agreement_id or ""))
-        companions = [bus_identity(registry)]
-        agreements = _agreements_by_id(self.index)
-        for decision in decisions:
-            agreement = agreements.get(decision.agreement_id or "")
-            if agreement is not None:
-                new = companion_objects(decision, agreement, registry)
-                companions += [c for c in new if c not in companions]
+        parties = tuple(sorted({(d.agreement_id or "", d.publisher) for d in decisions}))
+        companions = self._companions.get(parties)
+        if companions is None:
+            companions = self._companions[parties] = _companions(decisions, self.index, registry)
         return _Minted(
             body,
             companions,
@@ -278,6 +274,20 @@ class _Shared:
             summary.stamp,
             summary.created,
         )
+
+
+def _companions(
+    decisions: list[Decision], index: AgreementIndex, registry: Registry
+) -> list[dict[str, Any]]:
+    """Bus-defined objects a minted indicator refers to (identities, markings)."""
+    companions = [bus_identity(registry)]
+    agreements = _agreements_by_id(index)
+    for decision in decisions:
+        agreement = agreements.get(decision.agreement_id or "")
+        if agreement is not None:
+            new = companion_objects(decision, agreement, registry)
+            companions += [c for c in new if c not in companions]
+    return companions
 
 
 def _summarise(sources: list[SourceVersion]) -> _Summary:

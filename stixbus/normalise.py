@@ -304,37 +304,6 @@ _ID_FULL_RE = re.compile(IDENTIFIER_PATTERN.removeprefix("^").removesuffix("$"))
 _CUSTOM_PROPERTY_FULL_RE = re.compile(r"x_[a-z0-9_]{1,247}")
 
 
-def _plain_value(kind: int, value: Any) -> bool:
-    """Whether `value` is certainly valid for a property of this kind (False: not certain)."""
-    value_type = type(value)
-    if kind == _STR:
-        return value_type is str
-    if kind == _TIMESTAMP_MILLIS:
-        return value_type is str and PLAIN_TIMESTAMP_MILLIS_RE.fullmatch(value) is not None
-    if kind == _TIMESTAMP:
-        return value_type is str and PLAIN_TIMESTAMP_RE.fullmatch(value) is not None
-    if kind == _ID:
-        return value_type is str and _ID_FULL_RE.fullmatch(value) is not None
-    if kind == _STRINGS:
-        return value_type is list and bool(value) and all(type(item) is str for item in value)
-    if kind == _MARKING_REFS:
-        return (
-            value_type is list
-            and bool(value)
-            and all(
-                type(item) is str
-                and item.startswith("marking-definition--")
-                and _ID_FULL_RE.fullmatch(item) is not None
-                for item in value
-            )
-        )
-    if kind == _BOOL:
-        return value_type is bool
-    if kind == _CONFIDENCE:
-        return value_type is int and 0 <= value <= 100
-    return False
-
-
 def _accept_plain_indicator(
     obj: dict[str, Any], pointer: str, submission: Submission, known_markings: set[str]
 ) -> _Accepted | None:
@@ -342,18 +311,51 @@ def _accept_plain_indicator(
     if obj.get("spec_version") != "2.1":
         return None  # missing, or 2.0: upgrade rules
     kinds = _PLAIN_INDICATOR_PROPERTIES
+    id_fullmatch = _ID_FULL_RE.fullmatch
+    # One branch per kind, inline: this loop runs for every property of every indicator.
     for name, value in obj.items():
         kind = kinds.get(name)
-        if kind is None:
-            # A custom property: the fast path vouches for x_ names (not *_bin/*_hex) alone.
-            if (
-                value is None
-                or value == []
-                or _CUSTOM_PROPERTY_FULL_RE.fullmatch(name) is None
-                or name.endswith(("_bin", "_hex"))
-            ):
+        value_type = type(value)
+        if kind == _STR:
+            if value_type is not str:
                 return None
-        elif not _plain_value(kind, value):
+        elif kind == _TIMESTAMP_MILLIS:
+            if value_type is not str or PLAIN_TIMESTAMP_MILLIS_RE.fullmatch(value) is None:
+                return None
+        elif kind == _TIMESTAMP:
+            if value_type is not str or PLAIN_TIMESTAMP_RE.fullmatch(value) is None:
+                return None
+        elif kind == _STRINGS:
+            if value_type is not list or not value:
+                return None
+            for item in value:
+                if type(item) is not str:
+                    return None
+        elif kind == _ID:
+            if value_type is not str or id_fullmatch(value) is None:
+                return None
+        elif kind == _MARKING_REFS:
+            if value_type is not list or not value:
+                return None
+            for item in value:
+                if (
+                    type(item) is not str
+                    or not item.startswith("marking-definition--")
+                    or id_fullmatch(item) is None
+                ):
+                    return None
+        elif kind == _BOOL:
+            if value_type is not bool:
+                return None
+        elif kind == _CONFIDENCE:
+            if value_type is not int or not 0 <= value <= 100:
+                return None
+        elif (  # a custom property: the fast path vouches for x_ names (not *_bin/*_hex) alone
+            value is None
+            or value == []
+            or _CUSTOM_PROPERTY_FULL_RE.fullmatch(name) is None
+            or name.endswith(("_bin", "_hex"))
+        ):
             return None
     for name in _PLAIN_INDICATOR_REQUIRED:
         if name not in obj:
