@@ -1,16 +1,18 @@
 """normalized + ticks → deliver.<org> + audit: de-duplicate per canonical key, then route.
 
 One table keyed by the canonical key (co-partitioned with `normalized`) holds each key's
-provenance and what every subscriber was last given.  A timer looks for keys whose sources have
-expired and sends a tick through `ticks`, because a Faust table may only be changed while
-processing an event of its partition.
+provenance and what every subscriber was last given.  Keys whose sources expire need a tick
+through `ticks`, because a Faust table may only be changed while processing an event of its
+partition: an in-memory expiry index (deadline, key), updated on every table write and rebuilt
+from the local table after each rebalance, tells the timer which keys are due without scanning
+the table.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -20,9 +22,22 @@ from agents.agreements import AgreementStore
 from schemas.envelope import NormalizedObject, Reason, Receipt, Rejection
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.dedup import MergeOutcome, decode_state, encode_state, merge_source
+from stixbus.dedup import MergeOutcome, decode_state, deadline_header, encode_state, merge_source
 from stixbus.deliveries import Plan, RouteConfig, plan_key
-from stixbus.expiry import due_for_tick, is_collectable
+from stixbus.expiry import (
+    ExpiryIndex,
+    due_for_tick,
+    is_collectable,
+    next_deadline,
+    state_deadline,
+)
+
+# A tick that was sent but whose key was not rewritten (lost in a rebalance, say) is retried
+# after this many scan intervals.
+TICK_RETRY_INTERVALS = 12
+# Keys of the local table read per batch while rebuilding the expiry index (the event loop
+# runs in between).
+REBUILD_BATCH = 5000
 
 
 def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
@@ -37,6 +52,14 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
         "stixbus-dedup", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
     config = RouteConfig(confidence_step=settings.confidence_step)
+    grace = settings.dedup_grace_seconds
+    expiry = ExpiryIndex()
+
+    @table.on_recover
+    async def _recovered() -> None:
+        # After every rebalance the set of local partitions may have changed: rebuild the
+        # expiry index from the table (lazily, on the timer's next run).
+        expiry.stale = True
 
     @app.agent(source, name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
@@ -58,16 +81,19 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                 if outcome is MergeOutcome.IDENTICAL:
                     metrics.observe_suppressed()
                     table[key] = encode_state(state)  # last_seen only
+                    expiry.set(key, state_deadline(state, grace))
                     continue
                 if outcome not in (MergeOutcome.NEW_SOURCE, MergeOutcome.NEW_VERSION):
                     metrics.observe_suppressed()
                     continue
                 plan = plan_key(state, record.object_id, registry, store.index, now, config)
             await _write(plan, now)
-            if is_collectable(plan.state, now, settings.dedup_grace_seconds):
+            if is_collectable(plan.state, now, grace):
                 table.pop(key, None)
+                expiry.discard(key)
             else:
                 table[key] = encode_state(plan.state)
+                expiry.set(key, state_deadline(plan.state, grace))
 
     async def _write(plan: Plan, now: datetime) -> None:
         # Crash safety: the key's new state (the changelog record, written by the caller after
@@ -140,11 +166,40 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
 
     @app.timer(interval=settings.expiry_scan_seconds)
     async def expire() -> None:
-        """Keys whose sources have expired get a tick, so subscribers hear about it."""
+        """Keys whose sources have expired (or that can be collected) get a tick."""
+        if expiry.stale:
+            await _rebuild_expiry_index()
         now = datetime.now(UTC)
-        count = 0
-        for key, raw in list(table.items()):
-            count += 1
-            if due_for_tick(decode_state(raw), now, settings.dedup_grace_seconds):
+        retry = now + timedelta(seconds=TICK_RETRY_INTERVALS * settings.expiry_scan_seconds)
+        for key in expiry.pop_due(now):
+            raw = table.get(key)
+            if raw is None:
+                continue  # deleted, or its partition is no longer ours
+            state = decode_state(raw)
+            if due_for_tick(state, now, grace):
                 await ticks.send(key=key, value=b"tick")
-        metrics.set_dedup_keys(count)
+                # The agent rewrites the key when it handles the tick (and so sets its next
+                # deadline); if the tick is lost, try again later.
+                expiry.set(key, retry)
+            else:
+                expiry.set(key, state_deadline(state, grace))
+        metrics.set_dedup_keys(len(expiry))
+
+    async def _rebuild_expiry_index() -> None:
+        """Read each local key's deadline (from the encoded state's header, without decoding
+        the whole state) into the expiry index."""
+        expiry.begin_rebuild()
+        batch: list[tuple[bytes, datetime | None]] = []
+        for key, raw in table.items():
+            header = deadline_header(raw)
+            if header is None:  # an older encoding: decode it
+                deadline = state_deadline(decode_state(raw), grace)
+            else:
+                deadline = next_deadline(header[0], header[1], grace)
+            batch.append((key, deadline))
+            if len(batch) >= REBUILD_BATCH:
+                expiry.rebuilt(batch)
+                batch = []
+                await asyncio.sleep(0)
+        expiry.rebuilt(batch)
+        expiry.end_rebuild()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -168,6 +169,33 @@ def _homograph_warnings(original: str, unicode_form: str) -> tuple[str, ...]:
 # --- IP addresses ------------------------------------------------------------------------------
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _CANONICAL_IPV4 = re.compile(rf"^(?P<address>{_OCTET}(?:\.{_OCTET}){{3}})(?:/(?P<prefix>[0-9]+))?$")
+_PLAIN_IPV6 = re.compile(r"[0-9A-Fa-f:]{2,39}")
+
+
+def _inet_ntop_agrees() -> bool:
+    """Whether this platform's inet_ntop prints like ipaddress (RFC 5952: the longest run of two
+    or more zero groups compressed, the first on ties, lower case); checked once at import."""
+    samples = (
+        "1:0:0:1:0:0:0:1",
+        "1:0:0:0:1:0:0:1",
+        "0:0:1:0:0:1:0:0",
+        "1:0:2:0:3:0:4:0",
+        "0:0:0:0:0:0:0:0",
+        "2001:DB8:0:0:0:0:0:1",
+        "0:1:0:0:0:0:0:0",
+        "a:b:c:d:e:f:0:0",
+    )
+    try:
+        return all(
+            socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, sample))
+            == str(ipaddress.IPv6Address(sample))
+            for sample in samples
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_INET_NTOP_AGREES = _inet_ntop_agrees()
 _IP_EXAMPLE = {4: "192.0.2.1 or 192.0.2.0/24", 6: "2001:db8::1 or 2001:db8::/32"}
 
 
@@ -181,6 +209,17 @@ def canonical_ip(value: str, version: int) -> Canonical:
             prefix = simple.group("prefix")
             if prefix is None or prefix == "32":
                 return Canonical(simple.group("address"))
+    elif _INET_NTOP_AGREES and _PLAIN_IPV6.fullmatch(text):
+        # Hex groups and '::' only: the C library's parser and RFC 5952 printer agree with
+        # ipaddress there (tested), at a tenth of the cost.  Its printer writes some addresses
+        # with an embedded IPv4 part (::ffff:1.2.3.4), which ipaddress does not: those, and
+        # whatever the C parser refuses, take the ipaddress path below.
+        try:
+            printed = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+        except OSError:
+            printed = "."
+        if "." not in printed:
+            return Canonical(printed)
     try:
         if "/" in text:
             network = ipaddress.ip_network(text, strict=True)

@@ -51,7 +51,7 @@ PLANNING_PROPERTIES = (
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
 class SourceVersion:
     record: NormalizedObject  # for minted keys `record.object` holds PLANNING_PROPERTIES only
     content_hash: str
@@ -82,7 +82,7 @@ class SourceVersion:
         return None if until is None else parse_time(until)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
 class SubscriberView:
     """What one subscriber was last given for this key.
 
@@ -119,7 +119,7 @@ class SubscriberView:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
 class KeyState:
     key: str
     canonical_pattern: str | None = None
@@ -136,41 +136,54 @@ class KeyState:
     def revocation_due_at(self) -> datetime | None:
         """The earliest moment some live minted view has no source left that vouches (then it
         needs a revoked version).  None: never by expiry alone."""
-        if not self.minted:
-            return None  # forwarded objects carry their own validity; revocations are events
-        earliest: datetime | None = None
-        for view in self.views.values():
-            if view.revoked:
-                continue
-            end = self._vouching_end(view.source_ids)
-            if end is not None and (earliest is None or end < earliest):
-                earliest = end
-        return earliest
+        return self._due()[0]
 
     def settling_due_at(self) -> datetime | None:
         """When the key becomes settled (no source vouches, all views revoked) if it is not yet:
         a tick then records `settled_at` so GC can start.  None: not by expiry alone."""
-        if self.settled_at is not None or any(not v.revoked for v in self.views.values()):
-            return None
-        return self._vouching_end(tuple(self.sources))
-
-    def _vouching_end(self, source_ids: tuple[str, ...]) -> datetime | None:
-        end = EPOCH
-        for sid in source_ids:
-            src = self.sources.get(sid)
-            if src is None:
-                continue
-            until = src.vouches_until()
-            if until is None:
-                return None
-            if until > end:
-                end = until
-        return end
+        return self._due()[1]
 
     def expiry_deadline(self) -> datetime | None:
         """Earliest moment a timer tick is needed, grace period for GC excluded."""
-        due = [d for d in (self.revocation_due_at(), self.settling_due_at()) if d is not None]
-        return min(due) if due else None
+        revocation, settling = self._due()
+        if revocation is None:
+            return settling
+        return revocation if settling is None or revocation < settling else settling
+
+    def _due(self) -> tuple[datetime | None, datetime | None]:
+        ends = {sid: src.vouches_until() for sid, src in self.sources.items()}
+        revocation: datetime | None = None
+        live = False
+        checked: set[tuple[str, ...]] = set()
+        for view in self.views.values():
+            if view.revoked:
+                continue
+            live = True
+            if not self.minted or view.source_ids in checked:
+                # forwarded objects carry their own validity; their revocations are events
+                continue
+            checked.add(view.source_ids)
+            end = _latest(ends, view.source_ids)
+            if end is not None and (revocation is None or end < revocation):
+                revocation = end
+        settling = None
+        if self.settled_at is None and not live:
+            settling = _latest(ends, tuple(ends))
+        return revocation, settling
+
+
+def _latest(ends: dict[str, datetime | None], source_ids: tuple[str, ...]) -> datetime | None:
+    """When the last of these sources stops vouching (None: one never does)."""
+    latest = EPOCH
+    for sid in source_ids:
+        if sid not in ends:
+            continue
+        end = ends[sid]
+        if end is None:
+            return None
+        if end > latest:
+            latest = end
+    return latest
 
 
 class MergeOutcome(StrEnum):

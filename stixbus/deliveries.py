@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -31,7 +31,7 @@ from stixbus.redact import (
 STIX_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Delivery:
     subscriber: str
     stix_object: dict[str, Any]
@@ -161,6 +161,21 @@ def plan_key(
             deliveries.append(delivery)
     settled = _settled(state, views, active, now)
     return Plan(with_views(state, views, settled), deliveries, audited)
+
+
+def _view(
+    previous: SubscriberView, source_ids: tuple[str, ...], modified: str | None, revoked: bool
+) -> SubscriberView:
+    """`previous` with other sources, version timestamp or revocation (minted views)."""
+    return SubscriberView(
+        source_ids,
+        previous.agreement_id,
+        previous.agreement_version,
+        previous.created,
+        modified,
+        revoked,
+        previous.body,
+    )
 
 
 def _settled(
@@ -339,7 +354,7 @@ def _plan_minted(
         if any(shared.active.get(s, False) for s in previous.source_ids):
             return None, None
         stamp = _vouching_ended(state, previous)
-        view = replace(previous, revoked=True, modified=_next_modified(previous, stamp))
+        view = _view(previous, previous.source_ids, _next_modified(previous, stamp), True)
         revoked = minted_object(view, state.key, subscriber.id, registry)
         return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
 
@@ -356,7 +371,7 @@ def _plan_minted(
                 return None, None
             # Nothing the subscriber must hear about, but remember which sources now back what
             # it holds (expiry checks them; a stale list would tick this key on every scan).
-            return None, replace(previous, source_ids=source_ids)
+            return None, _view(previous, source_ids, previous.modified, False)
     # Version timestamps come from the inputs (Kafka time of the newest source record), never
     # from the wall clock: reprocessing after a crash re-mints the same (id, modified), which
     # the consumer's idempotent drop (stixbus.client.VersionFilter) then discards.
@@ -367,12 +382,7 @@ def _plan_minted(
     else:
         created = modified = minted.created
     view = SubscriberView(
-        source_ids=source_ids,
-        agreement_id=minted.agreement_id,
-        agreement_version=minted.agreement_version,
-        created=created,
-        modified=modified,
-        body=body,
+        source_ids, minted.agreement_id, minted.agreement_version, created, modified, False, body
     )
     obj = minted_object(view, state.key, subscriber.id, registry)
     return _delivery(subscriber, obj, minted.companions, minted.agreement_id, False, stamp), view

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -34,9 +36,28 @@ async def ensure_topics(
             await admin.create_topics(new)
         except TopicAlreadyExistsError:
             pass  # a concurrent creator won the race: the topics exist, which is all we need
+        await _wait_for_leaders(admin, [s.name for s in missing])
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 20.0
+) -> None:
+    """Created topics are usable once every partition has a leader; clients that come right
+    after (agreements apply, the worker) otherwise log NotLeaderForPartition retries."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = await admin.describe_topics(names)
+        if all(
+            t.get("error_code", 0) == 0
+            and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def list_topics(conn: dict[str, Any]) -> list[str]:

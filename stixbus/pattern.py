@@ -55,9 +55,7 @@ _COMPARISON = re.compile(_COMPARISON_TEXT, re.VERBOSE)
 # The commonest shape, a whole pattern of exactly one comparison, matched in one go (with
 # `fullmatch`).  The parse is unambiguous (a literal ends at its first unescaped quote), so this
 # accepts exactly the one-comparison patterns that the general loop below accepts.
-_SINGLE_COMPARISON = re.compile(
-    r"[ \t\r\n]*\[" + _COMPARISON_TEXT + r"\][ \t\r\n]*", re.VERBOSE
-)
+_SINGLE_COMPARISON = re.compile(r"[ \t\r\n]*\[" + _COMPARISON_TEXT + r"\][ \t\r\n]*", re.VERBOSE)
 _JOIN = re.compile(r"(AND|OR)(?=[ \t\r\n])")
 _UNESCAPE = re.compile(r"\\(['\\])")
 
