@@ -97,7 +97,8 @@ def up(
         err.print(supervisor.log_tail(settings))
         raise CliError(f"the worker did not become ready; log: {supervisor.log_file(settings)}")
     out.print(
-        f"worker ready on http://127.0.0.1:{settings.web_port} ({time.monotonic() - started:.1f}s since `up` started)"
+        f"worker ready on http://127.0.0.1:{settings.web_port} "
+        f"({time.monotonic() - started:.1f}s since `up` started)"
     )
     if demo:
         _demo(settings)
