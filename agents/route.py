@@ -22,7 +22,7 @@ from agents.agreements import AgreementStore
 from schemas.envelope import NormalizedObject, Reason, Receipt, Rejection
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.dedup import MergeOutcome, decode_state, deadline_header, encode_state, merge_source
+from stixbus.dedup import MergeOutcome, deadline_header, decode_state, encode_state, merge_source
 from stixbus.deliveries import Plan, RouteConfig, plan_key
 from stixbus.expiry import (
     ExpiryIndex,
@@ -180,9 +180,9 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
                 await ticks.send(key=key, value=b"tick")
                 # The agent rewrites the key when it handles the tick (and so sets its next
                 # deadline); if the tick is lost, try again later.
-                expiry.set(key, retry)
+                expiry.set_if_absent(key, retry)
             else:
-                expiry.set(key, state_deadline(state, grace))
+                expiry.set_if_absent(key, state_deadline(state, grace))
         metrics.set_dedup_keys(len(expiry))
 
     async def _rebuild_expiry_index() -> None:

@@ -87,6 +87,11 @@ class ExpiryIndex:
             self._touched.add(key)
         self._set(key, deadline)
 
+    def set_if_absent(self, key: bytes, deadline: datetime | None) -> None:
+        """`set` unless the key was set since it was popped (the agent's deadline wins)."""
+        if key not in self._deadline:
+            self.set(key, deadline)
+
     def _set(self, key: bytes, deadline: datetime | None) -> None:
         stamp = None if deadline is None else deadline.timestamp()
         if key in self._deadline and self._deadline[key] == stamp:
