@@ -187,7 +187,10 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
         full_env.get("STIXBUS_REGISTRY_PATH", REPO_ROOT / "deploy" / "orgs.yaml")
     )
     names = TopicNames(prefix)
-    asyncio.run(ensure_topics({"bootstrap_servers": bootstrap}, names.all_specs(registry, 2)))
+    partitions = int(full_env["STIXBUS_PARTITIONS"])
+    asyncio.run(
+        ensure_topics({"bootstrap_servers": bootstrap}, names.all_specs(registry, partitions))
+    )
     bus = Bus(bootstrap, prefix, tmp, full_env, registry, names)
     bus.apply_agreements(Path(full_env.get("STIXBUS_AGREEMENTS_PATH", AGREEMENTS)))
     return bus
