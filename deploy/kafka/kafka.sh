@@ -5,6 +5,10 @@
 #   deploy/kafka/kafka.sh down     stop by PID (fine when already stopped)
 #   deploy/kafka/kafka.sh status   exit 0 when the broker answers
 #   deploy/kafka/kafka.sh logs     tail the broker log
+#   deploy/kafka/kafka.sh reset    stop and delete the Kafka data (secrets kept)
+#   deploy/kafka/kafka.sh compose-secrets
+#                                  the secrets and broker config docker-compose.yml mounts (no
+#                                  Java or Docker needed; idempotent; see docs/security.md)
 #
 # Environment (defaults in brackets):
 #   STIXBUS_HOME        state folder for data, logs, pid            [<repo>/.stixbus]
@@ -20,12 +24,14 @@
 # StandardAuthorizer denies everything no ACL allows; User:admin is the only super user.
 # First use generates, under $STIXBUS_HOME/secrets (mode 700, git-ignored):
 #   ca.pem/ca.key            a local CA (openssl, RSA 3072, 825 days)
-#   broker.pem/broker.key    the broker certificate (SAN 127.0.0.1, localhost), signed by the CA
+#   broker.pem/broker.key    the broker certificate (SAN 127.0.0.1, localhost, kafka), signed by the CA
 #   broker.p12               PKCS12 keystore for the broker; password in broker.secrets
 #   broker.secrets           admin and keystore passwords (sourced by this script)
 #   credentials.json         SCRAM passwords by principal ({"users": {...}}); this script writes
 #                            admin's, `stixbus security apply` adds the worker, operator and orgs
 #   client.env               STIXBUS_* connection settings the CLI and worker read
+#   compose-server.properties, compose-admin.properties   (compose-secrets only) the broker's and
+#                            the admin CLI's config with the paths and names inside the containers
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
 set -euo pipefail
@@ -78,9 +84,8 @@ port_open() {
 
 rand_secret() { openssl rand -hex 24; }
 
-make_secrets() {
-  # Passwords and (for sasl_ssl) the CA and broker certificate; kept across restarts.
-  command -v openssl >/dev/null 2>&1 || die "openssl not found: install it (Debian: apt-get install openssl)"
+make_passwords() {
+  # broker.secrets (admin and keystore passwords) and credentials.json (admin's); kept forever.
   mkdir -p "$secdir"; chmod 700 "$secdir"
   umask 077
   if [ ! -f "$secdir/broker.secrets" ]; then
@@ -91,25 +96,45 @@ make_secrets() {
   if [ ! -f "$secdir/credentials.json" ]; then
     printf '{"users": {"admin": "%s"}}\n' "$ADMIN_PASSWORD" >"$secdir/credentials.json"
   fi
-  if [ "$mode" = sasl_ssl ] && [ ! -f "$secdir/broker.p12" ]; then
-    echo "kafka.sh: generating a local CA and the broker certificate in $secdir"
-    openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days 825 -subj "/CN=stixbus local CA" \
-      -keyout "$secdir/ca.key" -out "$secdir/ca.pem" \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-      >/dev/null 2>&1 || die "openssl could not create the CA in $secdir"
-    openssl req -newkey rsa:3072 -sha256 -nodes -subj "/CN=127.0.0.1" \
-      -keyout "$secdir/broker.key" -out "$secdir/broker.csr" >/dev/null 2>&1 \
-      || die "openssl could not create the broker key in $secdir"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' >"$secdir/broker.ext"
-    openssl x509 -req -sha256 -days 825 -in "$secdir/broker.csr" -CA "$secdir/ca.pem" \
-      -CAkey "$secdir/ca.key" -CAcreateserial -extfile "$secdir/broker.ext" \
-      -out "$secdir/broker.pem" >/dev/null 2>&1 || die "openssl could not sign the broker certificate"
-    openssl pkcs12 -export -in "$secdir/broker.pem" -inkey "$secdir/broker.key" \
-      -certfile "$secdir/ca.pem" -name broker -out "$secdir/broker.p12" \
-      -passout "pass:$KEYSTORE_PASSWORD" || die "openssl could not write the broker keystore"
-    rm -f "$secdir/broker.csr" "$secdir/broker.ext"
-  fi
   umask 022
+}
+
+make_ca() {
+  echo "kafka.sh: generating a local CA in $secdir"
+  umask 077
+  openssl req -x509 -newkey rsa:3072 -sha256 -nodes -days 825 -subj "/CN=stixbus local CA" \
+    -keyout "$secdir/ca.key" -out "$secdir/ca.pem" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    >/dev/null 2>&1 || die "openssl could not create the CA in $secdir"
+  umask 022
+}
+
+make_broker_cert() {
+  # Valid for the local stack (127.0.0.1, localhost) and for docker-compose (host name kafka).
+  echo "kafka.sh: generating the broker certificate in $secdir"
+  umask 077
+  openssl req -newkey rsa:3072 -sha256 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$secdir/broker.key" -out "$secdir/broker.csr" >/dev/null 2>&1 \
+    || die "openssl could not create the broker key in $secdir"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kafka\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' >"$secdir/broker.ext"
+  openssl x509 -req -sha256 -days 825 -in "$secdir/broker.csr" -CA "$secdir/ca.pem" \
+    -CAkey "$secdir/ca.key" -CAcreateserial -extfile "$secdir/broker.ext" \
+    -out "$secdir/broker.pem" >/dev/null 2>&1 || die "openssl could not sign the broker certificate"
+  openssl pkcs12 -export -in "$secdir/broker.pem" -inkey "$secdir/broker.key" \
+    -certfile "$secdir/ca.pem" -name broker -out "$secdir/broker.p12" \
+    -passout "pass:$KEYSTORE_PASSWORD" || die "openssl could not write the broker keystore"
+  rm -f "$secdir/broker.csr" "$secdir/broker.ext"
+  umask 022
+}
+
+make_secrets() {
+  # Passwords and (for sasl_ssl) the CA and broker certificate; kept across restarts.
+  command -v openssl >/dev/null 2>&1 || die "openssl not found: install it (Debian: apt-get install openssl)"
+  make_passwords
+  if [ "$mode" = sasl_ssl ] && [ ! -f "$secdir/broker.p12" ]; then
+    if [ ! -f "$secdir/ca.pem" ] || [ ! -f "$secdir/ca.key" ]; then make_ca; fi
+    make_broker_cert
+  fi
 }
 
 write_client_env() {
@@ -128,34 +153,44 @@ write_client_env() {
   } >"$secdir/client.env"
 }
 
-write_props() {
+server_props() {
+  # Print a server.properties for security mode $1.  The rest describes the broker as it sees
+  # itself: $2 secrets folder, $3 data folder, $4 controller host:port, $5 client listener bind
+  # host:port, $6 its advertised host:port, and optionally $7/$8 the same for a second client
+  # listener HOST (docker-compose: the port published on the Docker host).
+  local smode="$1" sdir="$2" data="$3" controller="$4" bind="$5" adv="$6" hbind="${7:-}" hadv="${8:-}"
   local client_protocol=PLAINTEXT
-  case "$mode" in sasl_ssl) client_protocol=SASL_SSL ;; sasl_plaintext) client_protocol=SASL_PLAINTEXT ;; esac
-  if [ "$mode" = plaintext ]; then
-    cat >"$props" <<PROPS
-# Generated by deploy/kafka/kafka.sh; edit the script, not this file.
+  case "$smode" in sasl_ssl) client_protocol=SASL_SSL ;; sasl_plaintext) client_protocol=SASL_PLAINTEXT ;; esac
+  local generated="# Generated by deploy/kafka/kafka.sh; edit the script, not this file."
+  if [ "$smode" = plaintext ]; then
+    cat <<PROPS
+$generated
 # Security mode: plaintext (no authentication, no ACLs) - quick local demos only.
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.quorum.voters=1@$controller
+listeners=PLAINTEXT://$bind,CONTROLLER://$controller
+advertised.listeners=PLAINTEXT://$adv
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 PROPS
   else
-    cat >"$props" <<PROPS
-# Generated by deploy/kafka/kafka.sh; edit the script, not this file.
-# Security mode: $mode (SCRAM-SHA-512 clients, PLAIN controller, StandardAuthorizer).
+    local listeners="CLIENT://$bind" advertised="CLIENT://$adv" map="CLIENT:$client_protocol"
+    if [ -n "$hbind" ]; then
+      listeners="$listeners,HOST://$hbind"; advertised="$advertised,HOST://$hadv"; map="$map,HOST:$client_protocol"
+    fi
+    cat <<PROPS
+$generated
+# Security mode: $smode (SCRAM-SHA-512 clients, PLAIN controller, StandardAuthorizer).
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:$cport
-listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=CLIENT://127.0.0.1:$port
+controller.quorum.voters=1@$controller
+listeners=$listeners,CONTROLLER://$controller
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=CLIENT
-listener.security.protocol.map=CLIENT:$client_protocol,CONTROLLER:SASL_PLAINTEXT
+listener.security.protocol.map=$map,CONTROLLER:SASL_PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.controller.sasl.enabled.mechanisms=PLAIN
@@ -163,26 +198,33 @@ sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 sasl.mechanism.controller.protocol=PLAIN
 listener.name.client.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
 listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="$ADMIN_PASSWORD" user_admin="$ADMIN_PASSWORD";
+PROPS
+    if [ -n "$hbind" ]; then
+      cat <<PROPS
+listener.name.host.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.host.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+    fi
+    cat <<PROPS
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
 super.users=User:admin
 PROPS
-    if [ "$mode" = sasl_ssl ]; then
-      cat >>"$props" <<PROPS
+    if [ "$smode" = sasl_ssl ]; then
+      cat <<PROPS
 ssl.keystore.type=PKCS12
-ssl.keystore.location=$secdir/broker.p12
+ssl.keystore.location=$sdir/broker.p12
 ssl.keystore.password=$KEYSTORE_PASSWORD
 ssl.key.password=$KEYSTORE_PASSWORD
 ssl.truststore.type=PEM
-ssl.truststore.location=$secdir/ca.pem
+ssl.truststore.location=$sdir/ca.pem
 ssl.client.auth=none
 ssl.endpoint.identification.algorithm=https
 PROPS
     fi
   fi
-  chmod 600 "$props"
-  cat >>"$props" <<PROPS
-log.dirs=$kdir/data
+  cat <<PROPS
+log.dirs=$data
 num.partitions=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=4
@@ -194,6 +236,46 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
 PROPS
+}
+
+write_props() {
+  ( umask 077
+    server_props "$mode" "$secdir" "$kdir/data" "127.0.0.1:$cport" "127.0.0.1:$port" "127.0.0.1:$port" >"$props" )
+  chmod 600 "$props"
+}
+
+# docker-compose.yml mounts $STIXBUS_HOME/secrets at this path in every container.
+compose_secdir=/etc/stixbus/secrets
+compose_data=/var/lib/kafka/data/stixbus-sasl-ssl
+
+compose_secrets() {
+  # What docker-compose.yml needs, generated on the host (openssl only; no Java, no Docker):
+  # the same CA, keystore, passwords and credentials.json as `up`, plus the broker and admin
+  # client configs as seen from inside the containers.  Idempotent: existing secrets are kept.
+  mode=sasl_ssl
+  make_secrets
+  if ! openssl x509 -in "$secdir/broker.pem" -noout -text 2>/dev/null | grep -Eq 'DNS:kafka(,|$)'; then
+    # A certificate from before compose support: re-issue it (same CA) with the name kafka.
+    make_broker_cert
+  fi
+  ( umask 077
+    # Internal listener kafka:9092 (other containers); HOST listener on container port 19092,
+    # published as 127.0.0.1:9092 and advertised so (clients on the Docker host).
+    server_props sasl_ssl "$compose_secdir" "$compose_data" kafka:9093 \
+      0.0.0.0:9092 kafka:9092 0.0.0.0:19092 127.0.0.1:9092 >"$secdir/compose-server.properties"
+    cat >"$secdir/compose-admin.properties" <<PROPS
+# Generated by deploy/kafka/kafka.sh compose-secrets: Kafka CLI tools as admin inside the kafka
+# container (--command-config $compose_secdir/compose-admin.properties).
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$ADMIN_PASSWORD";
+ssl.truststore.type=PEM
+ssl.truststore.location=$compose_secdir/ca.pem
+PROPS
+  )
+  chmod 600 "$secdir/compose-server.properties" "$secdir/compose-admin.properties"
+  write_client_env
+  echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: docker compose up -d"
 }
 
 ready() {
@@ -284,5 +366,6 @@ case "${1:-}" in
   status) if running && ready; then echo "kafka.sh: running on 127.0.0.1:$port"; else echo "kafka.sh: not running"; exit 1; fi ;;
   logs) tail -n "${2:-100}" "$logdir/server.log" ;;
   reset) down; rm -rf "$kdir/data" "$modefile"; echo "kafka.sh: data removed (secrets in $secdir kept)" ;;
-  *) echo "usage: $0 up|down|status|logs [N]|reset" >&2; exit 2 ;;
+  compose-secrets) compose_secrets ;;
+  *) echo "usage: $0 up|down|status|logs [N]|reset|compose-secrets" >&2; exit 2 ;;
 esac
