@@ -16,6 +16,6 @@ lint:
 	@bash deploy/bootstrap.sh
 	@.venv/bin/ruff check . && .venv/bin/mypy
 
-bench:         ## every benchmark, printing numbers (not part of CI)
+bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
-	@for b in normalise route dedup; do [ -f bench/$$b.py ] && .venv/bin/python -m bench.$$b || true; done
+	@for b in normalise route dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
