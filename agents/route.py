@@ -187,7 +187,15 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
 
     async def _rebuild_expiry_index() -> None:
         """Read each local key's deadline (from the encoded state's header, without decoding
-        the whole state) into the expiry index."""
+        the whole state) into the expiry index, letting the event loop run between batches."""
+        try:
+            await _scan(REBUILD_BATCH)
+        except RuntimeError:
+            # The in-memory store is a dict that the agent changed under the iterator: scan
+            # it again in one go (rocksdb iterators read a snapshot).
+            await _scan(None)
+
+    async def _scan(batch_size: int | None) -> None:
         expiry.begin_rebuild()
         batch: list[tuple[bytes, datetime | None]] = []
         for key, raw in table.items():
@@ -197,7 +205,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
             else:
                 deadline = next_deadline(header[0], header[1], grace)
             batch.append((key, deadline))
-            if len(batch) >= REBUILD_BATCH:
+            if batch_size is not None and len(batch) >= batch_size:
                 expiry.rebuilt(batch)
                 batch = []
                 await asyncio.sleep(0)

@@ -334,6 +334,11 @@ class AgreementIndex:
         )
         self._memo: dict[tuple[Any, ...], Decision] = {}
 
+    def period(self, now: datetime) -> int:
+        """Which stretch between agreement term boundaries `now` is in: decisions for equal
+        profiles are equal within one period."""
+        return bisect_right(self._boundaries, now)
+
     @staticmethod
     def profile(obj: NormalizedObject) -> tuple[Any, ...] | None:
         """Everything of `obj` that `decide` reads except its id: objects with equal profiles
@@ -379,7 +384,7 @@ class AgreementIndex:
         found = self._memo.get(key)
         if found is None:
             found = self.decide(obj, publisher, subscriber, now)
-            if not any(r.code in _NAMES_THE_OBJECT for r in found.reasons):
+            if shareable(found):
                 if len(self._memo) >= _MEMO_LIMIT:
                     self._memo.clear()
                 self._memo[key] = found
@@ -536,6 +541,12 @@ _MEMO_LIMIT = 65536
 _NAMES_THE_OBJECT = frozenset(
     {ReasonCode.UNKNOWN_ORG, ReasonCode.PUBLISHER_MISMATCH, ReasonCode.UNKNOWN_MARKING}
 )
+
+
+def shareable(decision: Decision) -> bool:
+    """Whether the decision may stand for another object with the same profile (relabelled
+    with its id): not when a reason's message names the object."""
+    return not any(r.code in _NAMES_THE_OBJECT for r in decision.reasons)
 
 
 def _deny(pub: str, sub: str, object_id: str, reasons: tuple[Reason, ...]) -> Decision:

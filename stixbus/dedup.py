@@ -57,6 +57,8 @@ class SourceVersion:
     content_hash: str
     first_seen: datetime
     last_seen: datetime
+    # Its row in the table encoding, kept from decoding: unchanged sources are not re-encoded.
+    encoded: list[Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def revoked(self) -> bool:
@@ -154,12 +156,13 @@ class KeyState:
         ends = {sid: src.vouches_until() for sid, src in self.sources.items()}
         revocation: datetime | None = None
         live = False
+        minted = self.canonical_pattern is not None
         checked: set[tuple[str, ...]] = set()
         for view in self.views.values():
             if view.revoked:
                 continue
             live = True
-            if not self.minted or view.source_ids in checked:
+            if not minted or view.source_ids in checked:
                 # forwarded objects carry their own validity; their revocations are events
                 continue
             checked.add(view.source_ids)
@@ -221,27 +224,21 @@ def merge_source(
                 held.record, held.content_hash, held.first_seen, max(held.last_seen, now)
             )
             sources = {**state.sources, record.object_id: seen}
-            return _with(state, sources=sources), outcome
+            return KeyState(
+                state.key, state.canonical_pattern, sources, state.views, state.settled_at
+            ), outcome
         if outcome is not None:
             return state, outcome
     kept = planning_record(record) if state.minted else record
     version = SourceVersion(kept, digest, held.first_seen if held else now, now)
     sources = {**state.sources, record.object_id: version}
-    updated = _with(state, sources=sources, settled_at=None)
+    updated = KeyState(state.key, state.canonical_pattern, sources, state.views, None)
     return updated, MergeOutcome.NEW_VERSION if held else MergeOutcome.NEW_SOURCE
 
 
-def _with(state: KeyState, **changes: Any) -> KeyState:
-    return KeyState(
-        key=changes.get("key", state.key),
-        canonical_pattern=state.canonical_pattern,
-        sources=changes.get("sources", state.sources),
-        views=changes.get("views", state.views),
-        settled_at=changes["settled_at"] if "settled_at" in changes else state.settled_at,
-    )
-
-
-def with_views(state: KeyState, views: dict[str, SubscriberView], settled_at: datetime | None) -> KeyState:
+def with_views(
+    state: KeyState, views: dict[str, SubscriberView], settled_at: datetime | None
+) -> KeyState:
     return KeyState(state.key, state.canonical_pattern, state.sources, views, settled_at)
 
 
@@ -290,8 +287,8 @@ def planning_record(record: NormalizedObject) -> NormalizedObject:
 #
 # {"v":2,"d":<tick deadline µs|null>,"s":<settled_at µs|null>,"k":key,"p":canonical pattern,
 #  "src":[[id, hash, first_seen µs, last_seen µs, publisher, published_at µs, submission id,
-#          received_at µs, object_type, modified, tlp, tlp_inherited, dedup_key,
-#          observable_types, canonical_sco_id, object without id/type], ...],
+#          received_at µs, object_type, modified, tlp, tlp_inherited, dedup_key (1: the key),
+#          observable_types, canonical_sco_id, object (minted: without type/id/modified)], ...],
 #  "b":[minted body, ...],
 #  "vw":{subscriber: [source indexes, agreement id, agreement version, created, modified,
 #                     revoked, body index (-1: none), delivered object (forwarded) or null]}}
@@ -314,35 +311,19 @@ def encode_state(state: KeyState) -> bytes:
     index = {sid: n for n, sid in enumerate(sources)}
     encoded_sources = []
     for sid, src in sources.items():
-        rec = src.record
-        obj = rec.object
-        if minted:  # the planning subset starts with type and id, both stored elsewhere
-            obj = {k: v for k, v in obj.items() if k != "id" and k != "type"}
-        encoded_sources.append(
-            [
-                sid,
-                src.content_hash,
-                _us(src.first_seen),
-                _us(src.last_seen),
-                rec.publisher,
-                _us(rec.published_at),
-                rec.submission_id,
-                _us(rec.received_at),
-                rec.object_type,
-                rec.modified,
-                int(rec.tlp),
-                rec.tlp_inherited,
-                rec.dedup_key,
-                rec.observable_types,
-                rec.canonical_sco_id,
-                obj,
-            ]
-        )
+        row = src.encoded
+        if row is None:
+            row = src.encoded = _encode_source(sid, src, minted, state.key)
+        encoded_sources.append(row)
     bodies: list[dict[str, Any]] = []
     # id(body) -> position: views minted in one plan, or decoded together, share body objects
     body_index: dict[int, int] = {}
     encoded_views = {}
+    positions: dict[tuple[str, ...], list[int]] = {}
     for subscriber, view in state.views.items():
+        at = positions.get(view.source_ids)
+        if at is None:
+            at = positions[view.source_ids] = [index[s] for s in view.source_ids if s in index]
         b = -1
         if view.body is not None:
             found = body_index.get(id(view.body))
@@ -351,7 +332,7 @@ def encode_state(state: KeyState) -> bytes:
                 bodies.append(view.body)
             b = found
         encoded_views[subscriber] = [
-            [index[s] for s in view.source_ids if s in index],
+            at,
             view.agreement_id,
             view.agreement_version,
             view.created,
@@ -375,6 +356,34 @@ def encode_state(state: KeyState) -> bytes:
     )
 
 
+_IN_ROW = frozenset({"type", "id", "modified"})
+
+
+def _encode_source(sid: str, src: SourceVersion, minted: bool, key: str) -> list[Any]:
+    rec = src.record
+    obj = rec.object
+    if minted:  # type, id and modified are stored elsewhere in the row
+        obj = {k: v for k, v in obj.items() if k not in _IN_ROW}
+    return [
+        sid,
+        src.content_hash,
+        _us(src.first_seen),
+        _us(src.last_seen),
+        rec.publisher,
+        _us(rec.published_at),
+        rec.submission_id,
+        _us(rec.received_at),
+        rec.object_type,
+        rec.modified,
+        int(rec.tlp),
+        rec.tlp_inherited,
+        1 if rec.dedup_key == key else rec.dedup_key,  # 1: the key itself
+        rec.observable_types,
+        rec.canonical_sco_id,
+        obj,
+    ]
+
+
 def decode_state(raw: bytes) -> KeyState:
     data = orjson.loads(raw)
     if data.get("v") != SCHEMA_VERSION:
@@ -382,9 +391,15 @@ def decode_state(raw: bytes) -> KeyState:
     key, pattern = data["k"], data["p"]
     sources: dict[str, SourceVersion] = {}
     order: list[str] = []
-    for (sid, digest, first, last, publisher, published, submission, received, object_type,
-         modified, tlp, inherited, dedup_key, observables, sco_id, obj) in data["src"]:  # fmt: skip
-        stix = {"type": object_type, "id": sid, **obj} if pattern is not None else obj
+    for row in data["src"]:
+        (sid, digest, first, last, publisher, published, submission, received, object_type,
+         modified, tlp, inherited, dedup_key, observables, sco_id, obj) = row  # fmt: skip
+        if pattern is not None:  # see _encode_source
+            stix = {"type": object_type, "id": sid, **obj}
+            if modified is not None:
+                stix["modified"] = modified
+        else:
+            stix = obj
         rec = _record(
             {
                 "submission_id": submission,
@@ -396,30 +411,29 @@ def decode_state(raw: bytes) -> KeyState:
                 "modified": modified,
                 "tlp": TLP(tlp),
                 "tlp_inherited": inherited,
-                "dedup_key": dedup_key,
+                "dedup_key": key if dedup_key == 1 else dedup_key,
                 "canonical_pattern": pattern,
                 "observable_types": observables,
                 "canonical_sco_id": sco_id,
                 "object": stix,
             }
         )
-        sources[sid] = SourceVersion(rec, digest, _time(first), _time(last))
+        sources[sid] = SourceVersion(rec, digest, _time(first), _time(last), row)
         order.append(sid)
     bodies = data["b"]
-    views = {
-        subscriber: SubscriberView(
-            source_ids=tuple(order[n] for n in idx),
-            agreement_id=agreement_id,
-            agreement_version=agreement_version,
-            created=created,
-            modified=modified,
-            revoked=bool(revoked),
-            body=bodies[b] if b >= 0 else None,
-            delivered=delivered,
+    views = {}
+    for subscriber, view in data["vw"].items():
+        idx, agreement_id, agreement_version, created, modified, revoked, b, delivered = view
+        views[subscriber] = SubscriberView(
+            tuple([order[n] for n in idx]),
+            agreement_id,
+            agreement_version,
+            created,
+            modified,
+            bool(revoked),
+            bodies[b] if b >= 0 else None,
+            delivered,
         )
-        for subscriber, (idx, agreement_id, agreement_version, created, modified, revoked, b,
-                         delivered) in data["vw"].items()  # fmt: skip
-    }
     settled = data["s"]
     return KeyState(key, pattern, sources, views, None if settled is None else _time(settled))
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 from schemas.agreement import Agreement, Attribution
+from schemas.envelope import NormalizedObject
 from schemas.org import Org, Registry
 from schemas.tlp import TLP
-from stixbus.decide import AgreementIndex, Decision
+from stixbus.decide import AgreementIndex, Decision, shareable
 from stixbus.dedup import KeyState, SourceVersion, SubscriberView, parse_time, with_views
 from stixbus.redact import (
     apply_transformations,
@@ -71,8 +73,13 @@ def fast_uuid5(namespace: uuid.UUID, name: str) -> str:
 _VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
-@lru_cache(maxsize=16)
+_NAMESPACE: list[tuple[uuid.UUID, bytes]] = []
+
+
 def _namespace_bytes(namespace: uuid.UUID) -> bytes:
+    if _NAMESPACE and _NAMESPACE[0][0] is namespace:
+        return _NAMESPACE[0][1]
+    _NAMESPACE[:] = [(namespace, namespace.bytes)]
     return namespace.bytes
 
 
@@ -80,19 +87,35 @@ def minted_object(
     view: SubscriberView, key: str, subscriber: str, registry: Registry
 ) -> dict[str, Any]:
     """The indicator a minted view stands for, exactly as it was delivered."""
+    return _object(view, minted_id(registry, key, subscriber), registry.bus.identity_id)
+
+
+def _object(view: SubscriberView, object_id: str, creator: str) -> dict[str, Any]:
     assert view.body is not None
     obj = {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": minted_id(registry, key, subscriber),
+        "id": object_id,
         "created": view.created,
         "modified": view.modified,
-        "created_by_ref": registry.bus.identity_id,
+        "created_by_ref": creator,
         **view.body,
     }
     if view.revoked:
         obj["revoked"] = True
     return obj
+
+
+class _MintedIds:
+    """`minted_id` for one key and many subscribers: the UUIDv5 name prefix is hashed input
+    prepared once."""
+
+    def __init__(self, registry: Registry, key: str) -> None:
+        self.prefix = _namespace_bytes(registry.bus.namespace) + f"{key}/".encode()
+
+    def __call__(self, subscriber: str) -> str:
+        h = hashlib.sha1(self.prefix + subscriber.encode()).hexdigest()
+        return f"indicator--{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def plan_key(
@@ -114,44 +137,51 @@ def plan_key(
     sources = state.sources
     minted = state.minted
     active = {sid: src.active(now) for sid, src in sources.items()}
-    publisher_of = {p: registry.get(p) for p in {s.record.publisher for s in sources.values()}}
-    # Decisions depend on a few properties of each source (its profile), so sources with the
-    # same profile share them across keys and events (AgreementIndex.decide_profiled).  A
-    # minted indicator is shaped only by the sources that still vouch.
-    candidates = [
-        (sid, src.record, index.profile(src.record), publisher_of[src.record.publisher])
-        for sid, src in sources.items()
-        if active[sid] or not minted
-    ]
+    # Only sources that still vouch shape a minted indicator.
+    candidates = [(sid, src.record) for sid, src in sources.items() if active[sid] or not minted]
     changed = sources[changed_source].record if changed_source is not None else None
-    changed_profile = index.profile(changed) if changed is not None else None
-    shared = _Shared(state, registry, index, config, active)
-    decide = index.decide_profiled
-    for subscriber in registry.subscribers:
+    routing = _routing(index, registry, minted, candidates, changed, now)
+    ids = _MintedIds(registry, state.key)
+    built: dict[int, _Minted] = {}
+    shaped: dict[int, _Minted] = {}
+    summaries: dict[tuple[str, ...], _Summary] = {}
+    for row in routing.rows:
+        subscriber = row.subscriber
         previous = views.get(subscriber.id)
-        first: Decision | None = None
-        if changed is not None:
-            first = decide(
-                changed, changed_profile, publisher_of[changed.publisher], subscriber, now
-            )
+        first = row.first
+        if first is not None and changed is not None:
+            if first.object_id != changed.object_id:
+                # first._replace(object_id=...), at a fraction of its cost
+                first = tuple.__new__(Decision, (*first[:3], changed.object_id, *first[4:]))
             audited.append(first)
             if not first.allow and (previous is None or changed_source not in previous.source_ids):
                 # The new version is invisible to this subscriber and its copy does not rest on
                 # that source: nothing it holds can change (expiry comes through ticks).
                 continue
-        if minted and previous is not None and previous.revoked:
-            continue  # revoked is final
-        allowed: dict[str, Decision] = {}
-        for sid, rec, profile, publisher in candidates:
-            if sid == changed_source and first is not None:
-                decision = first
-            else:
-                decision = decide(rec, profile, publisher, subscriber, now)
-            if decision.allow:
-                allowed[sid] = decision
         if minted:
-            delivery, view = _plan_minted(shared, subscriber, allowed, previous, now)
+            if previous is not None and previous.revoked:
+                continue  # revoked is final
+            if row.group < 0:
+                delivery, view = _plan_unvouched(state, subscriber, previous, active, registry, ids)
+            else:
+                found = built.get(row.group)
+                if found is None:
+                    group = routing.groups[row.group]
+                    same = shaped.get(group.shape)
+                    if same is None:
+                        found = shaped[group.shape] = _build(
+                            state, group, candidates, summaries, registry
+                        )
+                    else:  # the same body (one entry in the table) under other agreements
+                        found = same._replace(
+                            companions=group.companions,
+                            agreement_id=group.agreement_id,
+                            agreement_version=group.agreement_version,
+                        )
+                    built[row.group] = found
+                delivery, view = _plan_minted(subscriber, found, previous, registry, config, ids)
         else:
+            allowed = {candidates[pos][0]: decision for pos, decision in row.allowed}
             delivery, view = _plan_forward(
                 state, subscriber, allowed, previous, registry, index, now
             )
@@ -188,8 +218,176 @@ def _settled(
     return state.settled_at or now
 
 
+# --- routing: agreement decisions for all subscribers, cached per source profiles -----------
+
+
+class _Group(NamedTuple):
+    """Subscribers that see the same sources under the same agreement terms share one body."""
+
+    shape: int  # groups of equal shape (sources, attribution, markings) mint equal bodies
+    positions: tuple[int, ...]  # candidate sources allowed
+    decisions: tuple[Decision, ...]
+    extra_markings: list[str]  # the no-onward-sharing marking when an agreement forbids it
+    agreement_id: str | None
+    agreement_version: int | None
+    companions: list[dict[str, Any]]
+
+
+class _Row(NamedTuple):
+    subscriber: Org
+    first: Decision | None  # for the changed source (audited)
+    allowed: tuple[tuple[int, Decision], ...]  # candidate positions allowed, with decisions
+    group: int  # minted: index into _Routing.groups; -1: nothing allowed
+
+
+class _Routing(NamedTuple):
+    rows: tuple[_Row, ...]
+    groups: tuple[_Group, ...]
+
+
+class _IndexCache:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.routings: dict[tuple[Any, ...], _Routing] = {}
+
+
+_CACHES: weakref.WeakKeyDictionary[AgreementIndex, _IndexCache] = weakref.WeakKeyDictionary()
+_ROUTING_LIMIT = 4096
+
+
+def _routing(
+    index: AgreementIndex,
+    registry: Registry,
+    minted: bool,
+    candidates: list[tuple[str, NormalizedObject]],
+    changed: NormalizedObject | None,
+    now: datetime,
+) -> _Routing:
+    """The decisions for every subscriber and candidate source, grouped for minting.
+
+    They depend only on each source's decision profile (AgreementIndex.profile) and the
+    agreements' term period, so keys whose sources look alike (the common case: one feed's
+    indicators) share one routing across events."""
+    profiles = [index.profile(rec) for _, rec in candidates]
+    changed_pos = next((n for n, (_, rec) in enumerate(candidates) if rec is changed), -1)
+    if changed is None:
+        changed_profile = None
+    else:
+        changed_profile = profiles[changed_pos] if changed_pos >= 0 else index.profile(changed)
+    cacheable = changed_profile is not None or changed is None
+    cacheable = cacheable and all(p is not None for p in profiles)
+    cache = _CACHES.get(index)
+    if cache is None or cache.registry is not registry:
+        cache = _CACHES[index] = _IndexCache(registry)
+    key = (minted, index.period(now), changed_pos, changed_profile, tuple(profiles))
+    if cacheable:
+        found = cache.routings.get(key)
+        if found is not None:
+            return found
+    routing = _decide_all(index, registry, minted, candidates, profiles, changed, changed_pos, now)
+    if cacheable and all(
+        shareable(d) for row in routing.rows for d in (row.first, *(d for _, d in row.allowed)) if d
+    ):
+        if len(cache.routings) >= _ROUTING_LIMIT:
+            cache.routings.clear()
+        cache.routings[key] = routing
+    return routing
+
+
+def _decide_all(
+    index: AgreementIndex,
+    registry: Registry,
+    minted: bool,
+    candidates: list[tuple[str, NormalizedObject]],
+    profiles: list[tuple[Any, ...] | None],
+    changed: NormalizedObject | None,
+    changed_pos: int,
+    now: datetime,
+) -> _Routing:
+    decide = index.decide_profiled
+    publishers = [registry.get(rec.publisher) for _, rec in candidates]
+    changed_publisher = registry.get(changed.publisher) if changed is not None else None
+    changed_profile = index.profile(changed) if changed is not None else None
+    rows: list[_Row] = []
+    groups: dict[tuple[Any, ...], int] = {}
+    shapes: dict[tuple[Any, ...], int] = {}
+    group_list: list[_Group] = []
+    for subscriber in registry.subscribers:
+        first = None
+        if changed is not None and changed_publisher is not None:
+            first = decide(changed, changed_profile, changed_publisher, subscriber, now)
+        allowed: list[tuple[int, Decision]] = []
+        for pos, (_, rec) in enumerate(candidates):
+            if pos == changed_pos and first is not None:
+                decision = first
+            else:
+                decision = decide(rec, profiles[pos], publishers[pos], subscriber, now)
+            if decision.allow:
+                allowed.append((pos, decision))
+        group = -1
+        if minted and allowed:
+            signature = tuple(
+                (pos, d.agreement_id, d.agreement_version, d.attribution, d.onward_sharing)
+                for pos, d in allowed
+            )
+            group = groups.get(signature, -1)
+            if group < 0:
+                group = groups[signature] = len(group_list)
+                shape_key = (
+                    tuple(
+                        (
+                            pos,
+                            d.attribution,
+                            d.agreement_id if d.attribution is Attribution.PSEUDONYMOUS else None,
+                        )
+                        for pos, d in allowed
+                    ),
+                    all(d.onward_sharing for _, d in allowed),
+                )
+                shape = shapes.setdefault(shape_key, len(shapes))
+                group_list.append(_group(shape, allowed, index, registry))
+        rows.append(_Row(subscriber, first, tuple(allowed), group))
+    return _Routing(tuple(rows), tuple(group_list))
+
+
+def _group(
+    shape: int, allowed: list[tuple[int, Decision]], index: AgreementIndex, registry: Registry
+) -> _Group:
+    decisions = [d for _, d in allowed]
+    chosen = max(decisions, key=lambda d: (d.onward_sharing, d.agreement_id or ""))
+    companions = [bus_identity(registry)]
+    agreements = _agreements_by_id(index)
+    for decision in decisions:
+        agreement = agreements.get(decision.agreement_id or "")
+        if agreement is not None:
+            new = companion_objects(decision, agreement, registry)
+            companions += [c for c in new if c not in companions]
+    return _Group(
+        shape=shape,
+        positions=tuple(pos for pos, _ in allowed),
+        decisions=tuple(decisions),
+        extra_markings=(
+            []
+            if all(d.onward_sharing for d in decisions)
+            else [no_onward_sharing_marking_id(registry)]
+        ),
+        agreement_id=chosen.agreement_id,
+        agreement_version=chosen.agreement_version,
+        companions=companions,
+    )
+
+
+@lru_cache(maxsize=8)
+def _agreements_by_id(index: AgreementIndex) -> dict[str, Agreement]:
+    return {a.id: a for a in index.agreements}
+
+
+# --- minting ---------------------------------------------------------------------------------
+
+
 class _Minted(NamedTuple):
     body: dict[str, Any]
+    source_ids: tuple[str, ...]  # sorted
     companions: list[dict[str, Any]]
     agreement_id: str | None
     agreement_version: int | None
@@ -211,103 +409,70 @@ class _Summary(NamedTuple):
     created: str
 
 
-class _Shared:
-    """What one plan computes once for all subscribers: minted bodies per (sources, decisions)
-    signature, so that subscribers under the same agreement share one body (and one entry in
-    the encoded state)."""
-
-    def __init__(
-        self,
-        state: KeyState,
-        registry: Registry,
-        index: AgreementIndex,
-        config: RouteConfig,
-        active: dict[str, bool],
-    ) -> None:
-        self.state, self.registry, self.index, self.config = state, registry, index, config
-        self.active = active
-        self._minted: dict[tuple[Any, ...], _Minted] = {}
-        self._summaries: dict[tuple[str, ...], _Summary] = {}
-        self._refs: dict[tuple[Any, ...], dict[str, str]] = {}
-        self._companions: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
-
-    def minted(self, vouching: list[tuple[str, Decision]]) -> _Minted:
-        signature = tuple(
-            (sid, d.agreement_id, d.agreement_version, d.attribution, d.onward_sharing)
-            for sid, d in vouching
-        )
-        found = self._minted.get(signature)
-        if found is None:
-            found = self._minted[signature] = self._build(vouching)
-        return found
-
-    def _build(self, vouching: list[tuple[str, Decision]]) -> _Minted:
-        registry, state = self.registry, self.state
-        source_ids = tuple(sid for sid, _ in vouching)
-        summary = self._summaries.get(source_ids)
-        if summary is None:
-            summary = self._summaries[source_ids] = _summarise(
-                [state.sources[sid] for sid in source_ids]
-            )
-        decisions = [d for _, d in vouching]
-        markings = [summary.tlp.marking_id]
-        if not all(d.onward_sharing for d in decisions):
-            markings.append(no_onward_sharing_marking_id(registry))
-        refs = []
-        for sid, decision in vouching:
-            ref_key = (sid, decision.attribution, decision.agreement_id)
-            ref = self._refs.get(ref_key)
-            if ref is None:
-                ref = self._refs[ref_key] = _source_ref(state.sources[sid], decision, registry)
-            refs.append(ref)
-        body: dict[str, Any] = {
-            "name": summary.name,
-            "pattern": state.canonical_pattern,
-            "pattern_type": "stix",
-            "valid_from": summary.valid_from,
-            "object_marking_refs": markings,
-            "x_stixbus_sources": refs,
-        }
-        if summary.valid_until is not None:
-            body["valid_until"] = summary.valid_until
-        if summary.confidence is not None:
-            body["confidence"] = summary.confidence
-        if summary.indicator_types:
-            body["indicator_types"] = summary.indicator_types
-        if summary.labels:
-            body["labels"] = summary.labels
-        chosen = max(decisions, key=lambda d: (d.onward_sharing, d.agreement_id or ""))
-        parties = tuple(sorted({(d.agreement_id or "", d.publisher) for d in decisions}))
-        companions = self._companions.get(parties)
-        if companions is None:
-            companions = self._companions[parties] = _companions(decisions, self.index, registry)
-        return _Minted(
-            body,
-            companions,
-            chosen.agreement_id,
-            chosen.agreement_version,
-            summary.stamp,
-            summary.created,
-        )
-
-
-def _companions(
-    decisions: list[Decision], index: AgreementIndex, registry: Registry
-) -> list[dict[str, Any]]:
-    """Bus-defined objects a minted indicator refers to (identities, markings)."""
-    companions = [bus_identity(registry)]
-    agreements = _agreements_by_id(index)
-    for decision in decisions:
-        agreement = agreements.get(decision.agreement_id or "")
-        if agreement is not None:
-            new = companion_objects(decision, agreement, registry)
-            companions += [c for c in new if c not in companions]
-    return companions
+def _build(
+    state: KeyState,
+    group: _Group,
+    candidates: list[tuple[str, NormalizedObject]],
+    summaries: dict[tuple[str, ...], _Summary],
+    registry: Registry,
+) -> _Minted:
+    """The minted body a group of subscribers gets (sources in id order)."""
+    ordered = sorted(
+        zip(group.positions, group.decisions, strict=True), key=lambda x: candidates[x[0]][0]
+    )
+    source_ids = tuple(candidates[pos][0] for pos, _ in ordered)
+    summary = summaries.get(source_ids)
+    if summary is None:
+        summary = summaries[source_ids] = _summarise([state.sources[s] for s in source_ids])
+    markings = [summary.tlp.marking_id, *group.extra_markings]
+    body: dict[str, Any] = {
+        "name": summary.name,
+        "pattern": state.canonical_pattern,
+        "pattern_type": "stix",
+        "valid_from": summary.valid_from,
+        "object_marking_refs": markings,
+        "x_stixbus_sources": [
+            _source_ref(state.sources[candidates[pos][0]], decision, registry)
+            for pos, decision in ordered
+        ],
+    }
+    if summary.valid_until is not None:
+        body["valid_until"] = summary.valid_until
+    if summary.confidence is not None:
+        body["confidence"] = summary.confidence
+    if summary.indicator_types:
+        body["indicator_types"] = summary.indicator_types
+    if summary.labels:
+        body["labels"] = summary.labels
+    return _Minted(
+        body,
+        source_ids,
+        group.companions,
+        group.agreement_id,
+        group.agreement_version,
+        summary.stamp,
+        summary.created,
+    )
 
 
 def _summarise(sources: list[SourceVersion]) -> _Summary:
     """valid_from = earliest, valid_until = latest (absent if one has none), confidence =
     highest, indicator_types/labels = union, name = the first source's with one."""
+    if len(sources) == 1:  # the common case, without the folding
+        rec = sources[0].record
+        o, stamp = rec.object, rec.published_at
+        until, confidence = o.get("valid_until"), o.get("confidence")
+        return _Summary(
+            name=str(o["name"]) if o.get("name") else "stixbus indicator",
+            valid_from=str(o["valid_from"]),
+            tlp=rec.tlp,
+            valid_until=until if isinstance(until, str) else None,
+            confidence=confidence if isinstance(confidence, int) else None,
+            indicator_types=sorted({t for t in o.get("indicator_types", []) if isinstance(t, str)}),
+            labels=sorted({t for t in o.get("labels", []) if isinstance(t, str)}),
+            stamp=stamp,
+            created=stix_time(stamp),
+        )
     objects = [s.record.object for s in sources]
     untils = [o.get("valid_until") for o in objects]
     confidences = [o["confidence"] for o in objects if isinstance(o.get("confidence"), int)]
@@ -333,40 +498,39 @@ def _summarise(sources: list[SourceVersion]) -> _Summary:
     )
 
 
-@lru_cache(maxsize=8)
-def _agreements_by_id(index: AgreementIndex) -> dict[str, Agreement]:
-    return {a.id: a for a in index.agreements}
+def _plan_unvouched(
+    state: KeyState,
+    subscriber: Org,
+    previous: SubscriberView | None,
+    active: dict[str, bool],
+    registry: Registry,
+    ids: _MintedIds,
+) -> tuple[Delivery | None, SubscriberView | None]:
+    """No source this subscriber may see still vouches."""
+    if previous is None:
+        return None, None  # never deliver an indicator nobody still vouches for
+    # Everyone it was built from is revoked or expired: tell the subscriber, whatever the
+    # agreements say now (revocation reaches every subscriber that ever received it).
+    if any(active.get(s, False) for s in previous.source_ids):
+        return None, None
+    stamp = _vouching_ended(state, previous)
+    view = _view(previous, previous.source_ids, _next_modified(previous, stamp), True)
+    revoked = _object(view, ids(subscriber.id), registry.bus.identity_id)
+    return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
 
 
 def _plan_minted(
-    shared: _Shared,
     subscriber: Org,
-    allowed: dict[str, Decision],
+    minted: _Minted,
     previous: SubscriberView | None,
-    now: datetime,
+    registry: Registry,
+    config: RouteConfig,
+    ids: _MintedIds,
 ) -> tuple[Delivery | None, SubscriberView | None]:
-    state, registry = shared.state, shared.registry
-    if not allowed:
-        if previous is None:
-            return None, None  # never deliver an indicator nobody still vouches for
-        # Everyone it was built from is revoked or expired: tell the subscriber, whatever the
-        # agreements say now (revocation reaches every subscriber that ever received it).
-        if any(shared.active.get(s, False) for s in previous.source_ids):
-            return None, None
-        stamp = _vouching_ended(state, previous)
-        view = _view(previous, previous.source_ids, _next_modified(previous, stamp), True)
-        revoked = minted_object(view, state.key, subscriber.id, registry)
-        return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
-
-    vouching = sorted(allowed.items())
-    source_ids = tuple(sid for sid, _ in vouching)
-    minted = shared.minted(vouching)
-    body = minted.body
+    body, source_ids = minted.body, minted.source_ids
     if previous is not None:
         assert previous.body is not None
-        if previous.body is body or not _material_change(
-            previous.body, body, registry, shared.config
-        ):
+        if previous.body is body or not _material_change(previous.body, body, registry, config):
             if previous.source_ids == source_ids:
                 return None, None
             # Nothing the subscriber must hear about, but remember which sources now back what
@@ -384,8 +548,9 @@ def _plan_minted(
     view = SubscriberView(
         source_ids, minted.agreement_id, minted.agreement_version, created, modified, False, body
     )
-    obj = minted_object(view, state.key, subscriber.id, registry)
-    return _delivery(subscriber, obj, minted.companions, minted.agreement_id, False, stamp), view
+    obj = _object(view, ids(subscriber.id), registry.bus.identity_id)
+    delivery = Delivery(subscriber.id, obj, minted.companions, minted.agreement_id, False, stamp)
+    return delivery, view
 
 
 def _source_ref(src: SourceVersion, decision: Decision, registry: Registry) -> dict[str, str]:

@@ -131,12 +131,19 @@ class ExpiryIndex:
         self._touched = set()
 
     def rebuilt(self, entries: Iterable[tuple[bytes, datetime | None]]) -> None:
+        """Entries read from the table during a rebuild (the heap is ordered at the end)."""
         touched = self._touched if self._touched is not None else set()
+        current, heap = self._deadline, self._heap
         for key, deadline in entries:
-            if key not in touched:
-                self._set(key, deadline)
+            if key in touched:
+                continue
+            stamp = None if deadline is None else deadline.timestamp()
+            current[key] = stamp
+            if stamp is not None:
+                heap.append((stamp, key))
 
     def end_rebuild(self) -> None:
+        heapq.heapify(self._heap)
         self._touched = None
         self.stale = False
 

@@ -12,18 +12,27 @@ address), which the official grammar does not.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
-from stixbus.canonical import HASH_HEX_LENGTHS, CanonicalError, canonical_observable
+from stixbus.canonical import (
+    HASH_HEX_LENGTHS,
+    Canonical,
+    CanonicalError,
+    canonical_domain,
+    canonical_email,
+    canonical_ip,
+    canonical_observable,
+    canonical_url,
+)
 
 
 class PatternError(ValueError):
     """The pattern is not valid; the message says which rule it broke and what to do."""
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedPattern:
+class ParsedPattern(NamedTuple):  # a NamedTuple: built per pattern on the hot path, cheaper
     canonical: str
     observable_types: tuple[str, ...]
     warnings: tuple[str, ...] = ()
@@ -41,6 +50,16 @@ _FAST_OBJECT_PATHS = frozenset(
     }
 )
 _HASH_NAMES = frozenset(HASH_HEX_LENGTHS) | {"SSDEEP", "TLSH"}
+# `canonical_observable` for the fast paths, looked up once (same functions, no dispatch chain).
+_VALUE_CANONICALISERS: dict[tuple[str, str], Callable[[str], Canonical]] = {
+    ("domain-name", "value"): canonical_domain,
+    ("url", "value"): canonical_url,
+    ("ipv4-addr", "value"): lambda value: canonical_ip(value, 4),
+    ("ipv6-addr", "value"): lambda value: canonical_ip(value, 6),
+    ("email-addr", "value"): canonical_email,
+    ("file", "name"): Canonical,
+}
+assert set(_VALUE_CANONICALISERS) == _FAST_OBJECT_PATHS
 
 # One comparison: object-type ':' property-path '=' 'string'.  The string literal follows the
 # grammar exactly: any character but quote/backslash, or the escapes \' and \\.
@@ -61,7 +80,9 @@ _UNESCAPE = re.compile(r"\\(['\\])")
 
 
 def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if "'" in value or "\\" in value:
+        value = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{value}'"
 
 
 def _comparison(match: re.Match[str]) -> tuple[str, str, tuple[str, ...]] | None:
@@ -69,15 +90,21 @@ def _comparison(match: re.Match[str]) -> tuple[str, str, tuple[str, ...]] | None
     it names a path outside the fast subset; PatternError when its value is impossible."""
     object_type, prop, value = match.group("type", "prop", "value")
     if prop is not None:
-        if (object_type, prop) not in _FAST_OBJECT_PATHS:
+        canonicalise = _VALUE_CANONICALISERS.get((object_type, prop))
+        if canonicalise is None:
             return None
-        property_path: tuple[str, ...] = (prop,)
-        path_text = prop
+        if "\\" in value:
+            value = _UNESCAPE.sub(r"\1", value)
+        try:
+            canonical = canonicalise(value)
+        except CanonicalError as exc:
+            raise PatternError(f"{object_type}:{prop}: {exc}") from None
+        return f"{object_type}:{prop} = {_quote(canonical.value)}", object_type, canonical.warnings
     else:
         hash_name = match.group("qhash") or match.group("hash")
         if object_type != "file" or hash_name not in _HASH_NAMES:
             return None
-        property_path = ("hashes", hash_name)
+        property_path: tuple[str, ...] = ("hashes", hash_name)
         path_text = f"hashes.{_quote(hash_name)}"
     if "\\" in value:
         value = _UNESCAPE.sub(r"\1", value)
@@ -100,14 +127,26 @@ def _fast_parse(pattern: str) -> ParsedPattern | None:
     """
     single = _SINGLE_COMPARISON.fullmatch(pattern)
     if single is not None:
+        object_type, prop, value = single.group("type", "prop", "value")
+        canonicalise = None if prop is None else _VALUE_CANONICALISERS.get((object_type, prop))
+        if canonicalise is not None:  # `_comparison`, inline for the commonest patterns
+            if "\\" in value:
+                value = _UNESCAPE.sub(r"\1", value)
+            try:
+                canonical = canonicalise(value)
+            except CanonicalError as exc:
+                raise PatternError(f"{object_type}:{prop}: {exc}") from None
+            return ParsedPattern(
+                f"[{object_type}:{prop} = {_quote(canonical.value)}]",
+                (object_type,),
+                tuple(dict.fromkeys(canonical.warnings)) if canonical.warnings else (),
+            )
         comparison = _comparison(single)
         if comparison is None:
             return None
         term, object_type, warnings = comparison
         return ParsedPattern(
-            canonical=f"[{term}]",
-            observable_types=(object_type,),
-            warnings=tuple(dict.fromkeys(warnings)) if warnings else (),
+            f"[{term}]", (object_type,), tuple(dict.fromkeys(warnings)) if warnings else ()
         )
     text = pattern.strip(" \t\r\n")
     if len(text) < 2 or text[0] != "[" or text[-1] != "]":

@@ -24,9 +24,32 @@ from schemas.envelope import NormalizedObject
 from schemas.org import load_registry
 from stixbus import REPO_ROOT
 from stixbus.decide import AgreementIndex
-from stixbus.dedup import KeyState, MergeOutcome, merge_source
-from stixbus.deliveries import Delivery, Plan, RouteConfig, minted_id, plan_key
-from stixbus.expiry import due_for_tick, is_collectable, needs_revocation
+from stixbus.dedup import (
+    PLANNING_PROPERTIES,
+    KeyState,
+    MergeOutcome,
+    _record,
+    deadline_header,
+    decode_state,
+    encode_state,
+    merge_source,
+)
+from stixbus.deliveries import (
+    Delivery,
+    Plan,
+    RouteConfig,
+    fast_uuid5,
+    minted_id,
+    minted_object,
+    plan_key,
+)
+from stixbus.expiry import (
+    ExpiryIndex,
+    due_for_tick,
+    is_collectable,
+    needs_revocation,
+    state_deadline,
+)
 from stixbus.normalise import normalise_submission
 from stixbus.settings import Limits
 
@@ -375,3 +398,194 @@ def test_minted_objects_are_valid_stix(publishers: tuple[str, ...]) -> None:
         assert stix_errors(delivery.stix_object) == [], delivery.stix_object
         for companion in delivery.companions:
             assert stix_errors(companion) == [], companion
+
+
+# --- state encoding, expiry index, memoised decisions -------------------------------------
+
+
+CERT_OBJ = indicator(valid_until="2026-06-02T00:00:00Z")
+BANK_OBJ = indicator(valid_until="2026-06-05T00:00:00Z", confidence=60)
+
+
+def _scenario(roundtrip: bool) -> tuple[list[dict[str, Any]], KeyState]:
+    """Two producers, a new version, a revocation and an expiry tick, with or without the
+    table encoding between steps (what the route agent does per event)."""
+    cert_obj, bank_obj = CERT_OBJ, BANK_OBJ
+    steps: list[tuple[str | None, dict[str, Any] | None, datetime]] = [
+        ("cert", cert_obj, T0),
+        ("bank-a", bank_obj, T0 + timedelta(minutes=1)),
+        ("cert", version(cert_obj, "2026-05-02T00:00:00.000Z", confidence=95), T0 + timedelta(2)),
+        ("bank-a", version(bank_obj, "2026-05-02T00:00:00.000Z", revoked=True), T0),
+        (None, None, datetime(2026, 6, 3, tzinfo=UTC)),
+    ]
+    state: KeyState | None = None
+    out: list[dict[str, Any]] = []
+    for org, obj, at in steps:
+        if roundtrip and state is not None:
+            state = decode_state(encode_state(state))
+        if org is None:
+            assert state is not None
+            plan = plan_key(state, None, REGISTRY, INDEX, at)
+        else:
+            assert obj is not None
+            rec = record(org, obj, at).model_copy(update={"submission_id": "s"})
+            state, _ = merge_source(state, rec, at)
+            plan = plan_key(state, rec.object_id, REGISTRY, INDEX, at)
+        state = plan.state
+        out += [d.stix_object for d in plan.deliveries]
+    assert state is not None
+    return out, state
+
+
+def test_state_encoding_round_trips_and_does_not_change_deliveries() -> None:
+    plain, state = _scenario(roundtrip=False)
+    encoded, _ = _scenario(roundtrip=True)
+    assert plain and [orjson.dumps(o) for o in plain] == [orjson.dumps(o) for o in encoded]
+    assert decode_state(encode_state(state)) == state
+    assert encode_state(decode_state(encode_state(state))) == encode_state(state)
+    for obj in plain:
+        assert stix_errors(obj) == [], obj
+
+
+def test_minted_keys_keep_only_planning_properties() -> None:
+    key = Key()
+    obj = indicator(
+        description="x" * 5000, external_references=[{"source_name": "cert", "external_id": "c-1"}]
+    )
+    key.feed("cert", obj, T0)
+    assert key.state is not None
+    held = key.state.sources[obj["id"]].record.object
+    assert set(held) <= set(PLANNING_PROPERTIES) and "description" not in held
+    assert len(encode_state(key.state)) < 4000
+    # the hash still covers the whole object: a different description is a conflict
+    outcome, _ = key.feed("cert", {**obj, "description": "other"}, T0)
+    assert outcome is MergeOutcome.CONFLICT
+
+
+def test_fast_record_equals_model_construct() -> None:
+    rec = record("cert", indicator(), T0)
+    fast = _record(dict(rec.__dict__))
+    assert fast == rec == NormalizedObject.model_construct(**rec.__dict__)
+    assert fast.model_dump() == rec.model_dump() and fast.key == rec.key
+
+
+def test_first_encoding_is_still_read() -> None:
+    """Tables written before the schema-2 encoding decode to the same state."""
+    _, state = _scenario(roundtrip=False)
+    legacy = {
+        "key": state.key,
+        "canonical_pattern": state.canonical_pattern,
+        "sources": {
+            sid: {
+                "record": src.record.model_dump(mode="json"),
+                "content_hash": src.content_hash + "0" * 32,
+                "first_seen": src.first_seen.isoformat(),
+                "last_seen": src.last_seen.isoformat(),
+            }
+            for sid, src in state.sources.items()
+        },
+        "views": {
+            sub: {
+                "delivered": minted_object(view, state.key, sub, REGISTRY),
+                "source_ids": list(view.source_ids),
+                "agreement_id": view.agreement_id,
+                "agreement_version": view.agreement_version,
+            }
+            for sub, view in state.views.items()
+        },
+        "settled_at": state.settled_at.isoformat() if state.settled_at else None,
+    }
+    decoded = decode_state(orjson.dumps(legacy))
+    assert deadline_header(orjson.dumps(legacy)) is None
+    assert decoded == state
+
+
+def test_fast_uuid5() -> None:
+    for name in ("a", "key/bank-b", "é" * 40):
+        assert fast_uuid5(REGISTRY.bus.namespace, name) == str(
+            uuid.uuid5(REGISTRY.bus.namespace, name)
+        )
+
+
+def test_profiled_decisions_equal_plain_ones() -> None:
+    index = AgreementIndex(AGREEMENTS, REGISTRY)
+    objects = [
+        record("cert", indicator(), T0),
+        record("cert", indicator(confidence=10), T0),
+        record("bank-a", indicator(labels=["fraud"]), T0),
+        record("isp-one", indicator(pattern="[ipv4-addr:value = '203.0.113.9']"), T0),
+    ]
+    for at in (T0, datetime(2020, 1, 1, tzinfo=UTC), datetime(2040, 1, 1, tzinfo=UTC)):
+        for _ in range(2):  # second round from the memo
+            for rec in objects:
+                publisher = REGISTRY.get(rec.publisher)
+                for subscriber in REGISTRY.subscribers:
+                    assert index.decide_profiled(
+                        rec, index.profile(rec), publisher, subscriber, at
+                    ) == index.decide(rec, publisher, subscriber, at)
+
+
+def test_deadline_matches_due_for_tick() -> None:
+    """The deadline in the encoded header is the first moment the key is due for a tick."""
+    key = Key()
+    key.feed("cert", indicator(valid_until="2026-06-02T00:00:00Z"), T0)
+    key.feed("bank-a", indicator(valid_until="2026-06-04T00:00:00Z"), T0)
+    assert key.state is not None
+    deadline = state_deadline(key.state, grace_seconds=60)
+    assert deadline == datetime(2026, 6, 2, tzinfo=UTC)
+    assert deadline_header(encode_state(key.state)) == (deadline, None)
+    assert not due_for_tick(key.state, deadline - timedelta(microseconds=1), 60)
+    assert due_for_tick(key.state, deadline, 60)
+    key.tick(deadline)
+    assert state_deadline(key.state, 60) == datetime(2026, 6, 4, tzinfo=UTC)
+    end = datetime(2026, 6, 4, tzinfo=UTC)
+    key.tick(end)
+    assert key.state.settled_at == end
+    gc = state_deadline(key.state, 60)
+    assert gc is not None and not is_collectable(key.state, gc - timedelta(microseconds=1), 60)
+    assert is_collectable(key.state, gc, 60)
+    # nobody may receive it: it still settles once its sources expire (and is then collected)
+    lonely = Key(index=AgreementIndex([], REGISTRY))
+    lonely.feed("cert", indicator(valid_until="2026-06-02T00:00:00Z"), T0)
+    assert lonely.state is not None and not lonely.state.views
+    assert state_deadline(lonely.state, 60) == datetime(2026, 6, 2, tzinfo=UTC)
+    lonely.tick(datetime(2026, 6, 2, tzinfo=UTC))
+    assert lonely.state.settled_at == datetime(2026, 6, 2, tzinfo=UTC)
+
+
+def test_expiry_index() -> None:
+    index = ExpiryIndex()
+    t = datetime(2026, 6, 1, tzinfo=UTC)
+    index.set(b"a", t + timedelta(seconds=10))
+    index.set(b"b", t + timedelta(seconds=5))
+    index.set(b"c", None)
+    index.set(b"b", t + timedelta(seconds=20))  # moved later
+    assert len(index) == 3 and index.pop_due(t + timedelta(seconds=9)) == []
+    assert index.pop_due(t + timedelta(seconds=10)) == [b"a"]
+    index.discard(b"b")
+    assert index.pop_due(t + timedelta(days=1)) == [] and len(index) == 1
+    # a rebuild keeps what the agent wrote meanwhile
+    index.set(b"d", t)
+    index.begin_rebuild()
+    index.set(b"e", t + timedelta(seconds=1))
+    index.rebuilt([(b"e", t + timedelta(days=9)), (b"f", t + timedelta(seconds=2))])
+    index.end_rebuild()
+    assert not index.stale and len(index) == 2
+    assert index.pop_due(t + timedelta(seconds=3)) == [b"e", b"f"]
+    index.set(b"g", t)
+    index.set_if_absent(b"g", t + timedelta(days=1))
+    assert index.pop_due(t) == [b"g"]
+
+
+def test_memoised_routing_audits_each_object_under_its_own_id() -> None:
+    """Keys whose sources look alike share one routing; the audit still names each object."""
+    for n in range(3):
+        pattern = f"[url:value = 'http://memo-{n}.example.com/x']"
+        rec = record("cert", indicator(pattern=pattern), T0)
+        state, _ = merge_source(None, rec, T0)
+        plan = plan_key(state, rec.object_id, REGISTRY, INDEX, T0)
+        assert len(plan.decisions) == len(REGISTRY.subscribers)
+        assert {d.object_id for d in plan.decisions} == {rec.object_id}
+        assert plan.decisions == [
+            INDEX.decide(rec, REGISTRY.get("cert"), s, T0) for s in REGISTRY.subscribers
+        ]
