@@ -181,7 +181,15 @@ def _normalise(raw: bytes, submission: Submission, limits: Limits) -> NormaliseO
         order = markings + [i for i in order if i not in marking_set]
     for index in order:
         pointer = f"{pointer_prefix}/{index}" if pointer_prefix else ""
-        result = _check_object(objects[index], pointer, bundle_is_20, submission, known_markings)
+        obj = objects[index]
+        result: _Accepted | list[Rejection] | None = None
+        if type(obj) is dict and obj.get("type") == "indicator":  # `_check_object`, inline
+            try:
+                result = _accept_plain_indicator(obj, pointer, submission, known_markings)
+            except _Rejected as rejected:
+                result = rejected.rejections
+        if result is None:  # not a plain indicator: the full checks decide
+            result = _check_object(obj, pointer, bundle_is_20, submission, known_markings)
         if type(result) is _Accepted:
             if result.warnings:
                 warnings.extend(result.warnings)
@@ -291,10 +299,6 @@ def _check_object(
     known_markings: set[str],
 ) -> _Accepted | list[Rejection]:
     try:
-        if type(obj) is dict and obj.get("type") == "indicator":
-            accepted = _accept_plain_indicator(obj, pointer, submission, known_markings)
-            if accepted is not None:
-                return accepted
         return _accept_object(obj, pointer, bundle_is_20, submission, known_markings)
     except _Rejected as rejected:
         return rejected.rejections

@@ -41,12 +41,18 @@ def second_worker(first: Bus, home: Path) -> Bus:
     return replace(first, home=home, env=env, proc=None)
 
 
-def patterns_received(bus: Bus, org: str, expect: int) -> set[str]:
-    seen = VersionFilter()
-    objects: list[dict[str, Any]] = [
-        o for o in bus.objects(bus.names.deliver(org), expect=expect, timeout=60) if seen.is_new(o)
-    ]
-    return {o["pattern"] for o in objects if o["type"] == "indicator"}
+def patterns_received(bus: Bus, org: str, expect: int, timeout: float = 90.0) -> set[str]:
+    """Distinct indicator patterns on the org's topic, waiting until `expect` have arrived."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = VersionFilter()
+        objects: list[dict[str, Any]] = [
+            o for o in bus.objects(bus.names.deliver(org)) if seen.is_new(o)
+        ]
+        patterns = {o["pattern"] for o in objects if o["type"] == "indicator"}
+        if len(patterns) >= expect or time.monotonic() > deadline:
+            return patterns
+        time.sleep(0.5)
 
 
 def wait_for(bus: Bus, org: str, needle: str, timeout: float = 60.0) -> None:
