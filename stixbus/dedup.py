@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from schemas.envelope import NormalizedObject
+from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
 from schemas.tlp import TLP
 
 SCHEMA_VERSION = 2
@@ -496,3 +496,33 @@ def _decode_v1(data: dict[str, Any]) -> KeyState:
     return KeyState(
         data["key"], pattern, sources, views, None if settled is None else parse_time(settled)
     )
+
+
+def conflict_outcome(record: NormalizedObject) -> tuple[Receipt, DeadLetter]:
+    """The receipt update and the quarantine record for a version conflict: the same
+    (id, modified) already accepted with different content is never routed."""
+    rejection = Rejection(
+        object_id=record.object_id,
+        reason=Reason.VERSION_CONFLICT,
+        message=(
+            f"{record.object_id} version {record.modified} was already accepted with different "
+            "content; publish a new version with a later `modified` instead of rewriting one"
+        ),
+    )
+    receipt = Receipt(
+        submission_id=record.submission_id,
+        publisher=record.publisher,
+        received_at=record.received_at,
+        accepted=0,
+        rejected=1,
+        rejections=[rejection],
+    )
+    letter = DeadLetter(
+        submission_id=record.submission_id,
+        publisher=record.publisher,
+        received_at=record.received_at,
+        reasons=[rejection],
+        payload=orjson.dumps(record.object).decode(),
+        source_topic="quarantine",
+    )
+    return receipt, letter

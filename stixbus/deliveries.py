@@ -696,3 +696,16 @@ def _delivery(
     published_at: datetime | None,
 ) -> Delivery:
     return Delivery(subscriber.id, stix_object, companions, agreement_id, revocation, published_at)
+
+
+def audit_records(plan: Plan, now: datetime) -> list[dict[str, Any]]:
+    """One audit record per decision (allow and deny), saying whether it led to a delivery."""
+    delivered = {d.subscriber for d in plan.deliveries}
+    return [
+        {
+            **decision.as_record(),
+            "decided_at": now.isoformat(),
+            "delivered": decision.allow and decision.subscriber in delivered,
+        }
+        for decision in plan.decisions
+    ]

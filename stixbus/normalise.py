@@ -183,7 +183,7 @@ def _normalise(raw: bytes, submission: Submission, limits: Limits) -> NormaliseO
         pointer = f"{pointer_prefix}/{index}" if pointer_prefix else ""
         obj = objects[index]
         result: _Accepted | list[Rejection] | None = None
-        if type(obj) is dict and obj.get("type") == "indicator":  # `_check_object`, inline
+        if type(obj) is dict and obj.get("type") == "indicator":  # the plain-indicator fast path
             try:
                 result = _accept_plain_indicator(obj, pointer, submission, known_markings)
             except _Rejected as rejected:

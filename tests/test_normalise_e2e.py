@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -132,3 +133,38 @@ def test_receipts_command_shows_rejections(bus: Bus) -> None:
     lines = [orjson.loads(line) for line in result.stdout.splitlines() if line.strip()]
     mine = next(r for r in lines if r["submission_id"] == sid)
     assert mine["rejected"] == 1 and mine["rejections"][0]["reason"] == "invalid_json"
+
+
+def test_same_version_with_different_content_is_quarantined_not_routed(bus: Bus) -> None:
+    original = indicator("http://conflict.example/login")
+    rewritten = {**original, "name": "Same id and modified, different content", "confidence": 30}
+    first = bus.publish("cert", bundle(original))
+    second = bus.publish("cert", bundle(rewritten))
+
+    def conflict_receipt() -> dict[str, Any] | None:
+        for receipt in bus.objects(bus.names.receipts("cert")):
+            reasons = [r["reason"] for r in receipt.get("rejections", [])]
+            if receipt["submission_id"] == second and "version_conflict" in reasons:
+                return receipt
+        return None
+
+    deadline = time.monotonic() + 30
+    while conflict_receipt() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    receipt = conflict_receipt()
+    assert receipt is not None, "the conflicting version gets a version_conflict receipt"
+    assert receipt["rejections"][0]["object_id"] == original["id"]
+    letters = [d for d in bus.objects(bus.names.deadletter) if d["submission_id"] == second]
+    assert letters and letters[0]["reasons"][0]["reason"] == "version_conflict"
+    assert orjson.loads(letters[0]["payload"])["name"] == rewritten["name"]
+
+    delivered = [
+        o
+        for o in bus.objects(bus.names.deliver("bank-a"))
+        if any(ref.get("source_ref") == original["id"] for ref in o.get("x_stixbus_sources", []))
+    ]
+    assert delivered, "the first version was routed"
+    assert {o.get("confidence") for o in delivered} == {original["confidence"]}, (
+        "the conflicting content never reaches a subscriber"
+    )
+    assert first != second
