@@ -1,11 +1,15 @@
-"""/healthz (process up) and /readyz (broker connected, partitions assigned, recovery done)."""
+"""/healthz (process up) and /readyz (broker answering, partitions assigned, recovery done)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import faust
 from faust.web import Request, Response, View
 
 from stixbus.context import BusContext
+
+BROKER_CHECK_SECONDS = 3.0
 
 
 def register(app: faust.App, ctx: BusContext) -> None:
@@ -19,11 +23,24 @@ def register(app: faust.App, ctx: BusContext) -> None:
         async def get(self, request: Request) -> Response:
             assigned = app.consumer.assignment() if app.consumer else set()
             recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-            ready = bool(assigned) and recovered and not app.rebalancing
+            broker = await _broker_answers(app)
+            ready = bool(assigned) and recovered and not app.rebalancing and broker
             body = {
                 "ready": ready,
+                "broker_reachable": broker,
                 "assigned_partitions": len(assigned),
                 "recovery_completed": recovered,
                 "rebalancing": app.rebalancing,
             }
             return self.json(body, status=200 if ready else 503)
+
+
+async def _broker_answers(app: faust.App) -> bool:
+    """A metadata round trip on the worker's own producer connection (a lost broker after
+    start would otherwise leave the worker 'ready' with nothing flowing)."""
+    try:
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await asyncio.wait_for(producer.client.fetch_all_metadata(), BROKER_CHECK_SECONDS)
+        return True
+    except Exception:
+        return False

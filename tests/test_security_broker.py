@@ -329,3 +329,28 @@ def test_worker_principal_cannot_read_a_delivery_topic(secure_bus: SecureBus) ->
 
     with pytest.raises(TopicAuthorizationFailedError):
         asyncio.run(run())
+
+
+def _readyz(port: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_readyz_reports_a_lost_broker_and_recovers(secure_bus: SecureBus) -> None:
+    """Last in this module: it stops and restarts this module's own broker."""
+    port = secure_bus.env["STIXBUS_WEB_PORT"]
+    assert _readyz(port)[0] == 200
+    _kafka("down", secure_bus.env)
+    status, body = _readyz(port)
+    assert status == 503 and body["broker_reachable"] is False, body
+    _kafka("up", secure_bus.env)
+    deadline = time.monotonic() + 60
+    while _readyz(port)[0] != 200:
+        assert time.monotonic() < deadline, "worker never became ready again after the broker"
+        time.sleep(0.5)
