@@ -370,6 +370,19 @@ class Inbox:
             "media_types": [STIX_MEDIA],
         }
 
+    def _authorise(
+        self, request: web.Request, *, root: bool = True, collection: bool = False
+    ) -> str | web.Response:
+        """The org behind the request's token, or the TAXII error response to send instead."""
+        auth = self._auth(request)
+        if isinstance(auth, web.Response):
+            return auth
+        if root and (bad := self._check_root(request)) is not None:
+            return bad
+        if collection and (bad := self._own_collection(request, auth)) is not None:
+            return bad
+        return auth
+
     def _own_collection(self, request: web.Request, org: str) -> web.Response | None:
         cid = request.match_info["cid"]
         owner = self.collections.get(cid)
@@ -401,11 +414,9 @@ class Inbox:
         )
 
     async def api_root(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
-        if (bad := self._check_root(request)) is not None:
-            return bad
         return taxii_json(
             {
                 "title": "stixbus ingest",
@@ -415,31 +426,21 @@ class Inbox:
         )
 
     async def list_collections(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
-        if (bad := self._check_root(request)) is not None:
-            return bad
         return taxii_json({"collections": [self._collection_info(auth)]})
 
     async def get_collection(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = self._authorise(request, collection=True)
         if isinstance(auth, web.Response):
             return auth
-        if (bad := self._check_root(request)) is not None:
-            return bad
-        if (bad := self._own_collection(request, auth)) is not None:
-            return bad
         return taxii_json(self._collection_info(auth))
 
     async def add_objects(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = self._authorise(request, collection=True)
         if isinstance(auth, web.Response):
             return auth
-        if (bad := self._check_root(request)) is not None:
-            return bad
-        if (bad := self._own_collection(request, auth)) is not None:
-            return bad
         if not _media_ok(request.headers.get("Content-Type", "")):
             return taxii_error(
                 415,
@@ -489,11 +490,9 @@ class Inbox:
         return taxii_json(self._status(status_id, entry, len(objects)), status=202)
 
     async def get_status(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
-        if (bad := self._check_root(request)) is not None:
-            return bad
         sid = request.match_info["sid"]
         entry = self.statuses.get(sid)
         if entry is None or entry.org != auth:

@@ -72,8 +72,8 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({**confluent_config(settings, ADMIN), "socket.timeout.ms": 15000})
 
 
-def _to_ck(b: AclBinding) -> CkAclBinding:
-    return CkAclBinding(
+def _ck_fields(b: AclBinding) -> tuple[Any, ...]:
+    return (
         CkResourceType[b.resource_type.value],
         b.resource_name,
         ResourcePatternType[b.pattern_type.value],
@@ -82,19 +82,15 @@ def _to_ck(b: AclBinding) -> CkAclBinding:
         AclOperation[b.operation.value],
         AclPermissionType[b.permission],
     )
+
+
+def _to_ck(b: AclBinding) -> CkAclBinding:
+    return CkAclBinding(*_ck_fields(b))
 
 
 def _to_filter(b: AclBinding) -> AclBindingFilter:
     """A filter matching exactly one binding (delete_acls takes filters)."""
-    return AclBindingFilter(
-        CkResourceType[b.resource_type.value],
-        b.resource_name,
-        ResourcePatternType[b.pattern_type.value],
-        b.principal,
-        b.host,
-        AclOperation[b.operation.value],
-        AclPermissionType[b.permission],
-    )
+    return AclBindingFilter(*_ck_fields(b))
 
 
 def _enum_name(value: object) -> str:

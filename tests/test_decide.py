@@ -13,6 +13,7 @@ from schemas.org import Org, Sector, load_registry
 from schemas.tlp import TLP, TLP1_MARKING_ID, TLP2_MARKING_ID
 from stixbus import REPO_ROOT
 from stixbus.decide import AgreementIndex, ReasonCode, TransformKind, decide
+from tests.agreement_factory import make_agreement
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -21,21 +22,16 @@ ISP = REGISTRY.get("isp-one")
 
 
 def agreement(**overrides: Any) -> Agreement:
-    data: dict[str, Any] = {
-        "id": "cert-to-banks",
-        "version": 3,
-        "term": {"valid_from": "2026-01-01", "valid_until": "2028-01-01"},
-        "purpose": {"code": "fraud-prevention", "text": "Protect customers."},
-        "publishers": ["cert"],
-        "subscribers": ["sector:bank"],
-        "tlp_ceiling": "amber",
-        "object_types": ["*"],
-        "observable_types": ["*"],
-        "attribution": "attributed",
-        "onward_sharing": True,
-    }
-    data.update(overrides)
-    return Agreement.model_validate(data)
+    return make_agreement(
+        **{
+            **{
+                "id": "cert-to-banks",
+                "version": 3,
+                "purpose": {"code": "fraud-prevention", "text": "Protect customers."},
+            },
+            **overrides,
+        }
+    )
 
 
 def indicator(

@@ -9,6 +9,7 @@ from schemas.agreement import Agreement
 from schemas.org import load_registry
 from stixbus import REPO_ROOT
 from stixbus.lint import Finding, FindingCode, Severity, check_agreements
+from tests.agreement_factory import make_agreement
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -24,21 +25,7 @@ EVERYONE = [
 
 
 def agreement(**overrides: Any) -> Agreement:
-    data: dict[str, Any] = {
-        "id": "ag",
-        "version": 1,
-        "term": {"valid_from": "2026-01-01", "valid_until": "2028-01-01"},
-        "purpose": {"code": "incident-response", "text": "x"},
-        "publishers": ["cert"],
-        "subscribers": ["sector:bank"],
-        "tlp_ceiling": "amber",
-        "object_types": ["*"],
-        "observable_types": ["*"],
-        "attribution": "attributed",
-        "onward_sharing": True,
-    }
-    data.update(overrides)
-    return Agreement.model_validate(data)
+    return make_agreement(**overrides)
 
 
 # Covers every subscriber so that only the finding under test shows up.

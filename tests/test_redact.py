@@ -27,6 +27,7 @@ from stixbus.redact import (
     pseudonym_identity,
     pseudonym_identity_id,
 )
+from tests.agreement_factory import make_agreement
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -69,21 +70,12 @@ PRODUCER_SIGHTING: dict[str, Any] = {
 
 
 def agreement(**overrides: Any) -> Agreement:
-    data: dict[str, Any] = {
+    defaults = {
         "id": "banks-exchange",
-        "version": 1,
-        "term": {"valid_from": "2026-01-01", "valid_until": "2028-01-01"},
         "purpose": {"code": "fraud-prevention", "text": "Fraud."},
         "publishers": ["sector:bank"],
-        "subscribers": ["sector:bank"],
-        "tlp_ceiling": "amber",
-        "object_types": ["*"],
-        "observable_types": ["*"],
-        "attribution": "attributed",
-        "onward_sharing": True,
     }
-    data.update(overrides)
-    return Agreement.model_validate(data)
+    return make_agreement(**{**defaults, **overrides})
 
 
 def deliver(stix: dict[str, Any], a: Agreement) -> dict[str, Any]:
