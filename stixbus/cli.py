@@ -236,10 +236,15 @@ def consume(
     group: Annotated[
         str | None, typer.Option(help="Consumer group (commits offsets); default: none")
     ] = None,
+    seen_file: Annotated[
+        Path | None,
+        typer.Option(help="Remember printed versions here, to drop redeliveries across restarts"),
+    ] = None,
 ) -> None:
     """Print what ORG received on stixbus.deliver.ORG, one JSON object per line.
 
-    A redelivered (id, modified) is dropped, so output is idempotent across worker crashes.
+    A redelivered (id, modified) is dropped, so output is idempotent across worker crashes
+    (and across restarts of this command with --group and --seen-file).
     """
     settings = get_settings()
     registry = load_registry(settings.registry_path)
@@ -255,7 +260,13 @@ def consume(
             f"starting with {own_groups!r} (Kafka ACL); use e.g. --group {own_groups}siem"
         )
     _print_topic(
-        settings, _names(settings).deliver(org.id), follow, from_beginning, group, True, org.id
+        settings,
+        _names(settings).deliver(org.id),
+        follow,
+        from_beginning,
+        group,
+        VersionFilter(seen_file),
+        org.id,
     )
 
 
@@ -267,7 +278,7 @@ def receipts(
     """Print ORG's submission receipts (accepted/rejected counts and reasons) as JSON lines."""
     settings = get_settings()
     org = load_registry(settings.registry_path).get(as_org)
-    _print_topic(settings, _names(settings).receipts(org.id), follow, True, None, False, org.id)
+    _print_topic(settings, _names(settings).receipts(org.id), follow, True, None, None, org.id)
 
 
 def _print_topic(
@@ -276,10 +287,9 @@ def _print_topic(
     follow: bool,
     from_beginning: bool,
     group: str | None,
-    dedup: bool,
+    seen: VersionFilter | None,
     principal: str | None = None,
 ) -> None:
-    seen = VersionFilter()
 
     async def run() -> None:
         async for record in read_topic(
@@ -290,7 +300,7 @@ def _print_topic(
             follow=follow,
         ):
             obj = record.json()
-            if dedup and not seen.is_new(obj):
+            if seen is not None and not seen.is_new(obj):
                 continue
             sys.stdout.write(orjson.dumps(obj).decode() + "\n")
             sys.stdout.flush()

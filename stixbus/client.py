@@ -9,7 +9,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -155,14 +156,33 @@ async def read_topic(
 
 
 class VersionFilter:
-    """Drops a delivered (id, modified) seen before: redelivery after a crash is idempotent."""
+    """Drops a delivered (id, modified) seen before: redelivery after a crash is idempotent.
 
-    def __init__(self) -> None:
+    With a `path`, the versions seen are appended there (one `id modified` line each) and read
+    back on start, so the drop also holds across restarts of the consumer itself.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
         self._seen: set[tuple[str, str]] = set()
+        self._file: IO[str] | None = None
+        if path is not None:
+            if path.exists():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    object_id, _, modified = line.partition(" ")
+                    self._seen.add((object_id, modified))
+            self._file = path.open("a", encoding="utf-8")
 
     def is_new(self, stix_object: object) -> bool:
         if not isinstance(stix_object, dict):
             return True
+        version = (str(stix_object.get("id")), str(stix_object.get("modified", "")))
+        if version in self._seen:
+            return False
+        self._seen.add(version)
+        if self._file is not None:
+            self._file.write(f"{version[0]} {version[1]}\n")
+            self._file.flush()
+        return True
         version = (str(stix_object.get("id")), str(stix_object.get("modified", "")))
         if version in self._seen:
             return False
