@@ -32,6 +32,10 @@ def build_app(ctx: BusContext) -> faust.App:
         # at-least-once: exactly_once has open duplicate/crash bugs in faust-streaming 0.15.
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # Receipts of big rejected bundles and dead letters of 4 MiB submissions exceed Kafka's
+        # 1 MiB default; topics are created with the same limit (stixbus/kafka_admin.py).
+        producer_max_request_size=settings.max_record_bytes,
+        consumer_max_fetch_size=settings.max_record_bytes,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)

@@ -63,7 +63,7 @@ def _kafka(action: str, settings: Settings) -> None:
 
 def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
     registry = load_registry(settings.registry_path)
-    specs = _names(settings).all_specs(registry, settings.partitions)
+    specs = _names(settings).all_specs(registry, settings.partitions, settings.max_record_bytes)
     conn = client_kwargs(settings, principal)
     return asyncio.run(ensure_topics(conn, specs, settings.replication_factor))
 

@@ -28,7 +28,7 @@ async def ensure_topics(
                 name=s.name,
                 num_partitions=s.partitions,
                 replication_factor=replication,
-                topic_configs={"cleanup.policy": "compact"} if s.compacted else {},
+                topic_configs=_topic_configs(s),
             )
             for s in missing
         ]
@@ -40,6 +40,13 @@ async def ensure_topics(
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+def _topic_configs(spec: TopicSpec) -> dict[str, str]:
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.max_message_bytes is not None:
+        configs["max.message.bytes"] = str(spec.max_message_bytes)
+    return configs
 
 
 async def _wait_for_leaders(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
@@ -995,6 +996,10 @@ def _outcome(
     if rejections:
         try:
             payload, encoding = raw.decode("utf-8"), "utf-8"
+            if len(orjson.dumps(payload)) > len(raw) * 4 // 3 + 16:
+                # Control characters escape to 6 bytes each in JSON: base64 bounds the dead
+                # letter at 4/3 of the submission, so it always fits a stixbus record.
+                payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         except UnicodeDecodeError:
             payload, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         dead_letter = DeadLetter(

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Worker HTTP bind address (0.0.0.0 inside containers)"
     )
     store: str = Field(default="rocksdb://", description="Faust table store (memory:// in tests)")
+    max_record_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description=(
+            "Largest record on a stixbus topic (topic max.message.bytes and the worker's producer "
+            "limit): must hold a full ingest submission, its dead letter and its receipt"
+        ),
+    )
     confidence_step: int = Field(
         default=10, ge=1, description="Confidence change that warrants re-delivery"
     )

@@ -6,7 +6,7 @@ listed explicitly from the registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schemas.org import Registry
 
@@ -16,6 +16,7 @@ class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
+    max_message_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,11 @@ class TopicNames:
             raise ValueError(f"{topic!r} is not an ingest topic (expected {head}<org>)")
         return topic[len(head) :]
 
-    def all_specs(self, registry: Registry, partitions: int) -> list[TopicSpec]:
-        """Every topic the bus needs, with its partition count and cleanup policy."""
+    def all_specs(
+        self, registry: Registry, partitions: int, max_message_bytes: int | None = None
+    ) -> list[TopicSpec]:
+        """Every topic the bus needs, with its partition count, cleanup policy and record size
+        limit (None: the broker's default, about 1 MiB)."""
         specs = [TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers]
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
@@ -70,4 +74,4 @@ class TopicNames:
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
         ]
-        return specs
+        return [replace(s, max_message_bytes=max_message_bytes) for s in specs]

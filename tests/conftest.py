@@ -189,7 +189,10 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
     names = TopicNames(prefix)
     partitions = int(full_env["STIXBUS_PARTITIONS"])
     asyncio.run(
-        ensure_topics({"bootstrap_servers": bootstrap}, names.all_specs(registry, partitions))
+        ensure_topics(
+            {"bootstrap_servers": bootstrap},
+            names.all_specs(registry, partitions, Settings().max_record_bytes),
+        )
     )
     bus = Bus(bootstrap, prefix, tmp, full_env, registry, names)
     bus.apply_agreements(Path(full_env.get("STIXBUS_AGREEMENTS_PATH", AGREEMENTS)))

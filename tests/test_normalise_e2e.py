@@ -168,3 +168,36 @@ def test_same_version_with_different_content_is_quarantined_not_routed(bus: Bus)
         "the conflicting content never reaches a subscriber"
     )
     assert first != second
+
+
+def test_large_submissions_receipts_and_dead_letters_fit_on_the_bus(bus: Bus) -> None:
+    """Records above Kafka's 1 MiB default: a 10,000-object bundle rejected object by object (a
+    multi-megabyte receipt), a 3 MiB submission of control characters (its dead letter), and a
+    2 MiB valid bundle all get through, and what follows them still flows."""
+    bad = [
+        {**indicator(f"http://bad-{n}.example/"), "valid_from": "yesterday"} for n in range(10_000)
+    ]
+    rejected_all = bus.publish("cert", bundle(*bad))
+    control = bus.publish("cert", b"\x01" * (3 * 1024 * 1024))
+    good = [indicator(f"http://big-{n}.example/login") for n in range(5000)]
+    big = bundle(*good)
+    assert len(big) > 2 * 1024 * 1024
+    accepted_all = bus.publish("cert", big)
+    after = indicator("http://after-the-big-ones.example/")
+    last = bus.publish("cert", bundle(after))
+
+    receipts = receipts_by_id(bus, "cert", expect=4)
+    deadline = time.monotonic() + 90
+    while not {rejected_all, control, accepted_all, last} <= set(receipts):
+        assert time.monotonic() < deadline, f"missing receipts: {set(receipts)}"
+        time.sleep(1)
+        receipts = receipts_by_id(bus, "cert", expect=4)
+    assert receipts[rejected_all]["rejected"] == 10_000
+    assert len(receipts[rejected_all]["rejections"]) >= 10_000
+    assert receipts[control]["accepted"] == 0
+    assert receipts[accepted_all]["accepted"] == 5000
+    assert receipts[last]["accepted_ids"] == [after["id"]]
+    letter = next(
+        d for d in bus.objects(bus.names.deadletter, expect=2) if d["submission_id"] == control
+    )
+    assert letter["payload_encoding"] == "base64"
