@@ -56,7 +56,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
                     key=submission_id.encode(), value=letter.model_dump_json().encode()
                 )
             await receipts[publisher.id].send(
-                key=submission_id.encode(), value=outcome.receipt.model_dump_json().encode()
+                key=submission_id.encode(), value=receipt.model_dump_json().encode()
             )
 
 

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import orjson
 import requests
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
+from schemas.yaml_file import read_yaml
 from stixbus.client import Published, publish
 from stixbus.kafka_config import client_kwargs
 from stixbus.settings import Settings
@@ -133,11 +133,9 @@ C = TypeVar("C", bound=ConnectorConfig)
 def load_config(path: Path, model: type[C], kind: str) -> C:
     """Read a YAML connector config and validate it; errors name the file and the field."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConnectorError(f"cannot read connector config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConnectorError(f"connector config {path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path, "connector config")
+    except ValueError as exc:
+        raise ConnectorError(str(exc)) from exc
     if not isinstance(data, dict):
         raise ConnectorError(f"connector config {path} must be a YAML mapping of settings")
     data.setdefault("connector", kind)

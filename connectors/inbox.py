@@ -50,6 +50,7 @@ from connectors.base import (
 )
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
+from schemas.yaml_file import read_yaml
 from stixbus.client import publish
 from stixbus.kafka_config import client_kwargs
 from stixbus.settings import Settings
@@ -102,12 +103,12 @@ def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 
 
 def load_tokens(path: Path) -> TokenFile:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
+    if not path.exists():
         return TokenFile()
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConnectorError(f"cannot read token file {path}: {exc}") from exc
+    try:
+        data = read_yaml(path, "token file") or {}
+    except ValueError as exc:
+        raise ConnectorError(str(exc)) from exc
     try:
         return TokenFile.model_validate(data)
     except ValidationError as exc:

@@ -11,10 +11,10 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.tlp import TLP
+from schemas.yaml_file import read_yaml
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$"
 IDENTITY_ID_PATTERN = (
@@ -134,12 +134,7 @@ class Registry(BaseModel):
 def load_registry(path: str | Path) -> Registry:
     """Read and validate an org registry YAML; errors name the file and the broken field."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read org registry {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ValueError(f"org registry {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "org registry")
     try:
         return Registry.model_validate(data)
     except Exception as exc:

@@ -22,26 +22,20 @@ from schemas.org import Sector, load_registry
 from schemas.tlp import TLP
 from stixbus import REPO_ROOT
 from stixbus.lint import Severity, check_agreements
+from tests.agreement_factory import BASE
 
 EXAMPLES = REPO_ROOT / "deploy" / "agreements.yaml"
 
 
 def base(**overrides: object) -> dict[str, object]:
-    data: dict[str, object] = {
+    """Raw agreement data (not validated: some tests make it invalid on purpose)."""
+    return {
+        **BASE,
         "id": "cert-to-banks",
-        "version": 1,
-        "term": {"valid_from": "2026-01-01", "valid_until": "2028-01-01"},
         "purpose": {"code": "fraud-prevention", "text": "Protect customers."},
-        "publishers": ["cert"],
-        "subscribers": ["sector:bank"],
-        "tlp_ceiling": "amber",
         "object_types": ["indicator"],
-        "observable_types": ["*"],
-        "attribution": "attributed",
-        "onward_sharing": True,
+        **overrides,
     }
-    data.update(overrides)
-    return data
 
 
 def test_minimal_agreement_parses_names_and_dates() -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -21,11 +21,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connectors import inbox as inbox_mod
-from connectors.base import ConnectorError, PullConfig, Report, resolve_org
-from connectors.runner import KINDS, load, run_once
 from stixbus import REPO_ROOT
 from stixbus.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from connectors.base import PullConfig, Report
+    from connectors.inbox import InboxConfig
+
+# The connectors (HTTP clients, MISP's converter) are imported by the commands that run them,
+# not at CLI start: every `stixbus` invocation, the worker included, loads this module.
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 out = Console()
@@ -42,6 +46,8 @@ def _fail(message: str) -> NoReturn:
 @app.command("list")
 def list_cmd() -> None:
     """List connector kinds and the example configs in deploy/connectors/."""
+    from connectors.runner import KINDS
+
     table = Table(title="stixbus connectors")
     table.add_column("kind")
     table.add_column("what it does")
@@ -103,6 +109,8 @@ def _print_report(report: Report) -> None:
 
 
 def _one_pass(config: PullConfig, settings: Settings, show: bool) -> Report:
+    from connectors.runner import run_once
+
     with _progress(show) as progress:
         label = f"{config.connector} {config.name}"
         task = progress.add_task(label, total=None) if progress else None
@@ -119,6 +127,8 @@ def _one_pass(config: PullConfig, settings: Settings, show: bool) -> Report:
 
 
 def _run_pull(config: PullConfig, once: bool, report_file: Path | None, show: bool) -> None:
+    from connectors.base import ConnectorError, resolve_org
+
     settings = get_settings()
     try:
         resolve_org(settings, config.org)
@@ -158,11 +168,15 @@ def run_cmd(
     Exit codes: 0 done, 1 failed (source down, auth refused, bad config), 2 done but some
     input lines/events were bad (listed in the report).
     """
+    from connectors.base import ConnectorError, PullConfig
+    from connectors.inbox import InboxConfig
+    from connectors.runner import load
+
     try:
         loaded = load(name, config)
     except ConnectorError as exc:
         _fail(str(exc))
-    if isinstance(loaded, inbox_mod.InboxConfig):
+    if isinstance(loaded, InboxConfig):
         _serve_inbox(loaded)
         return
     assert isinstance(loaded, PullConfig)
@@ -172,7 +186,10 @@ def run_cmd(
         sys.exit(130)
 
 
-def _serve_inbox(config: inbox_mod.InboxConfig) -> None:
+def _serve_inbox(config: InboxConfig) -> None:
+    from connectors.base import ConnectorError
+    from connectors.inbox import serve
+
     settings = get_settings()
     out.print(
         f"TAXII 2.1 inbox on http://{config.host}:{config.port}/taxii2/ "
@@ -184,7 +201,7 @@ def _serve_inbox(config: inbox_mod.InboxConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await inbox_mod.serve(config, settings, stop)
+        await serve(config, settings, stop)
 
     try:
         asyncio.run(main())
@@ -199,14 +216,17 @@ def token_cmd(
     label: Annotated[str, typer.Option(help="What the token is for")] = "",
 ) -> None:
     """Create an inbox API token for ORG; prints it once (only its scrypt hash is stored)."""
+    from connectors.base import ConnectorError, resolve_org
+    from connectors.inbox import collection_id, create_token
+
     settings = get_settings()
     try:
         resolve_org(settings, org)
-        token = inbox_mod.create_token(tokens, org, label)
+        token = create_token(tokens, org, label)
     except ConnectorError as exc:
         _fail(str(exc))
     sys.stdout.write(token + "\n")
     err.print(
-        f"token for {org} added to {tokens}; collection id {inbox_mod.collection_id(org)} — "
+        f"token for {org} added to {tokens}; collection id {collection_id(org)} — "
         "store the token now, it cannot be shown again"
     )
