@@ -14,9 +14,9 @@ import faust
 import orjson
 
 from agents import expiry as expiry_timer
-from agents.agreements import AgreementStore
 from schemas.envelope import NormalizedObject
 from stixbus import metrics
+from stixbus.agreement_store import AgreementStore
 from stixbus.context import BusContext
 from stixbus.dedup import MergeOutcome, conflict_outcome, decode_state, encode_state, merge_source
 from stixbus.deliveries import Plan, RouteConfig, audit_records, plan_key
