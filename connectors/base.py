@@ -430,9 +430,3 @@ class Submitter:
             commit()
         if commits and self.checkpoint is not None:
             self.checkpoint()
-
-
-def tlp_marking_refs(tlp_name: str | None) -> list[str]:
-    from schemas.tlp import TLP
-
-    return [TLP.parse(tlp_name).marking_id] if tlp_name else []

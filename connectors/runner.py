@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,3 @@ async def run_once(
     else:  # pragma: no cover - KINDS and this chain move together
         raise TypeError(f"no runner for {type(config).__name__}")
     return report
-
-
-def run_once_sync(config: PullConfig, settings: Settings) -> Report:
-    return asyncio.run(run_once(config, settings))

@@ -54,8 +54,6 @@ _BY_NAME = {
     "red": TLP.RED,
 }
 
-TLP2_EXTENSION_ID = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
-
 TLP2_MARKING_ID: dict[TLP, str] = {
     TLP.CLEAR: "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487",
     TLP.GREEN: "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb",
@@ -84,25 +82,3 @@ MARKING_TLP: dict[str, TLP] = {
 def tlp_of_marking(marking_id: str) -> TLP | None:
     """The TLP a marking id stands for, or None when the bus does not know it."""
     return MARKING_TLP.get(marking_id)
-
-
-def is_tlp_marking(marking_id: str) -> bool:
-    return marking_id in MARKING_TLP
-
-
-def tlp2_marking_definition(tlp: TLP) -> dict[str, object]:
-    """The STIX 2.1 TLP 2.0 marking-definition object (as published by the TLP 2.0 extension)."""
-    name = f"TLP:{tlp.label}"
-    return {
-        "type": "marking-definition",
-        "spec_version": "2.1",
-        "id": tlp.marking_id,
-        "created": "2022-10-01T00:00:00.000Z",
-        "name": name,
-        "extensions": {
-            TLP2_EXTENSION_ID: {
-                "extension_type": "property-extension",
-                "tlp_2_0": tlp.label.lower(),
-            }
-        },
-    }
