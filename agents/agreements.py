@@ -2,7 +2,7 @@
 
 A plain aiokafka consumer with no group reads partition 0 of `stixbus.agreements`: every worker
 sees every agreement.  (Faust's GlobalTable can loop forever in recovery with several workers.)
-The records are folded in by stixbus/agreement_store.py.
+The records are folded in by stixbus/core/agreement_store.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stixbus import metrics
-from stixbus.agreement_store import AgreementStore
 from stixbus.context import BusContext
-from stixbus.kafka_config import client_kwargs
+from stixbus.core.agreement_store import AgreementStore
+from stixbus.kafka.config import client_kwargs
 
 
 def register(app: faust.App, ctx: BusContext) -> AgreementStore:

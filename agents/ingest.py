@@ -9,7 +9,7 @@ import faust
 
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.normalise import normalise_submission
+from stixbus.core.normalise import normalise_submission
 
 SUBMISSION_HEADER = "stixbus-submission-id"
 
@@ -21,7 +21,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
 
-    @app.agent(ingest, name="stixbus.normalise")
+    @app.agent(ingest, name="stixbus.core.normalise")
     async def normalise(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message

@@ -5,7 +5,8 @@
   Faust's web server from `prometheus_client.REGISTRY`, where `stixbus/metrics.py` registers the
   bus's own `stixbus_*` metrics: one endpoint, one scrape.
 - A timer samples each subscriber's consumer lag on `stixbus.deliver.<org>` from the broker
-  (stixbus/lag.py; group convention `<prefix>.<org>`), every `STIXBUS_OBSERVE_LAG_INTERVAL_SECONDS`.
+  (stixbus/kafka/lag.py;
+  group convention `<prefix>.<org>`), every `STIXBUS_OBSERVE_LAG_INTERVAL_SECONDS`.
   Every worker samples (the values agree; aggregate with `max by (subscriber)`).
 """
 
@@ -23,8 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.kafka_config import client_kwargs
-from stixbus.lag import LagSampler, ObserveSettings
+from stixbus.kafka.config import client_kwargs
+from stixbus.kafka.lag import LagSampler, ObserveSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """normalized + ticks → deliver.<org> + audit: de-duplicate per canonical key, then route.
 
 One table keyed by the canonical key (co-partitioned with `normalized`) holds each key's
-provenance and what every subscriber was last given (stixbus/dedup.py, stixbus/deliveries.py).
+provenance and what every subscriber was last given
+(stixbus/core/dedup.py, stixbus/core/deliveries.py).
 Expiry ticks come from agents/expiry.py.
 """
 
@@ -16,11 +17,17 @@ import orjson
 from agents import expiry as expiry_timer
 from schemas.envelope import NormalizedObject
 from stixbus import metrics
-from stixbus.agreement_store import AgreementStore
 from stixbus.context import BusContext
-from stixbus.dedup import MergeOutcome, conflict_outcome, decode_state, encode_state, merge_source
-from stixbus.deliveries import Plan, RouteConfig, audit_records, plan_key
-from stixbus.expiry import ExpiryIndex, is_collectable, state_deadline
+from stixbus.core.agreement_store import AgreementStore
+from stixbus.core.dedup import (
+    MergeOutcome,
+    conflict_outcome,
+    decode_state,
+    encode_state,
+    merge_source,
+)
+from stixbus.core.deliveries import Plan, RouteConfig, audit_records, plan_key
+from stixbus.core.expiry import ExpiryIndex, is_collectable, state_deadline
 
 
 def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
@@ -75,7 +82,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
         # The key's new state (its changelog record, written after this returns) must not reach
         # the broker before the deliveries it records, or a kill -9 in between would lose them:
         # wait for the acks.  The reverse only re-mints identical (id, modified) on replay,
-        # which consumers drop (stixbus.client.VersionFilter).
+        # which consumers drop (stixbus.kafka.client.VersionFilter).
         acks = []
         for delivery in plan.deliveries:
             for obj in (*delivery.companions, delivery.stix_object):

@@ -24,10 +24,11 @@ from connectors.blocklist import BlocklistConfig
 from connectors.misp import MispConfig
 from connectors.runner import run_once
 from schemas.org import load_registry
-from stixbus import REPO_ROOT
-from stixbus.kafka_admin import ensure_topics
+from stixbus.kafka.admin import ensure_topics
+from stixbus.kafka.topics import TopicNames, TopicSpec
 from stixbus.settings import Settings
-from stixbus.topics import TopicNames, TopicSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CERT = {"name": "National CERT", "uuid": "d6909adb-7068-499b-9d68-dbf814d02486"}
 

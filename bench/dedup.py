@@ -33,13 +33,14 @@ from rocksdict import Rdict
 from schemas.agreement import load_agreements
 from schemas.envelope import NormalizedObject
 from schemas.org import load_registry
-from stixbus import REPO_ROOT
-from stixbus.decide import AgreementIndex
-from stixbus.dedup import KeyState, deadline_header, decode_state, encode_state, merge_source
-from stixbus.deliveries import plan_key
-from stixbus.expiry import ExpiryIndex
-from stixbus.normalise import normalise_submission
+from stixbus.core.decide import AgreementIndex
+from stixbus.core.dedup import KeyState, deadline_header, decode_state, encode_state, merge_source
+from stixbus.core.deliveries import plan_key
+from stixbus.core.expiry import ExpiryIndex
+from stixbus.core.normalise import normalise_submission
 from stixbus.settings import Limits
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
 INDEX = AgreementIndex(load_agreements(REPO_ROOT / "deploy" / "agreements.yaml"), REGISTRY)
@@ -188,9 +189,9 @@ def bench_reopen(path: Path, keys: int, key: bytes) -> None:
 async def bench_replay(count: int, value: bytes, folder: Path) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from stixbus.kafka_admin import ensure_topics
+    from stixbus.kafka.admin import ensure_topics
+    from stixbus.kafka.topics import TopicSpec
     from stixbus.settings import get_settings
-    from stixbus.topics import TopicSpec
 
     conn = {"bootstrap_servers": get_settings().bootstrap_servers}
     topic = f"bench-dedup-changelog-{uuid.uuid4().hex[:8]}"

@@ -18,14 +18,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from schemas.org import Org, Registry, load_registry
-from stixbus import REPO_ROOT
-from stixbus.normalise import normalise_submission
+from stixbus.core.normalise import normalise_submission
 from stixbus.settings import Limits
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CREATED = "2024-03-01T10:00:00.000Z"
 
@@ -159,7 +161,12 @@ def naive_decisions(payloads: list[bytes]) -> dict[str, bool]:
 
 def _clear_caches() -> None:
     """Forget the canonical forms of this corpus: every run sees its values for the first time."""
-    from stixbus.canonical import canonical_domain, canonical_email, canonical_ip, canonical_url
+    from stixbus.core.canonical import (
+        canonical_domain,
+        canonical_email,
+        canonical_ip,
+        canonical_url,
+    )
 
     for cached in (canonical_domain, canonical_ip, canonical_url, canonical_email):
         cached.cache_clear()

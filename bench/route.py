@@ -11,14 +11,16 @@ import argparse
 import random
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from schemas.agreement import Agreement, AgreementSet
 from schemas.envelope import NormalizedObject
 from schemas.org import load_registry
 from schemas.tlp import TLP
-from stixbus import REPO_ROOT
-from stixbus.decide import AgreementIndex, decide
+from stixbus.core.decide import AgreementIndex, decide
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

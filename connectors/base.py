@@ -1,7 +1,7 @@
 """Plumbing every connector shares: config, secrets, state, HTTP with retries, batched publishing.
 
 A connector turns a source into ordinary submissions on `stixbus.ingest.<org>` through
-`stixbus.client.publish`, so receipts, normalisation and routing apply unchanged.
+`stixbus.kafka.client.publish`, so receipts, normalisation and routing apply unchanged.
 
 Delivery contract (every connector):
 - state is written atomically (temp file + fsync + `os.replace`), so a crash leaves the old or
@@ -35,10 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
 from schemas.yaml_file import read_yaml
-from stixbus.client import Published, publish
-from stixbus.kafka_config import client_kwargs
+from stixbus.kafka.client import Published, publish
+from stixbus.kafka.config import client_kwargs
+from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings
-from stixbus.topics import TopicNames
 
 # Namespace of every UUIDv5 a connector mints (STIX ids, submission ids).  Never change it:
 # ids derived from it are how re-reads avoid minting new objects.

@@ -51,10 +51,10 @@ from connectors.base import (
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
-from stixbus.client import publish
-from stixbus.kafka_config import client_kwargs
+from stixbus.kafka.client import publish
+from stixbus.kafka.config import client_kwargs
+from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings
-from stixbus.topics import TopicNames
 
 TAXII_MEDIA = "application/taxii+json;version=2.1"
 STIX_MEDIA = "application/stix+json;version=2.1"

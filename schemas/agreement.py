@@ -1,8 +1,9 @@
 """Sharing agreements: who may receive which objects from whom, at which TLP, for what purpose.
 
 An agreement is data (YAML in the repo, a compacted topic at run time), validated here and never
-interpreted here: `stixbus.decide` evaluates it, `stixbus.redact` applies its transformations,
-`stixbus.lint` checks a whole set against the org registry.
+interpreted here: `stixbus.core.decide` evaluates it,
+`stixbus.core.redact` applies its transformations,
+`stixbus.core.lint` checks a whole set against the org registry.
 
 Ambiguity fails closed: object and observable type lists must be spelled out (`["*"]` is the
 explicit "any"), a term must have an end, and timestamps must carry a timezone.

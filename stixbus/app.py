@@ -9,8 +9,8 @@ from __future__ import annotations
 import faust
 
 from stixbus.context import BusContext
-from stixbus.kafka_config import faust_kwargs
-from stixbus.security import WORKER
+from stixbus.kafka.acls import WORKER
+from stixbus.kafka.config import faust_kwargs
 
 
 def build_app(ctx: BusContext) -> faust.App:
@@ -33,7 +33,7 @@ def build_app(ctx: BusContext) -> faust.App:
         processing_guarantee="at_least_once",
         producer_acks=-1,
         # Receipts of big rejected bundles and dead letters of 4 MiB submissions exceed Kafka's
-        # 1 MiB default; topics are created with the same limit (stixbus/kafka_admin.py).
+        # 1 MiB default; topics are created with the same limit (stixbus/kafka/admin.py).
         producer_max_request_size=settings.max_record_bytes,
         consumer_max_fetch_size=settings.max_record_bytes,
         broker_commit_interval=1.0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.org import Registry, load_registry
+from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings
-from stixbus.topics import TopicNames
 
 
 @dataclass(frozen=True)

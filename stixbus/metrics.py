@@ -6,7 +6,7 @@ Served on the worker's `/metrics` together with Faust's own sensor metrics (`fau
 Naming follows the Prometheus conventions: a `stixbus_` prefix, the unit in the name
 (`_seconds`, `_records`), `_total` on counters. Labels are bounded: org ids (`publisher`,
 `subscriber`), agreement ids (`agreement`) and reason codes (`reason`, from
-`schemas.envelope.Reason` for rejections and `stixbus.decide.ReasonCode` for denials). A value
+`schemas.envelope.Reason` for rejections and `stixbus.core.decide.ReasonCode` for denials). A value
 outside those sets is recorded as `other` (reason) or `unknown` (org, once `init_orgs` ran), so a
 hostile or buggy input cannot blow up the series count.
 
@@ -86,7 +86,7 @@ LAST_DELIVERY = Gauge(
 )
 DENIALS = Counter(
     "stixbus_denials_total",
-    "Routing decisions that denied delivery, per reason (stixbus.decide.ReasonCode)",
+    "Routing decisions that denied delivery, per reason (stixbus.core.decide.ReasonCode)",
     ["reason"],
 )
 DELIVERY_LATENCY = Histogram(
@@ -154,7 +154,7 @@ def _denials() -> frozenset[str] | None:
     global _denial_reasons
     if _denial_reasons is None:
         try:
-            from stixbus.decide import ReasonCode
+            from stixbus.core.decide import ReasonCode
 
             _denial_reasons = frozenset(r.value for r in ReasonCode)
         except Exception:  # the decision module failing to import must not break metrics

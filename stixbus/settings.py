@@ -13,18 +13,13 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stixbus import REPO_ROOT
+from stixbus.core.payload import InputLimits
 
 
-class Limits(BaseSettings):
-    """Input limits at ingest; above any of them a submission is rejected, never truncated."""
+class Limits(BaseSettings, InputLimits):
+    """`InputLimits` (stixbus/core/payload.py) read from STIXBUS_LIMIT_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="STIXBUS_LIMIT_")
-
-    message_bytes: int = Field(default=4 * 1024 * 1024, description="Max bytes per ingest record")
-    objects_per_bundle: int = Field(default=10_000, description="Max objects in one bundle")
-    string_chars: int = Field(default=64 * 1024, description="Max characters in any JSON string")
-    nesting_depth: int = Field(default=32, description="Max JSON nesting depth")
 
 
 class Settings(BaseSettings):
@@ -35,14 +30,20 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, description="Partitions of the pipeline topics")
     replication_factor: int = Field(default=1, ge=1, description="Replication of created topics")
     app_id: str = Field(default="stixbus", description="Faust app id (worker consumer group)")
+    deploy_dir: Path = Field(
+        default=Path("deploy"),
+        description="Deployment folder (registry, agreements, kafka.sh, demo, connector examples)",
+    )
     registry_path: Path = Field(
-        default=REPO_ROOT / "deploy" / "orgs.yaml", description="Org registry YAML"
+        default_factory=lambda data: data["deploy_dir"] / "orgs.yaml",
+        description="Org registry YAML (default <deploy_dir>/orgs.yaml)",
     )
     agreements_path: Path = Field(
-        default=REPO_ROOT / "deploy" / "agreements.yaml", description="Sharing agreements YAML"
+        default_factory=lambda data: data["deploy_dir"] / "agreements.yaml",
+        description="Sharing agreements YAML (default <deploy_dir>/agreements.yaml)",
     )
     home: Path = Field(
-        default=REPO_ROOT / ".stixbus", description="State folder: Kafka data, worker data, logs"
+        default=Path(".stixbus"), description="State folder: Kafka data, worker data, logs"
     )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
     web_host: str = Field(
@@ -101,7 +102,7 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
 
-DEFAULT_HOME = REPO_ROOT / ".stixbus"
+DEFAULT_HOME = Path(".stixbus")
 
 
 def client_env_file(home: Path | None = None) -> Path:

@@ -40,7 +40,7 @@ def start_worker(settings: Settings) -> int:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     log = log_file(settings).open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stixbus.cli", "worker"],
+        [sys.executable, "-m", "stixbus.cli.main", "worker"],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,530 @@
+"""De-duplication state per canonical key (pure): every producer's latest version, kept apart.
+
+The bus never merges producers into one object.  A key's state holds, per source object id, the
+latest accepted version and when it was first and last seen, plus (see
+stixbus/core/deliveries.py) what
+each subscriber was last given.  Semantics: docs/dedup.md.
+
+The state is the route table's value, read and written once per event, so it is kept small and
+cheap to (de)serialise: plain slotted dataclasses and a compact orjson encoding with a schema
+version (`encode_state` / `decode_state`).  For keys with a canonical pattern (bus-minted
+indicators) a source keeps only the properties that agreement decisions and minting read
+(`PLANNING_PROPERTIES`) plus a hash of the whole object; a subscriber's view keeps the minted
+body it was given (shared between views with equal bodies), not the whole delivered object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
+from schemas.tlp import TLP
+
+SCHEMA_VERSION = 2
+
+# What `stixbus.core.decide` (markings, label fields, confidence) and minting
+# (`stixbus.core.deliveries`)
+# read from a source object of a minted key.  Everything else (description, kill chains,
+# external references, custom properties…) is covered by the content hash only.
+PLANNING_PROPERTIES = (
+    "type",
+    "id",
+    "created_by_ref",
+    "modified",
+    "revoked",
+    "name",
+    "valid_from",
+    "valid_until",
+    "confidence",
+    "indicator_types",
+    "labels",
+    "object_marking_refs",
+    "granular_markings",
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
+class SourceVersion:
+    record: NormalizedObject  # for minted keys `record.object` holds PLANNING_PROPERTIES only
+    content_hash: str
+    first_seen: datetime
+    last_seen: datetime
+    # Its row in the table encoding, kept from decoding: unchanged sources are not re-encoded.
+    encoded: list[Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def revoked(self) -> bool:
+        return bool(self.record.object.get("revoked", False))
+
+    @property
+    def valid_until(self) -> str | None:
+        value = self.record.object.get("valid_until")
+        return value if isinstance(value, str) else None
+
+    def active(self, now: datetime) -> bool:
+        """Still vouches for the indicator: not revoked and not past valid_until."""
+        if self.record.object.get("revoked", False):
+            return False
+        until = self.valid_until
+        return until is None or parse_time(until) > now
+
+    def vouches_until(self) -> datetime | None:
+        """Until when it vouches: None = open-ended, EPOCH = not at all (revoked)."""
+        if self.revoked:
+            return EPOCH
+        until = self.valid_until
+        return None if until is None else parse_time(until)
+
+
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
+class SubscriberView:
+    """What one subscriber was last given for this key.
+
+    Minted keys: `created`, `modified`, `revoked` and `body` (every property of the minted
+    indicator after `created_by_ref`: name, pattern, validity, markings, x_stixbus_sources…);
+    the rest of the object is derived (`stixbus.core.deliveries.minted_object`).  Forwarded keys:
+    `delivered`, the whole (redacted) object."""
+
+    source_ids: tuple[str, ...]
+    agreement_id: str | None = None
+    agreement_version: int | None = None
+    created: str | None = None
+    modified: str | None = None
+    revoked: bool = False
+    body: dict[str, Any] | None = None
+    delivered: dict[str, Any] | None = None
+
+    @staticmethod
+    def forwarded(
+        delivered: dict[str, Any],
+        source_ids: tuple[str, ...],
+        agreement_id: str | None,
+        agreement_version: int | None,
+    ) -> SubscriberView:
+        modified = delivered.get("modified")
+        return SubscriberView(
+            source_ids=source_ids,
+            agreement_id=agreement_id,
+            agreement_version=agreement_version,
+            created=delivered.get("created") if isinstance(delivered.get("created"), str) else None,
+            modified=modified if isinstance(modified, str) else None,
+            revoked=bool(delivered.get("revoked", False)),
+            delivered=delivered,
+        )
+
+
+@dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build
+class KeyState:
+    key: str
+    canonical_pattern: str | None = None
+    sources: dict[str, SourceVersion] = field(default_factory=dict)
+    views: dict[str, SubscriberView] = field(default_factory=dict)
+    # When no source vouched and every view was final (for GC).
+    settled_at: datetime | None = None
+
+    @property
+    def minted(self) -> bool:
+        """Indicators with a canonical pattern get one bus-minted object per subscriber."""
+        return self.canonical_pattern is not None
+
+    def revocation_due_at(self) -> datetime | None:
+        """The earliest moment some live minted view has no source left that vouches (then it
+        needs a revoked version).  None: never by expiry alone."""
+        return self._due()[0]
+
+    def settling_due_at(self) -> datetime | None:
+        """When the key becomes settled (no source vouches, all views revoked) if it is not yet:
+        a tick then records `settled_at` so GC can start.  None: not by expiry alone."""
+        return self._due()[1]
+
+    def expiry_deadline(self) -> datetime | None:
+        """Earliest moment a timer tick is needed, grace period for GC excluded."""
+        revocation, settling = self._due()
+        if revocation is None:
+            return settling
+        return revocation if settling is None or revocation < settling else settling
+
+    def _due(self) -> tuple[datetime | None, datetime | None]:
+        ends = {sid: src.vouches_until() for sid, src in self.sources.items()}
+        revocation: datetime | None = None
+        live = False
+        minted = self.canonical_pattern is not None
+        checked: set[tuple[str, ...]] = set()
+        for view in self.views.values():
+            if view.revoked:
+                continue
+            live = True
+            if not minted or view.source_ids in checked:
+                # forwarded objects carry their own validity; their revocations are events
+                continue
+            checked.add(view.source_ids)
+            end = _latest(ends, view.source_ids)
+            if end is not None and (revocation is None or end < revocation):
+                revocation = end
+        settling = None
+        if self.settled_at is None and not live:
+            settling = _latest(ends, tuple(ends))
+        return revocation, settling
+
+
+def _latest(ends: dict[str, datetime | None], source_ids: tuple[str, ...]) -> datetime | None:
+    """When the last of these sources stops vouching (None: one never does)."""
+    latest = EPOCH
+    for sid in source_ids:
+        if sid not in ends:
+            continue
+        end = ends[sid]
+        if end is None:
+            return None
+        if end > latest:
+            latest = end
+    return latest
+
+
+class MergeOutcome(StrEnum):
+    NEW_SOURCE = "new_source"
+    NEW_VERSION = "new_version"
+    IDENTICAL = "identical"  # re-submission of a version already held: nothing to do
+    STALE = "stale"  # older than the version held
+    AFTER_REVOCATION = "after_revocation"  # revoked is final
+    CONFLICT = "conflict"  # same (id, modified), different content: quarantine
+
+
+def content_hash(stix_object: dict[str, Any]) -> str:
+    """128 bits of SHA-256 over the canonical JSON: tells a re-submission from a conflict."""
+    return hashlib.sha256(orjson.dumps(stix_object, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@lru_cache(maxsize=65536)
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def merge_source(
+    state: KeyState | None, record: NormalizedObject, now: datetime
+) -> tuple[KeyState, MergeOutcome]:
+    """Fold one accepted object version into its key's state."""
+    if state is None:
+        state = KeyState(key=record.key, canonical_pattern=record.canonical_pattern)
+    digest = content_hash(record.object)
+    held = state.sources.get(record.object_id)
+    if held is not None:
+        outcome = _compare(held, record, digest)
+        if outcome is MergeOutcome.IDENTICAL:
+            # Nothing to deliver, but the producer still vouches: remember when it last said so.
+            seen = SourceVersion(
+                held.record, held.content_hash, held.first_seen, max(held.last_seen, now)
+            )
+            sources = {**state.sources, record.object_id: seen}
+            return KeyState(
+                state.key, state.canonical_pattern, sources, state.views, state.settled_at
+            ), outcome
+        if outcome is not None:
+            return state, outcome
+    kept = planning_record(record) if state.minted else record
+    version = SourceVersion(kept, digest, held.first_seen if held else now, now)
+    sources = {**state.sources, record.object_id: version}
+    updated = KeyState(state.key, state.canonical_pattern, sources, state.views, None)
+    return updated, MergeOutcome.NEW_VERSION if held else MergeOutcome.NEW_SOURCE
+
+
+def with_views(
+    state: KeyState, views: dict[str, SubscriberView], settled_at: datetime | None
+) -> KeyState:
+    return KeyState(state.key, state.canonical_pattern, state.sources, views, settled_at)
+
+
+def _compare(held: SourceVersion, record: NormalizedObject, digest: str) -> MergeOutcome | None:
+    """None when `record` supersedes `held`, else why it does not."""
+    held_modified = parse_time(held.record.modified) if held.record.modified else None
+    new_modified = parse_time(record.modified) if record.modified else None
+    if held_modified == new_modified:
+        return MergeOutcome.IDENTICAL if held.content_hash == digest else MergeOutcome.CONFLICT
+    if held.revoked:
+        return MergeOutcome.AFTER_REVOCATION
+    if held_modified and new_modified and new_modified < held_modified:
+        return MergeOutcome.STALE
+    return None
+
+
+# --- records without validation ------------------------------------------------------------
+
+_RECORD_FIELDS = tuple(NormalizedObject.model_fields)
+
+
+def _record(values: dict[str, Any]) -> NormalizedObject:
+    """A NormalizedObject from already-validated values, without pydantic's (slow) machinery.
+
+    Equivalent to `NormalizedObject.model_construct(**values)` with every field given (checked
+    by tests/test_dedup_core.py), at a fraction of the cost: the route agent builds one per held
+    source on every event."""
+    rec = NormalizedObject.__new__(NormalizedObject)
+    object.__setattr__(rec, "__dict__", values)
+    object.__setattr__(rec, "__pydantic_fields_set__", set(_RECORD_FIELDS))
+    object.__setattr__(rec, "__pydantic_extra__", None)
+    object.__setattr__(rec, "__pydantic_private__", None)
+    return rec
+
+
+def planning_record(record: NormalizedObject) -> NormalizedObject:
+    """`record` with its object cut down to PLANNING_PROPERTIES (what a minted key needs)."""
+    obj = record.object
+    slim = {name: obj[name] for name in PLANNING_PROPERTIES if name in obj}
+    values = dict(record.__dict__)
+    values["object"] = slim
+    return _record(values)
+
+
+# --- table encoding -------------------------------------------------------------------------
+#
+# {"v":2,"d":<tick deadline µs|null>,"s":<settled_at µs|null>,"k":key,"p":canonical pattern,
+#  "src":[[id, hash, first_seen µs, last_seen µs, publisher, published_at µs, submission id,
+#          received_at µs, object_type, modified, tlp, tlp_inherited, dedup_key (1: the key),
+#          observable_types, canonical_sco_id, object (minted: without type/id/modified)], ...],
+#  "b":[minted body, ...],
+#  "vw":{subscriber: [source indexes, agreement id, agreement version, created, modified,
+#                     revoked, body index (-1: none), delivered object (forwarded) or null]}}
+#
+# "v", "d" and "s" come first so that the expiry index can be rebuilt from a prefix of each
+# value (`deadline_header`) without decoding whole states.
+
+
+def _us(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _time(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def encode_state(state: KeyState) -> bytes:
+    sources, minted = state.sources, state.minted
+    index = {sid: n for n, sid in enumerate(sources)}
+    encoded_sources = []
+    for sid, src in sources.items():
+        row = src.encoded
+        if row is None:
+            row = src.encoded = _encode_source(sid, src, minted, state.key)
+        encoded_sources.append(row)
+    bodies: list[dict[str, Any]] = []
+    # id(body) -> position: views minted in one plan, or decoded together, share body objects
+    body_index: dict[int, int] = {}
+    encoded_views = {}
+    positions: dict[tuple[str, ...], list[int]] = {}
+    for subscriber, view in state.views.items():
+        at = positions.get(view.source_ids)
+        if at is None:
+            at = positions[view.source_ids] = [index[s] for s in view.source_ids if s in index]
+        b = -1
+        if view.body is not None:
+            found = body_index.get(id(view.body))
+            if found is None:
+                found = body_index[id(view.body)] = len(bodies)
+                bodies.append(view.body)
+            b = found
+        encoded_views[subscriber] = [
+            at,
+            view.agreement_id,
+            view.agreement_version,
+            view.created,
+            view.modified,
+            1 if view.revoked else 0,
+            b,
+            view.delivered,
+        ]
+    deadline = state.expiry_deadline()
+    return orjson.dumps(
+        {
+            "v": SCHEMA_VERSION,
+            "d": None if deadline is None else _us(deadline),
+            "s": None if state.settled_at is None else _us(state.settled_at),
+            "k": state.key,
+            "p": state.canonical_pattern,
+            "src": encoded_sources,
+            "b": bodies,
+            "vw": encoded_views,
+        }
+    )
+
+
+_IN_ROW = frozenset({"type", "id", "modified"})
+
+
+def _encode_source(sid: str, src: SourceVersion, minted: bool, key: str) -> list[Any]:
+    rec = src.record
+    obj = rec.object
+    if minted:  # type, id and modified are stored elsewhere in the row
+        obj = {k: v for k, v in obj.items() if k not in _IN_ROW}
+    return [
+        sid,
+        src.content_hash,
+        _us(src.first_seen),
+        _us(src.last_seen),
+        rec.publisher,
+        _us(rec.published_at),
+        rec.submission_id,
+        _us(rec.received_at),
+        rec.object_type,
+        rec.modified,
+        int(rec.tlp),
+        rec.tlp_inherited,
+        1 if rec.dedup_key == key else rec.dedup_key,  # 1: the key itself
+        rec.observable_types,
+        rec.canonical_sco_id,
+        obj,
+    ]
+
+
+def decode_state(raw: bytes) -> KeyState:
+    data = orjson.loads(raw)
+    if data.get("v") != SCHEMA_VERSION:
+        return _decode_v1(data)
+    key, pattern = data["k"], data["p"]
+    sources: dict[str, SourceVersion] = {}
+    order: list[str] = []
+    for row in data["src"]:
+        (sid, digest, first, last, publisher, published, submission, received, object_type,
+         modified, tlp, inherited, dedup_key, observables, sco_id, obj) = row  # fmt: skip
+        if pattern is not None:  # see _encode_source
+            stix = {"type": object_type, "id": sid, **obj}
+            if modified is not None:
+                stix["modified"] = modified
+        else:
+            stix = obj
+        rec = _record(
+            {
+                "submission_id": submission,
+                "publisher": publisher,
+                "received_at": _time(received),
+                "published_at": _time(published),
+                "object_id": sid,
+                "object_type": object_type,
+                "modified": modified,
+                "tlp": TLP(tlp),
+                "tlp_inherited": inherited,
+                "dedup_key": key if dedup_key == 1 else dedup_key,
+                "canonical_pattern": pattern,
+                "observable_types": observables,
+                "canonical_sco_id": sco_id,
+                "object": stix,
+            }
+        )
+        sources[sid] = SourceVersion(rec, digest, _time(first), _time(last), row)
+        order.append(sid)
+    bodies = data["b"]
+    views = {}
+    for subscriber, view in data["vw"].items():
+        idx, agreement_id, agreement_version, created, modified, revoked, b, delivered = view
+        views[subscriber] = SubscriberView(
+            tuple([order[n] for n in idx]),
+            agreement_id,
+            agreement_version,
+            created,
+            modified,
+            bool(revoked),
+            bodies[b] if b >= 0 else None,
+            delivered,
+        )
+    settled = data["s"]
+    return KeyState(key, pattern, sources, views, None if settled is None else _time(settled))
+
+
+_HEADER = re.compile(rb'\{"v":(\d+),"d":(-?\d+|null),"s":(-?\d+|null),')
+
+
+def deadline_header(raw: bytes) -> tuple[datetime | None, datetime | None] | None:
+    """(tick deadline without grace, settled_at) read from the start of an encoded state, or
+    None when `raw` is not in the current encoding (then decode it)."""
+    match = _HEADER.match(raw)
+    if match is None or int(match[1]) != SCHEMA_VERSION:
+        return None
+    d, s = match[2], match[3]
+    return (
+        None if d == b"null" else _time(int(d)),
+        None if s == b"null" else _time(int(s)),
+    )
+
+
+# Minted body properties: everything of a minted indicator after `created_by_ref`.
+_HEADER_PROPERTIES = frozenset(
+    {"type", "spec_version", "id", "created", "modified", "created_by_ref", "revoked"}
+)
+
+
+def _decode_v1(data: dict[str, Any]) -> KeyState:
+    """The first encoding (pydantic `model_dump_json` of whole records and delivered objects):
+    tables written before schema 2 keep working; the next write stores the new encoding."""
+    pattern = data.get("canonical_pattern")
+    minted = pattern is not None
+    sources: dict[str, SourceVersion] = {}
+    for sid, src in (data.get("sources") or {}).items():
+        rec = NormalizedObject.model_validate(src["record"])
+        sources[sid] = SourceVersion(
+            planning_record(rec) if minted else rec,
+            str(src["content_hash"])[:32],
+            parse_time(src["first_seen"]),
+            parse_time(src["last_seen"]),
+        )
+    views = {}
+    for subscriber, view in (data.get("views") or {}).items():
+        delivered = view["delivered"]
+        source_ids = tuple(view.get("source_ids") or ())
+        if minted:
+            views[subscriber] = SubscriberView(
+                source_ids=source_ids,
+                agreement_id=view.get("agreement_id"),
+                agreement_version=view.get("agreement_version"),
+                created=delivered.get("created"),
+                modified=delivered.get("modified"),
+                revoked=bool(delivered.get("revoked", False)),
+                body={k: v for k, v in delivered.items() if k not in _HEADER_PROPERTIES},
+            )
+        else:
+            views[subscriber] = SubscriberView.forwarded(
+                delivered, source_ids, view.get("agreement_id"), view.get("agreement_version")
+            )
+    settled = data.get("settled_at")
+    return KeyState(
+        data["key"], pattern, sources, views, None if settled is None else parse_time(settled)
+    )
+
+
+def conflict_outcome(record: NormalizedObject) -> tuple[Receipt, DeadLetter]:
+    """The receipt update and the quarantine record for a version conflict: the same
+    (id, modified) already accepted with different content is never routed."""
+    rejection = Rejection(
+        object_id=record.object_id,
+        reason=Reason.VERSION_CONFLICT,
+        message=(
+            f"{record.object_id} version {record.modified} was already accepted with different "
+            "content; publish a new version with a later `modified` instead of rewriting one"
+        ),
+    )
+    receipt = Receipt(
+        submission_id=record.submission_id,
+        publisher=record.publisher,
+        received_at=record.received_at,
+        accepted=0,
+        rejected=1,
+        rejections=[rejection],
+    )
+    letter = DeadLetter(
+        submission_id=record.submission_id,
+        publisher=record.publisher,
+        received_at=record.received_at,
+        reasons=[rejection],
+        payload=orjson.dumps(record.object).decode(),
+        source_topic="quarantine",
+    )
+    return receipt, letter

@@ -1,0 +1,1 @@
+"""Kafka plumbing: client options, admin, topics, ACLs, lag, the consumer client."""

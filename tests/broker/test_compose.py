@@ -1,0 +1,480 @@
+"""docker-compose.yml must agree with the local scripts and settings (Docker does not run here)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import TopicAuthorizationFailedError
+
+from schemas.agreement import load_agreements
+from schemas.org import load_registry
+from stixbus.kafka.acls import ADMIN, WORKER
+from stixbus.kafka.admin import list_topics
+from stixbus.kafka.client import read_topic
+from stixbus.kafka.config import client_kwargs, read_credentials
+from stixbus.kafka.topics import TopicNames
+from stixbus.settings import Settings
+from tests.helpers.bus import free_port
+from tests.helpers.paths import REPO_ROOT
+
+DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
+SETTINGS_ENV = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+KAFKA_SCRIPT = (REPO_ROOT / "deploy" / "kafka" / "kafka.sh").read_text()
+POM = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
+
+
+def test_services_present() -> None:
+    assert {"kafka", "worker", "prometheus", "grafana"} <= set(COMPOSE["services"])
+
+
+def test_worker_env_names_are_real_settings_with_local_defaults() -> None:
+    env = COMPOSE["services"]["worker"]["environment"]
+    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
+    unknown = set(env) - fields
+    assert not unknown, f"compose sets env vars stixbus does not read: {unknown}"
+    # Compare with the documented defaults, not this process's environment (tests override it).
+    assert env["STIXBUS_TOPIC_PREFIX"] == DEFAULTS["topic_prefix"]
+    assert int(env["STIXBUS_WEB_PORT"]) == DEFAULTS["web_port"]
+    assert env["STIXBUS_APP_ID"] == DEFAULTS["app_id"]
+    assert int(env["STIXBUS_PARTITIONS"]) == DEFAULTS["partitions"]
+
+
+def test_ports_match_local_stack() -> None:
+    default_port = str(DEFAULTS["bootstrap_servers"]).rsplit(":", 1)[1]
+    assert f'port="${{KAFKA_PORT:-{default_port}}}"' in KAFKA_SCRIPT
+    kafka_ports = COMPOSE["services"]["kafka"]["ports"]
+    # Published on the host's default port (the HOST listener listens on another container port).
+    assert any(p.startswith(f"127.0.0.1:{default_port}:") for p in kafka_ports)
+    worker_ports = COMPOSE["services"]["worker"]["ports"]
+    web_port = DEFAULTS["web_port"]
+    assert f"127.0.0.1:{web_port}:{web_port}" in worker_ports
+
+
+def test_same_kafka_version_as_local_jars() -> None:
+    image = COMPOSE["services"]["kafka"]["image"]
+    version = image.split(":", 1)[1]
+    assert f"<kafka.version>{version}</kafka.version>" in POM
+
+
+def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned() -> None:
+    prom = yaml.safe_load(
+        (REPO_ROOT / "deploy" / "prometheus" / "prometheus-compose.yml").read_text()
+    )
+    targets = [
+        t for job in prom["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    ]
+    assert f"worker:{DEFAULTS['web_port']}" in targets
+    mounts = COMPOSE["services"]["grafana"]["volumes"]
+    for mount in mounts:
+        host = mount.split(":", 1)[0]
+        assert (REPO_ROOT / host).exists(), f"grafana mounts missing {host}"
+
+
+# -- security: SASL_SSL by default ----------------------------------------------------------------
+#
+# `deploy/kafka/kafka.sh compose-secrets` generates what the containers mount; the tests below
+# check the compose file against it, then prove the generated broker config is valid by running
+# the broker service's own command (format --add-scram, start) with the local jars, and the setup
+# service's own steps, then connecting over SASL_SSL as the worker, the admin and an org.
+
+SERVICES = COMPOSE["services"]
+KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
+LIB = KAFKA_DIR / "lib"
+
+
+def _script_value(name: str) -> str:
+    match = re.search(rf"^{name}=(\S+)$", KAFKA_SCRIPT, re.MULTILINE)
+    assert match, f"kafka.sh defines no {name}"
+    return match.group(1)
+
+
+SECRETS_MOUNT = _script_value("compose_secdir")  # /etc/stixbus/secrets in every container
+
+
+def _secrets_mount(service: str) -> dict[str, Any]:
+    mounts = [
+        v
+        for v in SERVICES[service]["volumes"]
+        if isinstance(v, dict) and v.get("target") == SECRETS_MOUNT
+    ]
+    assert len(mounts) == 1, f"{service} does not mount the secrets folder at {SECRETS_MOUNT}"
+    return mounts[0]
+
+
+def _properties(text: str) -> dict[str, str]:
+    props = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip()
+    return props
+
+
+def _port_mapping(service: str) -> tuple[str, str, str]:
+    (mapping,) = SERVICES[service]["ports"]
+    host_ip, host_port, container_port = mapping.split(":")
+    return host_ip, host_port, container_port
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    """Settings as a container with only `env` sees them (this process's STIXBUS_* ignored)."""
+    fields: dict[str, Any] = {
+        k.removeprefix("STIXBUS_").lower(): v for k, v in env.items() if k in SETTINGS_ENV
+    }
+    return Settings(_env_prefix="STIXBUS_TEST_NOTHING_", _env_file=None, **fields)
+
+
+def _shell_steps(command: str) -> list[str]:
+    """`sh -c "a && b && c"` -> ["a", "b", "c"]."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["sh", "-c"], command
+    return [step.strip() for step in argv[2].split("&&")]
+
+
+def test_every_stixbus_container_speaks_sasl_ssl_with_mounted_secrets() -> None:
+    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
+    for service in ("setup", "worker"):
+        env = SERVICES[service]["environment"]
+        assert not set(env) - fields, f"{service} sets env vars stixbus does not read"
+        settings = _settings(env)
+        assert settings.security_protocol == "SASL_SSL"
+        assert settings.sasl_mechanism == "SCRAM-SHA-512"
+        assert "STIXBUS_SASL_USERNAME" not in env  # each command acts as its own principal
+        assert str(settings.ssl_cafile) == f"{SECRETS_MOUNT}/ca.pem"
+        assert str(settings.credentials_file) == f"{SECRETS_MOUNT}/credentials.json"
+        assert settings.bootstrap_servers == "kafka:9092"
+        mount = _secrets_mount(service)
+        assert mount["type"] == "bind" and mount["bind"]["create_host_path"] is False
+        assert mount["source"] == "${STIXBUS_HOME:-./.stixbus}/secrets"
+        # Only setup writes there (credentials.json); the worker and the broker only read.
+        assert mount["read_only"] is (service != "setup")
+    assert _secrets_mount("kafka")["read_only"] is True
+
+
+def test_setup_applies_acls_then_agreements_before_the_worker() -> None:
+    setup, worker = SERVICES["setup"], SERVICES["worker"]
+    steps = _shell_steps(setup["command"])
+    stixbus_steps = [s for s in steps if s.startswith("stixbus ")]
+    assert stixbus_steps[0] == "stixbus security apply"
+    assert stixbus_steps.index("stixbus topics") < next(
+        i for i, s in enumerate(stixbus_steps) if s.startswith("stixbus agreements apply")
+    ), "the agreements topic must exist before agreements are published"
+    assert setup["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert worker["depends_on"] == {"setup": {"condition": "service_completed_successfully"}}
+    assert _shell_steps(worker["command"])[-1] == "stixbus worker"
+
+
+def test_broker_command_formats_with_admin_scram_and_starts_generated_config() -> None:
+    kafka = SERVICES["kafka"]
+    (script,) = kafka["command"]
+    props = "$$s/compose-server.properties"  # $$: a literal $ for compose, the shell's $s
+    assert f"s={SECRETS_MOUNT}" in script
+    assert "kafka-storage.sh format --ignore-formatted" in script
+    assert f'-c "{props}"' in script
+    assert '--add-scram "SCRAM-SHA-512=[name=admin,password=$$ADMIN_PASSWORD]"' in script
+    assert f'exec /opt/kafka/bin/kafka-server-start.sh "{props}"' in script
+    health = " ".join(kafka["healthcheck"]["test"])
+    assert f"--command-config {SECRETS_MOUNT}/compose-admin.properties" in health
+    assert "--bootstrap-server kafka:9092" in health
+
+
+@dataclass
+class ComposeBroker:
+    home: Path  # the host's STIXBUS_HOME; <home>/secrets plays /etc/stixbus/secrets
+    original: dict[str, str]  # compose-server.properties as generated (container view)
+    client_port: int  # the CLIENT listener (kafka:9092 inside compose)
+    host_port: int  # the HOST listener (127.0.0.1:9092 on the Docker host)
+    local: dict[str, str]  # container path / host name -> this machine
+
+    @property
+    def secrets(self) -> Path:
+        return self.home / "secrets"
+
+    def localise(self, text: str) -> str:
+        """One pass, so a replacement is never rewritten again."""
+        keys = sorted(self.local, key=len, reverse=True)
+        pattern = "|".join(re.escape(k) for k in keys)
+        return re.sub(pattern, lambda m: self.local[m.group(0)], text)
+
+    def env(self, service: str) -> dict[str, str]:
+        """The service's environment as this machine sees it (paths and host names rewritten)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("STIXBUS_")}
+        compose_env = SERVICES[service]["environment"]
+        return {**base, **{k: self.localise(str(v)) for k, v in compose_env.items()}}
+
+
+def _local_listeners(text: str, ports: dict[tuple[str, str], int]) -> str:
+    def swap(match: re.Match[str]) -> str:
+        return f"127.0.0.1:{ports[(match.group(1), match.group(2))]}"
+
+    return re.sub(r"\b(0\.0\.0\.0|kafka|127\.0\.0\.1):(\d+)\b", swap, text)
+
+
+def _wait_started(proc: subprocess.Popen[bytes], logs: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"compose broker exited {proc.returncode}:\n{_tail(logs)}")
+        if "Kafka Server started" in _read(logs / "server.log"):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"compose broker not started after {timeout}s:\n{_tail(logs)}")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def _tail(logs: Path) -> str:
+    return "\n".join(_read(logs / name)[-3000:] for name in ("stdout.log", "server.log"))
+
+
+@pytest.fixture(scope="module")
+def compose_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeBroker]:
+    if not (LIB / ".complete").is_file() or shutil.which("java") is None:
+        pytest.fail("needs java and the Kafka jars: run via `make test`, which fetches them")
+    root = tmp_path_factory.mktemp("compose")
+    home = root / "home"
+    generated = subprocess.run(
+        ["bash", str(KAFKA_DIR / "kafka.sh"), "compose-secrets"],
+        env={**os.environ, "STIXBUS_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert generated.returncode == 0, generated.stderr
+    secrets = home / "secrets"
+    server_props = secrets / "compose-server.properties"
+    original = _properties(server_props.read_text())
+
+    # The container's view -> this machine: the mounted folders, and the broker's listeners
+    # (container ports 9092/19092/9093, host name kafka, the published 127.0.0.1:9092) -> free
+    # ports on 127.0.0.1.  Everything else of the generated config is used as it is.
+    client_port, host_port, controller_port = free_port(), free_port(), free_port()
+    _, published, host_container_port = _port_mapping("kafka")
+    listeners = {
+        ("0.0.0.0", "9092"): client_port,
+        ("kafka", "9092"): client_port,
+        ("0.0.0.0", host_container_port): host_port,
+        ("127.0.0.1", published): host_port,
+        ("kafka", "9093"): controller_port,
+    }
+    (data_volume,) = [v for v in SERVICES["kafka"]["volumes"] if isinstance(v, str)]
+    data_target = data_volume.split(":", 1)[1]
+    local = {
+        SECRETS_MOUNT: str(secrets),
+        data_target: str(root / "kafka-data"),
+        "kafka:9092": f"127.0.0.1:{client_port}",
+        "/app/": f"{REPO_ROOT}/",
+        "/data": str(root / "worker-data"),
+    }
+    broker = ComposeBroker(home, original, client_port, host_port, local)
+    server_props.write_text(broker.localise(_local_listeners(server_props.read_text(), listeners)))
+    admin_props = secrets / "compose-admin.properties"
+    admin_props.write_text(broker.localise(admin_props.read_text()))
+
+    # The broker service's command, with /opt/kafka/bin/* played by the local jars.
+    bin_dir, logs = root / "bin", root / "logs"
+    bin_dir.mkdir()
+    logs.mkdir()
+    java = f"exec java -cp '{LIB}/*'"
+    wrappers = {
+        "kafka-storage.sh": f"{java} -Dlog4j2.configurationFile={KAFKA_DIR}/log4j2-quiet.properties"
+        ' kafka.tools.StorageTool "$@"',
+        "kafka-server-start.sh": f"{java} -Xms256m -Xmx512m -Djava.awt.headless=true"
+        f" -Dkafka.logs.dir={logs} -Dlog4j2.configurationFile={KAFKA_DIR}/log4j2.properties"
+        ' kafka.Kafka "$@"',
+    }
+    for name, body in wrappers.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (script,) = SERVICES["kafka"]["command"]
+    script = broker.localise(script.replace("$$", "$").replace("/opt/kafka/bin", str(bin_dir)))
+    with (logs / "stdout.log").open("wb") as out:
+        proc = subprocess.Popen(
+            ["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_started(proc, logs)
+        yield broker
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def test_generated_broker_config_matches_compose(compose_broker: ComposeBroker) -> None:
+    props = compose_broker.original
+    assert props["listener.security.protocol.map"] == (
+        "CLIENT:SASL_SSL,HOST:SASL_SSL,CONTROLLER:SASL_PLAINTEXT"
+    )
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.host.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props["authorizer.class.name"].endswith("metadata.authorizer.StandardAuthorizer")
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:admin"
+    for key in ("ssl.keystore.location", "ssl.truststore.location"):
+        assert props[key].startswith(f"{SECRETS_MOUNT}/")
+    (data_volume,) = [v for v in SERVICES["kafka"]["volumes"] if isinstance(v, str)]
+    assert props["log.dirs"].startswith(data_volume.split(":", 1)[1] + "/")
+    # The worker's bootstrap is the internal listener; the published port is the HOST listener.
+    worker_bootstrap = SERVICES["worker"]["environment"]["STIXBUS_BOOTSTRAP_SERVERS"]
+    host_ip, published, container_port = _port_mapping("kafka")
+    assert props["advertised.listeners"] == (
+        f"CLIENT://{worker_bootstrap},HOST://{host_ip}:{published}"
+    )
+    assert f"HOST://0.0.0.0:{container_port}" in props["listeners"]
+    assert props["controller.quorum.voters"] == "1@kafka:9093"
+    assert SERVICES["kafka"]["hostname"] == "kafka"
+    default_port = str(DEFAULTS["bootstrap_servers"]).rsplit(":", 1)[1]
+    assert published == default_port  # host clients keep the default bootstrap 127.0.0.1:9092
+    # Host clients: client.env as `kafka.sh up` writes it, read by stixbus.settings.
+    host = _settings(_properties((compose_broker.secrets / "client.env").read_text()))
+    assert host.security_protocol == "SASL_SSL"
+    assert host.sasl_mechanism == "SCRAM-SHA-512"
+    assert host.ssl_cafile == compose_broker.secrets / "ca.pem"
+    assert host.credentials_file == compose_broker.secrets / "credentials.json"
+
+
+def test_broker_certificate_is_valid_for_the_compose_host_name(
+    compose_broker: ComposeBroker,
+) -> None:
+    context = ssl.create_default_context(cafile=str(compose_broker.secrets / "ca.pem"))
+    for name in ("kafka", "127.0.0.1"):  # inside compose; on the Docker host
+        with (
+            socket.create_connection(("127.0.0.1", compose_broker.client_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=name) as tls,
+        ):
+            assert tls.version()
+    with (
+        socket.create_connection(("127.0.0.1", compose_broker.client_port), timeout=10) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
+        context.wrap_socket(raw, server_hostname="not-kafka")
+
+
+def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeBroker) -> None:
+    # The setup service's stixbus steps, in order, with its environment (in-process: the
+    # same Typer app as the `stixbus` entry point, without paying its import three times).
+    from typer.testing import CliRunner
+
+    from stixbus.cli.main import cli
+    from stixbus.settings import get_settings
+
+    setup_env = compose_broker.env("setup")
+    runner_env: dict[str, str | None] = {k: setup_env.get(k) for k in SETTINGS_ENV}
+    runner_env |= {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
+    for step in _shell_steps(SERVICES["setup"]["command"]):
+        if not step.startswith("stixbus "):
+            continue
+        get_settings.cache_clear()
+        try:
+            done = CliRunner().invoke(cli, shlex.split(step)[1:], env=runner_env)
+        finally:
+            get_settings.cache_clear()
+        assert done.exit_code == 0, f"setup {step!r} failed:\n{done.output}\n{done.exception!r}"
+    users = read_credentials(compose_broker.secrets / "credentials.json")
+    assert {ADMIN, WORKER} <= set(users)
+
+    worker_env = compose_broker.env("worker")
+    worker = _settings(worker_env)
+    names = TopicNames(worker.topic_prefix)
+    registry = load_registry(worker.registry_path)
+    expected = {a.id for a in load_agreements(worker.agreements_path)}
+
+    async def check() -> None:
+        # The worker (its generated SCRAM password) reads the agreements setup published.
+        conn = client_kwargs(worker, WORKER)
+        assert conn["security_protocol"] == "SASL_SSL"
+        keys = {
+            (r.key or b"").decode()
+            async for r in read_topic(conn, names.agreements, from_beginning=True, max_wait=10)
+        }
+        assert keys == expected
+        # Admin on the HOST listener, as a client on the Docker host (client.env) would.
+        client_env = _properties((compose_broker.secrets / "client.env").read_text())
+        host = _settings(client_env).model_copy(
+            update={"bootstrap_servers": f"127.0.0.1:{compose_broker.host_port}"}
+        )
+        topics = set(await list_topics(client_kwargs(host, ADMIN)))
+        assert {spec.name for spec in names.all_specs(registry, worker.partitions)} <= topics
+        # Deny by default: an org may not read the bus's internal topics.
+        consumer = AIOKafkaConsumer(
+            names.normalized, **client_kwargs(worker, "bank-a"), auto_offset_reset="earliest"
+        )
+        try:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await consumer.start()
+                await consumer.getmany(timeout_ms=5000)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(check())
+
+
+HEALTHCHECK_JAVA = """
+import java.io.FileInputStream;
+import java.util.Properties;
+import org.apache.kafka.clients.admin.Admin;
+
+public class HealthCheck {
+    public static void main(String[] args) throws Exception {
+        Properties props = new Properties();
+        try (FileInputStream in = new FileInputStream(args[0])) { props.load(in); }
+        props.put("bootstrap.servers", args[1]);
+        try (Admin admin = Admin.create(props)) {
+            for (String name : admin.listTopics().names().get()) System.out.println(name);
+        }
+    }
+}
+"""
+
+
+def test_healthcheck_admin_config_works_with_the_java_client(
+    compose_broker: ComposeBroker, tmp_path: Path
+) -> None:
+    """The healthcheck's --command-config, used by Kafka's own Java admin client."""
+    if shutil.which("javac") is None:
+        pytest.fail("the Java source launcher needs a JDK (javac): install a JDK 17+")
+    source = tmp_path / "HealthCheck.java"
+    source.write_text(HEALTHCHECK_JAVA)
+    config = compose_broker.secrets / "compose-admin.properties"
+    listed = subprocess.run(
+        [
+            "java",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR}/log4j2-quiet.properties",
+            "-cp",
+            f"{LIB}/*",
+            str(source),
+            str(config),
+            f"127.0.0.1:{compose_broker.client_port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]

@@ -1,0 +1,357 @@
+"""Authentication and ACLs enforced by a real Kafka broker running with security on.
+
+This module starts its OWN broker (SASL_SSL + SCRAM-SHA-512, StandardAuthorizer, deny by
+default) on free ports with a state folder under a temp dir, via `deploy/kafka/kafka.sh up`, and
+stops it at the end; the plaintext broker other tests use is untouched.  Every denial below comes
+from the broker: the client raises the authorisation error it returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+)
+
+from schemas.org import load_registry
+from stixbus.kafka.acl_admin import apply, show
+from stixbus.kafka.acls import ADMIN, WORKER
+from stixbus.kafka.admin import ensure_topics, list_topics
+from stixbus.kafka.client import publish, read_topic
+from stixbus.kafka.config import client_kwargs, read_credentials
+from stixbus.kafka.topics import TopicNames
+from stixbus.settings import Settings
+from tests.helpers.bus import free_port
+from tests.helpers.paths import REPO_ROOT
+
+KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
+REGISTRY = REPO_ROOT / "deploy" / "orgs.yaml"
+NAMES = TopicNames("stixbus")
+
+
+@dataclass
+class SecureBus:
+    home: Path
+    settings: Settings
+    env: dict[str, str]
+    worker: subprocess.Popen[bytes] | None = None
+
+    def conn(self, principal: str, **override: Any) -> dict[str, Any]:
+        return {**client_kwargs(self.settings, principal), **override}
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stixbus.cli.main", *args],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+
+
+def _kafka(action: str, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        ["bash", str(KAFKA_SH), action], env=env, capture_output=True, text=True, timeout=180
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kafka.sh {action} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def _wait_ready(bus: SecureBus, port: str, timeout: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert bus.worker is not None
+        if bus.worker.poll() is not None:
+            log = (bus.home / "worker.log").read_text(errors="replace")[-4000:]
+            raise AssertionError(f"secured worker exited {bus.worker.returncode}:\n{log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if orjson.loads(resp.read()).get("ready"):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError("secured worker not ready")
+
+
+@pytest.fixture(scope="module")
+def secure_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBus]:
+    home = tmp_path_factory.mktemp("secure-home")
+    port, cport, web = str(free_port()), str(free_port()), str(free_port())
+    env = {
+        **os.environ,
+        "STIXBUS_HOME": str(home),
+        "KAFKA_PORT": port,
+        "KAFKA_CONTROLLER_PORT": cport,
+        "KAFKA_HEAP": "-Xms256m -Xmx512m",
+        "STIXBUS_KAFKA_SECURITY": "sasl_ssl",
+        "STIXBUS_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "STIXBUS_TOPIC_PREFIX": "stixbus",
+        "STIXBUS_APP_ID": "stixbus",
+        "STIXBUS_REGISTRY_PATH": str(REGISTRY),
+        "STIXBUS_WEB_PORT": web,
+        "STIXBUS_PARTITIONS": "2",
+        "STIXBUS_STORE": "memory://",
+    }
+    for key in ("STIXBUS_SASL_USERNAME", "STIXBUS_SASL_PASSWORD", "STIXBUS_SECURITY_PROTOCOL"):
+        env.pop(key, None)
+    _kafka("up", env)
+    bus: SecureBus | None = None
+    try:
+        settings = Settings(
+            _env_file=home / "secrets" / "client.env",
+            bootstrap_servers=f"127.0.0.1:{port}",
+            home=home,
+            topic_prefix="stixbus",
+            app_id="stixbus",
+            partitions=2,
+            registry_path=REGISTRY,
+        )
+        assert settings.security_protocol == "SASL_SSL", "kafka.sh did not write client.env"
+        bus = SecureBus(home, settings, env)
+        apply(settings, load_registry(REGISTRY))
+        specs = NAMES.all_specs(load_registry(REGISTRY), 2)
+        asyncio.run(ensure_topics(bus.conn(ADMIN), specs))
+        applied = bus.cli("agreements", "apply", str(REPO_ROOT / "deploy" / "agreements.yaml"))
+        assert applied.returncode == 0, applied.stderr  # as the operator principal
+        log = (home / "worker.log").open("ab")
+        bus.worker = subprocess.Popen(
+            [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        _wait_ready(bus, web)
+        yield bus
+    finally:
+        if bus is not None and bus.worker is not None and bus.worker.poll() is None:
+            os.killpg(bus.worker.pid, signal.SIGTERM)
+            try:
+                bus.worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(bus.worker.pid, signal.SIGKILL)
+        _kafka("down", env)
+
+
+def _diagnose(bus: SecureBus) -> dict[str, int]:
+    """Record counts per pipeline topic, read as admin (for failure messages)."""
+
+    async def count(topic: str) -> int:
+        conn = bus.conn(ADMIN)
+        return len([r async for r in read_topic(conn, topic, from_beginning=True, max_wait=5)])
+
+    topics = [NAMES.ingest("cert"), NAMES.receipts("cert"), NAMES.normalized, NAMES.audit]
+    return {t: asyncio.run(count(t)) for t in [*topics, NAMES.deliver("bank-a")]}
+
+
+# -- allowed paths --------------------------------------------------------------------------------
+
+
+def test_cert_publish_reaches_bank_a_through_the_worker(secure_bus: SecureBus) -> None:
+    sent = secure_bus.cli("publish", "--as", "cert", str(REPO_ROOT / "deploy/demo/cert.json"))
+    assert sent.returncode == 0, sent.stderr
+
+    async def bank_a_reads() -> list[Any]:
+        conn = secure_bus.conn("bank-a")
+        return [
+            r.json()
+            async for r in read_topic(
+                conn, NAMES.deliver("bank-a"), group_id="stixbus.bank-a.e2e", max_wait=10
+            )
+        ]
+
+    deadline = time.monotonic() + 60
+    delivered: list[Any] = []
+    while not delivered and time.monotonic() < deadline:
+        delivered = asyncio.run(bank_a_reads())
+    assert delivered, f"bank-a received nothing under SASL_SSL: {_diagnose(secure_bus)}"
+    assert all(o["type"] for o in delivered)
+
+    consumed = secure_bus.cli("consume", "--as", "bank-a", "--from-beginning")
+    assert consumed.returncode == 0, consumed.stderr
+    assert consumed.stdout.strip()
+    receipts = secure_bus.cli("receipts", "--as", "cert")
+    assert receipts.returncode == 0 and "accepted" in receipts.stdout, receipts.stderr
+
+
+def test_security_apply_is_idempotent_and_show_lists_acls(secure_bus: SecureBus) -> None:
+    again = apply(secure_bus.settings, load_registry(REGISTRY))
+    assert again.acls.empty and not again.users.upsert and not again.users.delete
+    shown = secure_bus.cli("security", "show", env={**secure_bus.env, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "User:bank-a" in shown.stdout and "stixbus.deliver.bank-a" in shown.stdout
+
+
+# -- denials by the broker ------------------------------------------------------------------------
+
+
+def test_bank_a_cannot_read_bank_b_delivery(secure_bus: SecureBus) -> None:
+    async def run() -> None:
+        async for _ in read_topic(
+            secure_bus.conn("bank-a"), NAMES.deliver("bank-b"), from_beginning=True
+        ):
+            pass
+
+    with pytest.raises(TopicAuthorizationFailedError, match=r"stixbus\.deliver\.bank-b"):
+        asyncio.run(run())
+
+
+def test_bank_a_cannot_write_cert_ingest(secure_bus: SecureBus) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(**secure_bus.conn("bank-a"))
+        await producer.start()
+        try:
+            await asyncio.wait_for(producer.send_and_wait(NAMES.ingest("cert"), b"{}"), 30)
+        finally:
+            await producer.stop()
+
+    with pytest.raises(TopicAuthorizationFailedError, match=r"stixbus\.ingest\.cert"):
+        asyncio.run(run())
+    # and through the bus's own publish helper, impersonating the CERT
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(publish(secure_bus.conn("bank-a"), NAMES.ingest("cert"), b"{}"))
+
+
+def test_isp_cannot_join_the_workers_consumer_group(secure_bus: SecureBus) -> None:
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(
+            **secure_bus.conn("isp-one"), group_id="stixbus", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.subscribe([NAMES.deliver("isp-one")])
+            await asyncio.wait_for(consumer.getmany(timeout_ms=5000), 30)
+        finally:
+            await consumer.stop()
+
+    with pytest.raises(GroupAuthorizationFailedError, match="stixbus"):
+        asyncio.run(run())
+
+
+def _bootstrap_fails(conn: dict[str, Any]) -> None:
+    async def run() -> None:
+        admin_ok = await asyncio.wait_for(list_topics(conn), 30)
+        raise AssertionError(f"connected without valid credentials: {admin_ok}")
+
+    with pytest.raises(KafkaConnectionError):
+        asyncio.run(run())
+
+
+def test_wrong_password_is_rejected_by_the_broker(
+    secure_bus: SecureBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="aiokafka")
+    _bootstrap_fails(secure_bus.conn("bank-a", sasl_plain_password="not-the-password"))
+    assert "SaslAuthenticationFailed" in caplog.text
+
+
+def test_no_credentials_are_rejected(secure_bus: SecureBus) -> None:
+    tls_only = secure_bus.conn("bank-a")
+    # TLS but no SASL: the broker closes the connection before any request is served.
+    _bootstrap_fails(
+        {
+            "bootstrap_servers": tls_only["bootstrap_servers"],
+            "security_protocol": "SSL",
+            "ssl_context": tls_only["ssl_context"],
+        }
+    )
+    # The CLI without any credentials stops before connecting, saying what to set.
+    env = {**secure_bus.env, "STIXBUS_HOME": str(secure_bus.home / "elsewhere")}
+    env["STIXBUS_SECURITY_PROTOCOL"] = "SASL_SSL"
+    result = secure_bus.cli("consume", "--as", "bank-a", env=env)
+    assert result.returncode != 0
+    assert "STIXBUS_SASL_USERNAME" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_removed_org_loses_its_credentials_and_acls(
+    secure_bus: SecureBus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = yaml.safe_load(REGISTRY.read_text())
+    data["orgs"].append(
+        {
+            "id": "bank-z",
+            "name": "Zeta Bank (leaving)",
+            "sector": "bank",
+            "identity_id": "identity--0b9ef2f5-5d5e-4b4b-9a7e-2f5d3c1f0a11",
+            "default_tlp": "amber",
+            "roles": ["publisher", "subscriber"],
+        }
+    )
+    with_z = tmp_path / "orgs-with-z.yaml"
+    with_z.write_text(yaml.safe_dump(data))
+    added = apply(secure_bus.settings, load_registry(with_z))
+    assert "bank-z" in added.users.upsert
+    old_password = read_credentials(secure_bus.settings.credentials_file)["bank-z"]  # type: ignore[arg-type]
+    bank_z = secure_bus.conn("bank-z")
+    asyncio.run(asyncio.wait_for(list_topics(bank_z), 30))  # authenticates while registered
+
+    removed = apply(secure_bus.settings, load_registry(REGISTRY))
+    assert removed.users.delete == ("bank-z",)
+    assert {b.user for b in removed.acls.delete} == {"bank-z"}
+    acls, users = show(secure_bus.settings)
+    assert "bank-z" not in users and all(b.user != "bank-z" for b in acls)
+    assert "bank-z" not in read_credentials(secure_bus.settings.credentials_file)  # type: ignore[arg-type]
+
+    caplog.set_level(logging.ERROR, logger="aiokafka")
+    _bootstrap_fails({**bank_z, "sasl_plain_password": old_password})
+    assert "SaslAuthenticationFailed" in caplog.text
+
+
+def test_worker_principal_cannot_read_a_delivery_topic(secure_bus: SecureBus) -> None:
+    async def run() -> None:
+        async for _ in read_topic(
+            secure_bus.conn(WORKER), NAMES.deliver("bank-a"), from_beginning=True
+        ):
+            pass
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(run())
+
+
+def _readyz(port: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def test_readyz_reports_a_lost_broker_and_recovers(secure_bus: SecureBus) -> None:
+    """Last in this module: it stops and restarts this module's own broker."""
+    port = secure_bus.env["STIXBUS_WEB_PORT"]
+    assert _readyz(port)[0] == 200
+    _kafka("down", secure_bus.env)
+    status, body = _readyz(port)
+    assert status == 503 and body["broker_reachable"] is False, body
+    _kafka("up", secure_bus.env)
+    deadline = time.monotonic() + 60
+    while _readyz(port)[0] != 200:
+        assert time.monotonic() < deadline, "worker never became ready again after the broker"
+        time.sleep(0.5)

@@ -1,0 +1,1 @@
+"""Shared test helpers (imported by tests; conftest.py holds only fixtures and markers)."""

@@ -1,0 +1,268 @@
+"""Pure parts of the connectors: parsing, id determinism, tag → TLP, state, batching, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from connectors.base import (
+    ConnectorError,
+    Report,
+    RetryPolicy,
+    SourceAuthError,
+    SourceUnavailable,
+    StateFile,
+    Submitter,
+    load_config,
+    with_retries,
+)
+from connectors.blocklist import (
+    BadLine,
+    BlocklistConfig,
+    IndicatorType,
+    indicator_id,
+    make_indicator,
+    parse_lines,
+    parse_value,
+    pattern_for,
+)
+from connectors.misp import MispConfig, convert_event, tlp_of_tags
+from schemas.tlp import TLP
+from stixbus.kafka.client import Published
+from stixbus.settings import Settings
+from tests.helpers.paths import FIXTURES, REPO_ROOT, example_registry
+
+
+def bl(**kw: Any) -> BlocklistConfig:
+    return BlocklistConfig.model_validate({"name": "t", "org": "cert", "source": "x", **kw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "expected"),
+    [
+        ("HTTPS://Pay-Check.Example:443/Login?x=1", "url", "https://pay-check.example/Login?x=1"),
+        ("http://EXAMPLE.com", "url", "http://example.com/"),
+        ("http://198.51.100.14:8080/bins", "url", "http://198.51.100.14:8080/bins"),
+        ("Evil.Example.", "domain-name", "evil.example"),
+        ("bücher.example", "domain-name", "xn--bcher-kva.example"),
+        ("203.0.113.9/24", "ipv4-addr", "203.0.113.0/24"),
+        ("192.0.2.1/32", "ipv4-addr", "192.0.2.1"),
+        ("2001:DB8:0::7", "ipv6-addr", "2001:db8::7"),
+        ("44D88612FEA8A8F36DE82E1296C71CC1", "md5", "44d88612fea8a8f36de82e1296c71cc1"),
+        ("a" * 64, "sha256", "a" * 64),
+    ],
+)
+def test_auto_detects_and_canonicalises(raw: str, kind: str, expected: str) -> None:
+    assert parse_value(raw, IndicatorType.AUTO) == (kind, expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        ("javascript:alert(1)", IndicatorType.URL),
+        ("999.1.1.1", IndicatorType.IP),
+        ("abc", IndicatorType.MD5),
+        ("a" * 64, IndicatorType.MD5),
+        ("-bad-.example", IndicatorType.DOMAIN),
+        ("not a thing", IndicatorType.AUTO),
+    ],
+)
+def test_bad_values_are_rejected(raw: str, kind: IndicatorType) -> None:
+    with pytest.raises(BadLine):
+        parse_value(raw, kind)
+
+
+def test_urlhaus_preset_reports_bad_lines_with_numbers() -> None:
+    config = bl(preset="urlhaus")
+    report = Report("blocklist", "t", "cert")
+    entries = list(parse_lines((FIXTURES / "blocklists/urlhaus.csv").read_text(), config, report))
+    assert [e.value for e in entries] == [
+        "http://login-alphabank.example/secure/update.php",
+        "http://198.51.100.14:8080/bins/mips",
+        "https://pay-check.example/Login?x=1",
+        "http://cdn-update.example/flash.exe",
+    ]
+    assert entries[0].first_seen == "2026-11-20T09:41:06.000Z"
+    assert [r.pointer for r in report.rejections] == ["/line/11", "/line/12"]
+    assert "not an ISO 8601 time" in report.rejections[0].message
+    assert "line 12" in report.rejections[1].message
+
+
+def test_ip_list_preset() -> None:
+    config = bl(preset="ip-list")
+    report = Report("blocklist", "t", "cert")
+    entries = list(parse_lines((FIXTURES / "blocklists/ips.txt").read_text(), config, report))
+    assert [e.value for e in entries] == [
+        "198.51.100.23",
+        "203.0.113.0/24",
+        "2001:db8::7",
+        "192.0.2.1",
+    ]
+    assert [r.pointer for r in report.rejections] == ["/line/6", "/line/7"]
+
+
+def test_ids_are_deterministic_and_source_scoped() -> None:
+    a = indicator_id("src", "url", "http://x.example/")
+    assert a == indicator_id("src", "url", "http://x.example/")
+    assert a != indicator_id("other", "url", "http://x.example/")
+    assert a != indicator_id("src", "url", "http://x.example/", generation=2)
+    config = bl(tlp="green", confidence=80, valid_for_days=30, labels=["phishing"])
+    one = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z")
+    two = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z")
+    assert one == two
+    assert one["valid_until"] == "2026-12-20T09:41:06.000Z"
+    assert one["object_marking_refs"] == [TLP.GREEN.marking_id]
+    revoked = make_indicator(
+        config, "url", "http://x.example/", one["created"], 1, "2026-11-21T00:00:00.000Z"
+    )
+    assert revoked["id"] == one["id"] and revoked["revoked"] is True
+    assert revoked["created"] == one["created"] and revoked["modified"] > one["modified"]
+
+
+def test_patterns_validate_with_the_oasis_validator() -> None:
+    from stix2patterns.validator import run_validator
+
+    for kind, value in [
+        ("url", "http://x.example/a'b\\c"),
+        ("domain-name", "x.example"),
+        ("ipv4-addr", "203.0.113.0/24"),
+        ("ipv6-addr", "2001:db8::7"),
+        ("md5", "44d88612fea8a8f36de82e1296c71cc1"),
+        ("sha1", "a" * 40),
+        ("sha256", "b" * 64),
+    ]:
+        assert run_validator(pattern_for(kind, value), stix_version="2.1") == [], (kind, value)
+
+
+def test_tag_to_tlp() -> None:
+    assert tlp_of_tags(["phishing"]) is None
+    assert tlp_of_tags(["tlp:green"]) is TLP.GREEN
+    assert tlp_of_tags(["TLP:AMBER+STRICT", "tlp:green"]) is TLP.AMBER_STRICT
+    assert tlp_of_tags(["tlp:white"]) is TLP.CLEAR
+    assert tlp_of_tags(["tlp:clear", "tlp:red"]) is TLP.RED
+    with pytest.raises(ValueError, match="unknown TLP"):
+        tlp_of_tags(["tlp:ex:chr"])
+
+
+def test_misp_event_markings_and_labels() -> None:
+    config = MispConfig(name="m", org="cert", source="x", labels=["cert-feed"], confidence=80)
+    event = json.loads(
+        (FIXTURES / "misp_feed/6c3a9e10-0000-4000-8000-000000000002.json").read_text()
+    )
+    objects = convert_event(event, config)
+    indicators = {o["pattern"]: o for o in objects if o["type"] == "indicator"}
+    assert len(indicators) == 3
+    for ind in indicators.values():
+        assert "phishing" in ind["labels"] and "cert-feed" in ind["labels"]
+        assert ind["confidence"] == 80
+    sha = next(o for p, o in indicators.items() if "SHA256" in p or "SHA-256" in p)
+    assert sha["object_marking_refs"] == [TLP.AMBER.marking_id]  # attribute tag beats event
+    md5 = next(o for p, o in indicators.items() if "MD5" in p)
+    assert md5["object_marking_refs"] == [TLP.GREEN.marking_id]
+    assert not any(o["type"] == "marking-definition" for o in objects)
+
+
+def test_state_file_is_replaced_atomically(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "s" / "state.json")
+    assert store.load() == {}
+    store.save({"cursors": {"u": "2026-01-01T00:00:00.000Z"}})
+    assert StateFile(store.path).load()["cursors"]["u"] == "2026-01-01T00:00:00.000Z"
+    assert [p.name for p in store.path.parent.iterdir()] == ["state.json"]  # no temp left over
+    store.path.write_text("{torn")
+    with pytest.raises(ConnectorError, match="not valid JSON"):
+        store.load()
+
+
+def test_submitter_splits_by_bytes_and_commits_after_ack() -> None:
+    settings = Settings()
+    org = example_registry().get("cert")
+    sent: list[bytes] = []
+    committed: list[int] = []
+
+    async def fake_publish(
+        conn: dict[str, Any], topic: str, payload: bytes, sid: str | None
+    ) -> Published:
+        assert len(payload) <= 20_000
+        assert orjson.loads(payload)["type"] == "bundle"
+        sent.append(payload)
+        assert sid is not None
+        return Published(sid, topic, 0, len(sent))
+
+    async def go() -> Report:
+        report = Report("t", "t", "cert")
+        sub = Submitter(settings, org, "t", report, max_bytes=20_000, publish_fn=fake_publish)
+        for unit in range(50):
+            objs = [{"id": f"x--{unit}-{i}", "pad": "y" * 100} for i in range(10)]
+            await sub.add(objs, functools.partial(committed.append, unit))
+        await sub.flush()
+        return report
+
+    report = asyncio.run(go())
+    assert committed == list(range(50))
+    assert report.published_objects == 500
+    assert len(sent) > 1 and len(report.submissions) == len(sent)
+    ids = [o["id"] for p in sent for o in orjson.loads(p)["objects"]]
+    assert len(ids) == len(set(ids)) == 500
+
+
+def _http_error(status: int) -> requests.HTTPError:
+    resp = requests.Response()
+    resp.status_code = status
+    return requests.HTTPError(response=resp)
+
+
+def test_retries_429_and_5xx_then_succeeds() -> None:
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise _http_error(429)
+        if len(calls) == 2:
+            raise _http_error(503)
+        return "ok"
+
+    assert with_retries("x", flaky, RetryPolicy(5, 0.1), sleeps.append) == "ok"
+    assert len(sleeps) == 2
+
+
+def test_auth_errors_fail_at_once_and_outages_give_up() -> None:
+    sleeps: list[float] = []
+
+    def denied() -> None:
+        raise _http_error(401)
+
+    with pytest.raises(SourceAuthError, match="401"):
+        with_retries("GET https://taxii.example/", denied, RetryPolicy(5, 0.1), sleeps.append)
+    assert sleeps == []
+
+    def down() -> None:
+        raise requests.ConnectionError("refused")
+
+    with pytest.raises(SourceUnavailable, match="after 3 attempts"):
+        with_retries("GET https://taxii.example/", down, RetryPolicy(3, 0.1), sleeps.append)
+
+
+def test_example_configs_validate() -> None:
+    from connectors.runner import KINDS
+
+    examples = sorted((REPO_ROOT / "deploy/connectors").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        kind = path.stem.split("-")[0]
+        load_config(path, KINDS[kind].config, kind)
+
+
+def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\norg: cert\nsource: a\ntlp: purple\n")
+    with pytest.raises(ConnectorError, match=r"c\.yaml.*tlp"):
+        load_config(path, BlocklistConfig, "blocklist")
