@@ -1,1 +1,25 @@
-"""Faust agents: thin shells that read a topic, call a pure function, and write the result."""
+"""Faust agents: thin shells that read a topic, call a pure function, and write the result.
+
+`register_all` is the one list of agents a worker runs, in pipeline order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import faust
+
+    from stixbus.context import BusContext
+
+
+def register_all(app: faust.App, ctx: BusContext) -> None:
+    """ingest → ownership → route (+ expiry timer), the agreements reader, health, observe."""
+    from agents import agreements, health, ingest, observe, ownership, route
+
+    store = agreements.register(app, ctx)
+    ingest.register(app, ctx)
+    ownership.register(app, ctx)
+    route.register(app, ctx, store)
+    health.register(app, ctx)
+    observe.register(app, ctx)

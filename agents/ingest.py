@@ -1,4 +1,4 @@
-"""ingest.<org> → normalized + receipts.<org> (+ deadletter): the normalise stage's shell."""
+"""ingest.<org> → claims + receipts.<org> (+ deadletter): the normalise stage's shell."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ SUBMISSION_HEADER = "stixbus-submission-id"
 def register(app: faust.App, ctx: BusContext) -> None:
     names = ctx.names
     ingest = app.topic(*(names.ingest(o.id) for o in ctx.registry.publishers))
-    normalized = app.topic(names.normalized)
+    claims = app.topic(names.claims)
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
 
@@ -41,8 +41,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
             metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)
             metrics.observe_rejections(publisher.id, (r.reason for r in receipt.rejections))
             for record in outcome.accepted:
-                await normalized.send(
-                    key=record.key.encode(), value=record.model_dump_json().encode()
+                # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
+                await claims.send(
+                    key=record.object_id.encode(), value=record.model_dump_json().encode()
                 )
             if outcome.dead_letter is not None:
                 letter = outcome.dead_letter.model_copy(

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     NUL_CHARACTER = "nul_character"
     DUPLICATE_OBJECT = "duplicate_object"
+    FOREIGN_ID = "foreign_id"
 
 
 class Rejection(BaseModel):

@@ -41,11 +41,7 @@ def build_app(ctx: BusContext) -> faust.App:
         **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)
     )
     # Imported here: agents register themselves on the app they are given.
-    from agents import agreements, health, ingest, observe, route
+    from agents import register_all
 
-    store = agreements.register(app, ctx)
-    ingest.register(app, ctx)
-    route.register(app, ctx, store)
-    health.register(app, ctx)
-    observe.register(app, ctx)
+    register_all(app, ctx)
     return app

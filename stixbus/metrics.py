@@ -69,6 +69,11 @@ OBJECTS_SUPPRESSED = Counter(
     "stixbus_objects_suppressed_total",
     "Objects the dedup stage suppressed (an equivalent version was already seen)",
 )
+FOREIGN_IDS = Counter(
+    "stixbus_foreign_ids_total",
+    "Versions of a STIX id another org (or the bus) owns, dropped by the ownership check",
+    ["publisher"],
+)
 DELIVERIES = Counter(
     "stixbus_deliveries_total",
     "Objects produced to stixbus.deliver.<subscriber>, per subscriber and agreement",
@@ -130,6 +135,7 @@ ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     OBJECTS_REJECTED,
     LAST_SUBMISSION,
     OBJECTS_SUPPRESSED,
+    FOREIGN_IDS,
     DELIVERIES,
     REVOCATIONS_DELIVERED,
     LAST_DELIVERY,
@@ -205,6 +211,7 @@ def init_orgs(publishers: Iterable[str], subscribers: Iterable[str]) -> None:
     for org in pubs:
         SUBMISSIONS.labels(org)
         OBJECTS_RECEIVED.labels(org)
+        FOREIGN_IDS.labels(org)
     for org in subs:
         REVOCATIONS_DELIVERED.labels(org)
 
@@ -223,6 +230,10 @@ def observe_rejections(publisher: str, reasons: Iterable[str]) -> None:
     org = _org(publisher)
     for reason in reasons:
         OBJECTS_REJECTED.labels(org, _reason(reason, _REJECTION_REASONS)).inc()
+
+
+def observe_foreign_id(publisher: str) -> None:
+    FOREIGN_IDS.labels(_org(publisher)).inc()
 
 
 def observe_suppressed(count: int = 1) -> None:

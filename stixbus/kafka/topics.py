@@ -37,6 +37,11 @@ class TopicNames:
         return f"{self.prefix}.normalized"
 
     @property
+    def claims(self) -> str:
+        """Accepted objects keyed by STIX id, for the ownership check (agents/ownership.py)."""
+        return f"{self.prefix}.claims"
+
+    @property
     def ticks(self) -> str:
         return f"{self.prefix}.ticks"
 
@@ -67,6 +72,7 @@ class TopicNames:
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
         specs += [
+            TopicSpec(self.claims, partitions),
             TopicSpec(self.normalized, partitions),
             TopicSpec(self.ticks, partitions),
             TopicSpec(self.deadletter, 1),
