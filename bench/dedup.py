@@ -42,7 +42,7 @@ from stixbus.settings import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
+REGISTRY = load_registry(REPO_ROOT / "deploy" / "orgs.yaml").with_pseudonym_key(bytes(range(32)))
 INDEX = AgreementIndex(load_agreements(REPO_ROOT / "deploy" / "agreements.yaml"), REGISTRY)
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 GIB = 1024**3

@@ -184,7 +184,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    registry = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
+    registry = load_registry(REPO_ROOT / "deploy" / "orgs.yaml").with_pseudonym_key(
+        bytes(range(32))
+    )
     publisher = registry.get("cert")
     corpus = generate_corpus(args.objects)
     payloads = list(bundles(corpus, args.bundle_size))

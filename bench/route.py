@@ -103,7 +103,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="Measuring time per mode")
     args = parser.parse_args()
     rng = random.Random(5)
-    registry = load_registry(REPO_ROOT / "deploy" / "orgs.yaml")
+    registry = load_registry(REPO_ROOT / "deploy" / "orgs.yaml").with_pseudonym_key(
+        bytes(range(32))
+    )
     agreements = synthetic_agreements(20, rng)
     subscribers = list(registry.subscribers)
     assert len(subscribers) == 10

@@ -11,7 +11,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from schemas.tlp import TLP
 from schemas.yaml_file import read_yaml
@@ -90,6 +90,26 @@ class Registry(BaseModel):
 
     bus: BusIdentity
     orgs: tuple[Org, ...] = Field(min_length=1)
+    # Not in the YAML: the secret that keys pseudonyms (stixbus/secret_files.py loads it).
+    _pseudonym_key: bytes | None = PrivateAttr(default=None)
+
+    def with_pseudonym_key(self, key: bytes) -> Registry:
+        """This registry, holding the secret that keys pseudonyms and redacted-copy ids."""
+        if len(key) < 16:
+            raise ValueError("the pseudonym key must be at least 16 bytes (128 bits)")
+        keyed = self.model_copy()
+        keyed._pseudonym_key = key
+        return keyed
+
+    @property
+    def pseudonym_key(self) -> bytes:
+        if self._pseudonym_key is None:
+            raise ValueError(
+                "no pseudonym key: pseudonymous and anonymous deliveries need the bus secret "
+                "(STIXBUS_PSEUDONYM_KEY, or <STIXBUS_HOME>/secrets/pseudonym.key that the worker "
+                "creates at first start); load the registry through BusContext"
+            )
+        return self._pseudonym_key
 
     @model_validator(mode="after")
     def _unique(self) -> Registry:

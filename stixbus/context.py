@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from schemas.org import Registry, load_registry
 from stixbus.kafka.topics import TopicNames
+from stixbus.secret_files import pseudonym_key
 from stixbus.settings import Settings
 
 
@@ -19,6 +20,8 @@ class BusContext:
     def from_settings(cls, settings: Settings) -> BusContext:
         return cls(
             settings=settings,
-            registry=load_registry(settings.registry_path),
+            registry=load_registry(settings.registry_path).with_pseudonym_key(
+                pseudonym_key(settings)
+            ),
             names=TopicNames(settings.topic_prefix),
         )

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     home: Path = Field(
         default=Path(".stixbus"), description="State folder: Kafka data, worker data, logs"
     )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Hex secret keying pseudonyms (>= 32 hex digits); unset: "
+            "<home>/secrets/pseudonym.key, generated at first start"
+        ),
+    )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
     web_host: str = Field(
         default="127.0.0.1", description="Worker HTTP bind address (0.0.0.0 inside containers)"

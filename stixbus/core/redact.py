@@ -63,15 +63,31 @@ def transformation_fingerprint(agreement: Agreement) -> str:
 
 
 def derived_object_id(original_id: str, agreement: Agreement, registry: Registry) -> str:
-    """The id a rewritten object is delivered under (same for every version of the original)."""
+    """The id a rewritten object is delivered under (same for every version of the original).
+
+    Under pseudonymous and anonymous attribution the id is keyed with the bus secret: an
+    unkeyed one would let a subscriber that knows the original id (from another delivery)
+    recognise the copy and so name its producer."""
     object_type = original_id.split("--", 1)[0]
     seed = f"{original_id}|{agreement.id}|{transformation_fingerprint(agreement)}"
-    return f"{object_type}--{_uuid5(registry, seed)}"
+    if agreement.attribution is Attribution.ATTRIBUTED:
+        return f"{object_type}--{_uuid5(registry, seed)}"
+    return f"{object_type}--{_keyed_uuid(registry.pseudonym_key, 'derived|' + seed)}"
 
 
 def pseudonym_identity_id(agreement_id: str, producer_org_id: str, registry: Registry) -> str:
-    """Stable per (agreement, producer): a subscriber can follow one producer, not name it."""
-    return f"identity--{_uuid5(registry, f'pseudonym|{agreement_id}|{producer_org_id}')}"
+    """Stable per (agreement, producer): a subscriber can follow one producer, not name it.
+
+    HMAC-SHA256 under the bus secret, so nobody holding the repo's files (namespace, org ids,
+    agreement ids) can recompute the pseudonym of each org and compare."""
+    seed = f"pseudonym|{agreement_id}|{producer_org_id}"
+    return f"identity--{_keyed_uuid(registry.pseudonym_key, seed)}"
+
+
+@lru_cache(maxsize=65536)
+def _keyed_uuid(key: bytes, seed: str) -> str:
+    digest = hmac.new(key, seed.encode(), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def pseudonym_identity(
@@ -149,13 +165,10 @@ def apply_transformations(
     decision: Decision,
     agreement: Agreement,
     registry: Registry,
-    *,
-    pseudonym_key: bytes | None = None,
 ) -> dict[str, Any]:
     """The object as delivered to `decision.subscriber`; the input is not modified.
 
-    `pseudonym_key` keys the HMAC of pseudonymised values.  Without one the bus namespace is
-    used, which is in the repo: pass a secret in production or low-entropy values can be guessed.
+    Pseudonymised values are HMACs under the registry's pseudonym key (the bus secret).
     """
     if not decision.allow or decision.agreement_id != agreement.id:
         raise ValueError(
@@ -169,7 +182,7 @@ def apply_transformations(
     }
 
     if redaction.pseudonymise:
-        key = pseudonym_key if pseudonym_key is not None else registry.bus.namespace.bytes
+        key = registry.pseudonym_key
         for name in redaction.pseudonymise:
             if name in out:
                 pseudonymised = _pseudonymise(out[name], name, agreement.id, key)

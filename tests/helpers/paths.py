@@ -12,12 +12,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 ORGS_YAML = DEPLOY / "orgs.yaml"
 AGREEMENTS_YAML = DEPLOY / "agreements.yaml"
+TEST_PSEUDONYM_KEY = bytes(range(32))
 
 
 @lru_cache(maxsize=1)
 def example_registry() -> Registry:
-    """The registry in deploy/orgs.yaml, loaded once per test session."""
-    return load_registry(ORGS_YAML)
+    """The registry in deploy/orgs.yaml, loaded once per test session, with a test pseudonym
+    key (a worker gets its key from stixbus/secret_files.py)."""
+    return load_registry(ORGS_YAML).with_pseudonym_key(TEST_PSEUDONYM_KEY)
 
 
 @lru_cache(maxsize=1)
