@@ -210,6 +210,13 @@ class Redaction(_Frozen):
         default=(),
         description="Top-level properties whose string values are replaced by stable pseudonyms",
     )
+    keep_contributor_text: bool = Field(
+        default=False,
+        description=(
+            "Under pseudonymous or anonymous attribution, keep external_references and free "
+            "text (description, …), which often name the contributor; default: dropped"
+        ),
+    )
 
     @field_validator("pseudonymise")
     @classmethod

@@ -37,6 +37,12 @@ NO_ONWARD_SHARING_STATEMENT = (
     "recipient organisation for the agreement's purpose only, whatever the TLP would allow."
 )
 
+# Properties that name a contributor in prose or links more often than not: dropped from
+# pseudonymous and anonymous deliveries unless the agreement keeps them (or pseudonymises one).
+CONTRIBUTOR_TEXT_PROPERTIES = frozenset(
+    {"description", "external_references", "abstract", "content", "explanation", "x_mitre_notes"}
+)
+
 # Reference properties that point at markings, never at the producer.
 _MARKING_REF_PROPERTIES = frozenset({"object_marking_refs"})
 
@@ -59,6 +65,8 @@ def transformation_fingerprint(agreement: Agreement) -> str:
         "pseudonymise": sorted(agreement.redaction.pseudonymise),
         "onward_sharing": agreement.onward_sharing,
     }
+    if agreement.redaction.keep_contributor_text:  # absent when false: older ids stay stable
+        settings["keep_contributor_text"] = True
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -193,6 +201,9 @@ def apply_transformations(
                     out[name] = pseudonymised
 
     if agreement.attribution is not Attribution.ATTRIBUTED:
+        if not redaction.keep_contributor_text:
+            for name in CONTRIBUTOR_TEXT_PROPERTIES.difference(redaction.pseudonymise):
+                out.pop(name, None)
         replacement = (
             pseudonym_identity_id(agreement.id, decision.publisher, registry)
             if agreement.attribution is Attribution.PSEUDONYMOUS

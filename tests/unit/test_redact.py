@@ -244,3 +244,47 @@ def test_sco_keeps_its_id() -> None:
         sco, agreement(attribution="anonymous", redaction={"drop_custom_properties": ["x_*"]})
     )
     assert out["id"] == sco["id"] and "x_alpha_case_id" not in out
+
+
+def _with_contributor_text(stix: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **stix,
+        "description": "Seen by Bank A's fraud team at branch Nord",
+        "external_references": [{"source_name": "bank-a-case", "external_id": "CASE-1"}],
+    }
+
+
+@pytest.mark.parametrize("attribution", ["pseudonymous", "anonymous"])
+def test_non_attributed_copies_drop_contributor_text_by_default(attribution: str) -> None:
+    agreement = make_agreement(publishers=["bank-a"], attribution=attribution)
+    out = deliver(_with_contributor_text(PRODUCER_SIGHTING), agreement)
+    assert "description" not in out and "external_references" not in out
+    assert not validate_instance(out, OPTIONS).errors
+
+
+def test_the_agreement_can_keep_contributor_text() -> None:
+    agreement = make_agreement(
+        publishers=["bank-a"],
+        attribution="anonymous",
+        redaction={"keep_contributor_text": True},
+    )
+    out = deliver(_with_contributor_text(PRODUCER_SIGHTING), agreement)
+    assert out["description"].startswith("Seen by Bank A")
+    assert out["external_references"][0]["source_name"] == "bank-a-case"
+
+
+def test_pseudonymised_free_text_stays_as_its_pseudonym() -> None:
+    agreement = make_agreement(
+        publishers=["bank-a"],
+        attribution="pseudonymous",
+        redaction={"pseudonymise": ["description"]},
+    )
+    out = deliver(_with_contributor_text(PRODUCER_SIGHTING), agreement)
+    assert out["description"].startswith(PSEUDONYM_PREFIX)
+    assert "external_references" not in out
+
+
+def test_attributed_copies_keep_contributor_text() -> None:
+    agreement = make_agreement(publishers=["bank-a"])
+    out = deliver(_with_contributor_text(PRODUCER_SIGHTING), agreement)
+    assert out["description"].startswith("Seen by Bank A")
