@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import faust
 
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.normalise import normalise_submission
+from stixbus.core.normalise.handling import trusted_publish_time
 
 SUBMISSION_HEADER = "stixbus-submission-id"
 
@@ -20,6 +21,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
     claims = app.topic(names.claims)
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
+    skew = timedelta(seconds=ctx.settings.record_time_skew_seconds)
 
     @app.agent(ingest, name="stixbus.core.normalise")
     async def normalise(stream: faust.StreamT[bytes]) -> None:
@@ -28,14 +30,18 @@ def register(app: faust.App, ctx: BusContext) -> None:
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
             headers = dict(message.headers or [])
             submission_id = _submission_id(headers.get(SUBMISSION_HEADER))
+            received_at = datetime.now(UTC)
+            published_at = trusted_publish_time(
+                datetime.fromtimestamp(message.timestamp, UTC), received_at, skew
+            )
             outcome = normalise_submission(
                 bytes(event.value or b""),
                 publisher,
                 ctx.registry,
                 ctx.settings.limits,
                 submission_id=submission_id,
-                received_at=datetime.now(UTC),
-                published_at=datetime.fromtimestamp(message.timestamp, UTC),
+                received_at=received_at,
+                published_at=published_at,
             )
             receipt = outcome.receipt
             metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)

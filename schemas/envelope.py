@@ -43,6 +43,7 @@ class Reason(StrEnum):
     NUL_CHARACTER = "nul_character"
     DUPLICATE_OBJECT = "duplicate_object"
     FOREIGN_ID = "foreign_id"
+    REDEFINED_TLP = "redefined_tlp"
 
 
 class Rejection(BaseModel):

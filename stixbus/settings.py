@@ -52,6 +52,14 @@ class Settings(BaseSettings):
             "<home>/secrets/pseudonym.key, generated at first start"
         ),
     )
+    record_time_skew_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description=(
+            "Ingest record timestamps further than this from the receive time are replaced by "
+            "the receive time (a backdated timestamp would become the minted created)"
+        ),
+    )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
     web_host: str = Field(
         default="127.0.0.1", description="Worker HTTP bind address (0.0.0.0 inside containers)"

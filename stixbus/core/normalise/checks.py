@@ -33,6 +33,12 @@ from stixbus.core.canonical import (
     dedup_key,
     deterministic_sco_id,
 )
+from stixbus.core.normalise.handling import (
+    carry_tlp,
+    effective_tlp,
+    standard_tlp_problem,
+    strip_bus_properties,
+)
 from stixbus.core.normalise.outcome import (
     Accepted,
     Rejected,
@@ -128,8 +134,23 @@ def accept_object(
             ) from None
         warnings.extend(f"{pointer or '/'}/pattern: {w}" for w in parsed_pattern.warnings)
 
-    tlp, tlp_inherited = object_tlp(obj, label, pointer, submission.publisher, known_markings)
+    obj, forged = strip_bus_properties(obj, label, pointer)
+    if forged:
+        warnings.append(forged)
+    tlp, tlp_inherited, tlp_warning = object_tlp(
+        obj, label, pointer, submission.publisher, known_markings
+    )
+    if tlp_warning:
+        warnings.append(f"{pointer or '/'}: {tlp_warning}")
     is_standard_tlp_definition = object_id in MARKING_TLP
+    if is_standard_tlp_definition and (problem := standard_tlp_problem(obj)) is not None:
+        raise reject(
+            object_id,
+            Reason.REDEFINED_TLP,
+            pointer,
+            f"{label} reuses a standard TLP marking id with another definition: it {problem}; "
+            "leave standard TLP definitions out (the bus knows them) or use your own id",
+        )
     if not is_sco and not is_standard_tlp_definition:
         obj = bind_creator(obj, label, pointer, submission)
 
@@ -151,7 +172,7 @@ def accept_object(
                 gc.disable()
 
     return Accepted(
-        object=obj,
+        object=carry_tlp(obj, tlp),
         tlp=tlp,
         tlp_inherited=tlp_inherited,
         canonical_pattern=parsed_pattern.canonical if parsed_pattern else None,
@@ -379,8 +400,9 @@ def _marking_refs(obj: dict[str, Any]) -> Iterable[tuple[str, Any]]:
 
 def object_tlp(
     obj: dict[str, Any], label: str, pointer: str, publisher: Org, known_markings: set[str]
-) -> tuple[TLP, bool]:
-    """The strictest TLP among the object's markings, or the publisher's default if it has none."""
+) -> tuple[TLP, bool, str | None]:
+    """(effective TLP, inherited, warning): the strictest of the object's TLP markings and
+    `tlp:` labels, or the publisher's default if it has neither (handling.effective_tlp)."""
     strictest: TLP | None = None
     for suffix, ref in _marking_refs(obj):
         tlp = MARKING_TLP.get(ref) if isinstance(ref, str) else None
@@ -392,11 +414,9 @@ def object_tlp(
                 Reason.UNKNOWN_MARKING,
                 pointer + suffix,
                 f"{label} is marked with {ref!r}, which the bus does not know: use a TLP 1.0/2.0 "
-                "marking id, or include that marking-definition in the same bundle",
+                "marking id, or publish that marking-definition (in this bundle or before)",
             )
-    if strictest is None:
-        return publisher.default_tlp, True
-    return strictest, False
+    return effective_tlp(strictest, obj, publisher.default_tlp, label)
 
 
 def bind_creator(

@@ -15,6 +15,7 @@ from stixbus.core.canonical import (
     dedup_key,
 )
 from stixbus.core.normalise.checks import bind_creator, object_tlp
+from stixbus.core.normalise.handling import carry_tlp, strip_bus_properties
 from stixbus.core.normalise.outcome import (
     Accepted,
     Submission,
@@ -158,12 +159,12 @@ def accept_plain_indicator(
         if parsed_pattern.warnings:
             warnings = tuple(f"{pointer or '/'}/pattern: {w}" for w in parsed_pattern.warnings)
     publisher = submission.publisher
-    if "object_marking_refs" in obj:  # (no granular_markings here)
-        tlp, tlp_inherited = object_tlp(
-            obj, f"indicator {object_id}", pointer, publisher, known_markings
-        )
-    else:
-        tlp, tlp_inherited = publisher.default_tlp, True
+    label = f"indicator {object_id}"
+    obj, forged = strip_bus_properties(obj, label, pointer)
+    tlp, tlp_inherited, tlp_warning = object_tlp(obj, label, pointer, publisher, known_markings)
+    extra = tuple(f"{pointer or '/'}: {w}" for w in (tlp_warning,) if w)
+    warnings = warnings + ((forged,) if forged else ()) + extra
+    obj = carry_tlp(obj, tlp)
     if "created_by_ref" in obj:
         obj = bind_creator(obj, f"indicator {object_id}", pointer, submission)
     else:
