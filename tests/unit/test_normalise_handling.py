@@ -77,7 +77,10 @@ def test_a_tlp1_marking_of_the_right_level_is_kept_as_is() -> None:
 
 
 def test_forged_bus_properties_are_stripped_with_a_warning() -> None:
-    forged = {"x_stixbus_sources": [{"created_by_ref": "identity--x"}], "x_other": 1}
+    forged: dict[str, Any] = {
+        "x_stixbus_sources": [{"created_by_ref": "identity--x"}],
+        "x_other": 1,
+    }
     record, warnings = accepted_one(indicator(**forged))
     assert "x_stixbus_sources" not in record.object and record.object["x_other"] == 1
     assert any("x_stixbus_sources" in w and "bus only" in w for w in warnings)
