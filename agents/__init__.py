@@ -14,11 +14,13 @@ if TYPE_CHECKING:
 
 
 def register_all(app: faust.App, ctx: BusContext) -> None:
-    """ingest → ownership → route (+ expiry timer), the agreements reader, health, observe."""
-    from agents import agreements, health, ingest, observe, ownership, route
+    """ingest → ownership → route (+ expiry timer), the agreements and markings readers,
+    health, observe."""
+    from agents import agreements, health, ingest, markings, observe, ownership, route
 
     store = agreements.register(app, ctx)
-    ingest.register(app, ctx)
+    memory, markings_loaded = markings.register(app, ctx)
+    ingest.register(app, ctx, memory, markings_loaded)
     ownership.register(app, ctx)
     route.register(app, ctx, store)
     health.register(app, ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,22 +10,27 @@ import faust
 
 from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
 
 SUBMISSION_HEADER = "stixbus-submission-id"
 
 
-def register(app: faust.App, ctx: BusContext) -> None:
+def register(
+    app: faust.App, ctx: BusContext, memory: MarkingMemory, markings_loaded: asyncio.Event
+) -> None:
     names = ctx.names
     ingest = app.topic(*(names.ingest(o.id) for o in ctx.registry.publishers))
     claims = app.topic(names.claims)
+    markings = app.topic(names.markings)
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
     skew = timedelta(seconds=ctx.settings.record_time_skew_seconds)
 
     @app.agent(ingest, name="stixbus.core.normalise")
     async def normalise(stream: faust.StreamT[bytes]) -> None:
+        await markings_loaded.wait()
         async for event in stream.events():
             message = event.message
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
@@ -42,10 +48,17 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 submission_id=submission_id,
                 received_at=received_at,
                 published_at=published_at,
+                remembered_markings=memory.known(publisher.id),
             )
             receipt = outcome.receipt
             metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)
             metrics.observe_rejections(publisher.id, (r.reason for r in receipt.rejections))
+            defined = [
+                r.object_id for r in outcome.accepted if r.object_type == "marking-definition"
+            ]
+            for marking_id in defined:
+                await markings.send(key=marking_key(publisher.id, marking_id), value=b"1")
+            memory.remember(publisher.id, defined)
             for record in outcome.accepted:
                 # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
                 await claims.send(

@@ -54,6 +54,11 @@ class TopicNames:
         return f"{self.prefix}.audit"
 
     @property
+    def markings(self) -> str:
+        """Accepted marking-definitions per publisher (compacted; core/marking_memory.py)."""
+        return f"{self.prefix}.markings"
+
+    @property
     def agreements(self) -> str:
         return f"{self.prefix}.agreements"
 
@@ -79,5 +84,6 @@ class TopicNames:
             TopicSpec(self.audit, partitions),
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
+            TopicSpec(self.markings, 1, compacted=True),
         ]
         return [replace(s, max_message_bytes=max_message_bytes) for s in specs]

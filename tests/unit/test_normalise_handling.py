@@ -136,3 +136,46 @@ def test_record_timestamps_outside_the_skew_window_fall_back_to_receive_time() -
     assert trusted_publish_time(now - timedelta(minutes=4), now, skew) == now - timedelta(minutes=4)
     assert trusted_publish_time(now - timedelta(days=400), now, skew) == now
     assert trusted_publish_time(now + timedelta(hours=1), now, skew) == now
+
+
+STATEMENT_ID = "marking-definition--fa42a846-8d90-4e51-bc29-71d5b4802168"
+STATEMENT: dict[str, Any] = {
+    "type": "marking-definition",
+    "spec_version": "2.1",
+    "id": STATEMENT_ID,
+    "created": "2017-06-01T00:00:00.000Z",
+    "definition_type": "statement",
+    "definition": {"statement": "Copyright 2015-2026, The MITRE Corporation."},
+}
+
+
+def test_a_remembered_marking_is_known_in_a_later_submission() -> None:
+    from stixbus.core.normalise import normalise_submission
+    from stixbus.settings import Limits
+    from tests.helpers.stix_samples import NOW, REGISTRY
+
+    marked = indicator(object_marking_refs=[TLP.GREEN.marking_id, STATEMENT_ID])
+    forgotten = run(bundle(marked))
+    assert [r.reason.value for r in forgotten.receipt.rejections] == ["unknown_marking"]
+    remembered = normalise_submission(
+        bundle(marked),
+        CERT,
+        REGISTRY,
+        Limits(),
+        submission_id="s2",
+        received_at=NOW,
+        published_at=NOW,
+        remembered_markings=frozenset({STATEMENT_ID}),
+    )
+    assert remembered.receipt.rejected == 0
+    assert any("reach no subscriber" in w for w in remembered.receipt.warnings)
+
+
+def test_marking_memory_is_per_publisher_and_forgets_tombstones() -> None:
+    from stixbus.core.marking_memory import MarkingMemory, marking_key
+
+    memory = MarkingMemory()
+    memory.apply([(marking_key("cert", STATEMENT_ID), b"1"), (b"garbage", b"1")])
+    assert memory.known("cert") == {STATEMENT_ID} and memory.known("bank-a") == frozenset()
+    memory.apply([(marking_key("cert", STATEMENT_ID), None)])
+    assert memory.known("cert") == frozenset()

@@ -404,11 +404,15 @@ def object_tlp(
     """(effective TLP, inherited, warning): the strictest of the object's TLP markings and
     `tlp:` labels, or the publisher's default if it has neither (handling.effective_tlp)."""
     strictest: TLP | None = None
+    unroutable: list[str] = []
     for suffix, ref in _marking_refs(obj):
         tlp = MARKING_TLP.get(ref) if isinstance(ref, str) else None
         if tlp is not None:
             strictest = tlp if strictest is None else max(strictest, tlp)
-        elif ref not in known_markings and ref != obj["id"]:
+            continue
+        if ref != obj["id"]:
+            unroutable.append(str(ref))
+        if ref not in known_markings and ref != obj["id"]:
             raise reject(
                 obj["id"],
                 Reason.UNKNOWN_MARKING,
@@ -416,7 +420,15 @@ def object_tlp(
                 f"{label} is marked with {ref!r}, which the bus does not know: use a TLP 1.0/2.0 "
                 "marking id, or publish that marking-definition (in this bundle or before)",
             )
-    return effective_tlp(strictest, obj, publisher.default_tlp, label)
+    tlp, inherited, warning = effective_tlp(strictest, obj, publisher.default_tlp, label)
+    if unroutable:
+        blocked = (
+            f"{label} carries non-TLP marking(s) {', '.join(sorted(set(unroutable)))}: accepted, "
+            "but the bus routes only objects whose markings are all TLP, so it will reach no "
+            "subscriber (decide: unknown_marking); drop those markings to share it"
+        )
+        warning = blocked if warning is None else f"{warning}; {blocked}"
+    return tlp, inherited, warning
 
 
 def bind_creator(

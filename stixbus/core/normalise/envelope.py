@@ -36,8 +36,12 @@ def normalise_submission(
     submission_id: str,
     received_at: datetime,
     published_at: datetime,
+    remembered_markings: frozenset[str] = frozenset(),
 ) -> NormaliseOutcome:
-    """Validate and normalise one ingest record from `publisher`; never raises."""
+    """Validate and normalise one ingest record from `publisher`; never raises.
+
+    `remembered_markings`: ids of marking-definitions this publisher had accepted before
+    (stixbus/core/marking_memory.py), which its objects may reference without repeating them."""
     collecting = gc.isenabled()
     submission = Submission(
         publisher,
@@ -60,7 +64,7 @@ def normalise_submission(
     if collecting:
         gc.disable()
     try:
-        return _normalise(raw, submission, limits)
+        return _normalise(raw, submission, limits, remembered_markings)
     except Exception as exc:  # the promise is a receipt for every record, bugs included
         rejection = Rejection(
             reason=Reason.INTERNAL_ERROR,
@@ -80,7 +84,9 @@ def normalise_submission(
 
 
 # --- whole submission --------------------------------------------------------------------------
-def _normalise(raw: bytes, submission: Submission, limits: InputLimits) -> NormaliseOutcome:
+def _normalise(
+    raw: bytes, submission: Submission, limits: InputLimits, remembered_markings: frozenset[str]
+) -> NormaliseOutcome:
     if not submission.publisher.publishes:
         return reject_whole(
             raw,
@@ -100,7 +106,7 @@ def _normalise(raw: bytes, submission: Submission, limits: InputLimits) -> Norma
 
     warnings: list[str] = []
     results: list[Accepted | list[Rejection] | None] = [None] * len(objects)
-    known_markings: set[str] = set()
+    known_markings: set[str] = set(remembered_markings)
     # Marking definitions first: the other objects may reference them (a stable partition).
     markings = [i for i, obj in enumerate(objects) if _is_marking_definition(obj)]
     order: Iterable[int] = range(len(objects))
