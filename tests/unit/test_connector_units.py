@@ -24,7 +24,6 @@ from connectors.base import (
     with_retries,
 )
 from connectors.blocklist import (
-    BadLine,
     BlocklistConfig,
     IndicatorType,
     indicator_id,
@@ -35,6 +34,7 @@ from connectors.blocklist import (
 )
 from connectors.misp import MispConfig, convert_event, tlp_of_tags
 from schemas.tlp import TLP
+from stixbus.core.canonical import CanonicalError
 from stixbus.kafka.client import Published
 from stixbus.settings import Settings
 from tests.helpers.paths import FIXTURES, REPO_ROOT, example_registry
@@ -52,7 +52,9 @@ def bl(**kw: Any) -> BlocklistConfig:
         ("http://198.51.100.14:8080/bins", "url", "http://198.51.100.14:8080/bins"),
         ("Evil.Example.", "domain-name", "evil.example"),
         ("bücher.example", "domain-name", "xn--bcher-kva.example"),
-        ("203.0.113.9/24", "ipv4-addr", "203.0.113.0/24"),
+        ("203.0.113.0/24", "ipv4-addr", "203.0.113.0/24"),
+        ("hxxp://evil[.]example/x", "url", "http://evil.example/x"),
+        ("evil[.]example", "domain-name", "evil.example"),
         ("192.0.2.1/32", "ipv4-addr", "192.0.2.1"),
         ("2001:DB8:0::7", "ipv6-addr", "2001:db8::7"),
         ("44D88612FEA8A8F36DE82E1296C71CC1", "md5", "44d88612fea8a8f36de82e1296c71cc1"),
@@ -75,7 +77,7 @@ def test_auto_detects_and_canonicalises(raw: str, kind: str, expected: str) -> N
     ],
 )
 def test_bad_values_are_rejected(raw: str, kind: IndicatorType) -> None:
-    with pytest.raises(BadLine):
+    with pytest.raises(CanonicalError):
         parse_value(raw, kind)
 
 
