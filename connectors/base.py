@@ -67,21 +67,6 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def stix_time(moment: datetime) -> str:
-    """STIX 2.1 timestamp with millisecond precision, always UTC ('Z')."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO 8601 / STIX timestamp (naive means UTC)."""
-    value = text.strip().replace("Z", "+00:00")
-    if " " in value and "T" not in value:
-        value = value.replace(" ", "T", 1)
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 # -- config -------------------------------------------------------------------------------
 
 

@@ -46,11 +46,11 @@ from connectors.base import (
     ConnectorConfig,
     ConnectorError,
     now_utc,
-    stix_time,
 )
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
+from stixbus.core.ids import stix_time
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames

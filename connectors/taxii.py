@@ -30,10 +30,10 @@ from connectors.base import (
     Submitter,
     now_utc,
     secret_from_env,
-    stix_time,
     with_retries,
 )
 from schemas.envelope import Reason
+from stixbus.core.ids import stix_time
 from stixbus.settings import Settings
 
 

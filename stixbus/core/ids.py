@@ -38,16 +38,18 @@ def uuid5(namespace: uuid.UUID, name: str) -> str:
 
 
 class Uuid5Prefix:
-    """`uuid5(namespace, prefix + suffix)` for one prefix and many suffixes: the namespace and
-    prefix bytes are prepared once."""
+    """`id_type + uuid5(namespace, prefix + suffix)` for one prefix and many suffixes: the
+    namespace and prefix bytes are prepared once (e.g. one minted id per subscriber)."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("id_type", "prefix")
 
-    def __init__(self, namespace: uuid.UUID, prefix: str) -> None:
+    def __init__(self, namespace: uuid.UUID, prefix: str, id_type: str = "") -> None:
         self.prefix = _namespace_bytes(namespace) + prefix.encode("utf-8")
+        self.id_type = id_type
 
     def __call__(self, suffix: str) -> str:
-        return _format(hashlib.sha1(self.prefix + suffix.encode("utf-8")).hexdigest())
+        h = hashlib.sha1(self.prefix + suffix.encode("utf-8")).hexdigest()
+        return f"{self.id_type}{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def stix_time(moment: datetime) -> str:
