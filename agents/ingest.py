@@ -7,11 +7,10 @@ from datetime import UTC, datetime
 
 import faust
 
+from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.normalise import normalise_submission
-
-SUBMISSION_HEADER = "stixbus-submission-id"
 
 
 def register(app: faust.App, ctx: BusContext) -> None:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -35,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
 from schemas.yaml_file import read_yaml
+from stixbus.files import atomic_write
 from stixbus.kafka.client import Published, publish
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
@@ -180,17 +180,7 @@ class StateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(data))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, orjson.dumps(data))
 
 
 # -- HTTP with retries --------------------------------------------------------------------

@@ -51,6 +51,7 @@ from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
 from stixbus.core.ids import stix_time
+from stixbus.files import atomic_write
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
@@ -130,11 +131,8 @@ def create_token(path: Path, org: str, label: str = "") -> str:
         hash=_scrypt(secret, salt, 2**14, 8, 1).hex(),
     )
     tokens.tokens.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(tokens.model_dump(mode="json"), sort_keys=False))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    text = yaml.safe_dump(tokens.model_dump(mode="json"), sort_keys=False)
+    atomic_write(path, text.encode("utf-8"), 0o600)
     return f"sbx_{token_id}_{secret}"
 
 

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.tlp import TLP
 
+# Kafka header of an ingest record carrying the publisher's submission id (the receipt quotes it).
+# The one name: the client sets it, the ingest agent reads it.
+SUBMISSION_HEADER = "stixbus-submission-id"
+
 
 class Reason(StrEnum):
     """Machine-readable rejection reasons, shared by receipts, dead letters and metrics."""

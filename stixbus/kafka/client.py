@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import TopicAuthorizationFailedError
 
-SUBMISSION_HEADER = "stixbus-submission-id"
+from schemas.envelope import SUBMISSION_HEADER
 
 
 @dataclass(frozen=True)
