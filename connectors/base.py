@@ -15,6 +15,7 @@ Delivery contract (every connector):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -341,10 +342,12 @@ class Submitter:
         self.topic = TopicNames(settings.topic_prefix).ingest(org.id)
         self.source = source
         self.report = report
-        self.max_bytes = min(max_bytes, settings.limits.message_bytes)
+        self.max_bytes = min(max_bytes, settings.limits.message_bytes, settings.max_record_bytes)
         self.max_objects = settings.limits.objects_per_bundle
         self.progress = progress
-        self._publish = publish_fn or publish
+        self._publish = publish_fn or functools.partial(
+            publish, max_record_bytes=settings.max_record_bytes
+        )
         self._parts: list[bytes] = []
         self._size = 0
         self._commits: list[Callable[[], None]] = []

@@ -485,6 +485,7 @@ class Inbox:
             self.names.ingest(auth),
             orjson.dumps(bundle),
             status_id,
+            max_record_bytes=self.settings.max_record_bytes,
         )
         return taxii_json(self._status(status_id, entry, len(objects)), status=202)
 

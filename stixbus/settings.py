@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus.core.payload import InputLimits
 
+# The default of `Settings.max_record_bytes`, for code that is handed no settings (tests' clients).
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
+
 
 class Limits(BaseSettings, InputLimits):
     """`InputLimits` (stixbus/core/payload.py) read from STIXBUS_LIMIT_* variables."""
@@ -51,7 +54,7 @@ class Settings(BaseSettings):
     )
     store: str = Field(default="rocksdb://", description="Faust table store (memory:// in tests)")
     max_record_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=DEFAULT_MAX_RECORD_BYTES,
         description=(
             "Largest record on a stixbus topic (topic max.message.bytes and the worker's producer "
             "limit): must hold a full ingest submission, its dead letter and its receipt"

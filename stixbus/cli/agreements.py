@@ -38,7 +38,11 @@ async def agreements_in_force(settings: Settings) -> dict[str, dict[str, Any]]:
     current: dict[str, dict[str, Any]] = {}
     topic = TopicNames(settings.topic_prefix).agreements
     async for record in read_topic(
-        client_kwargs(settings), topic, from_beginning=True, max_wait=10
+        client_kwargs(settings),
+        topic,
+        from_beginning=True,
+        max_wait=10,
+        max_record_bytes=settings.max_record_bytes,
     ):
         key = (record.key or b"").decode()
         if record.value:
@@ -214,7 +218,12 @@ def audit(
 
     async def run() -> None:
         topic = TopicNames(settings.topic_prefix).audit
-        async for record in read_topic(client_kwargs(settings), topic, from_beginning=True):
+        async for record in read_topic(
+            client_kwargs(settings),
+            topic,
+            from_beginning=True,
+            max_record_bytes=settings.max_record_bytes,
+        ):
             entry = orjson.loads(record.value)
             if to and entry.get("subscriber") != to:
                 continue

@@ -114,7 +114,14 @@ def _demo(settings: Settings) -> None:
     sent_at = time.monotonic()
     for org in DEMO_PUBLISHERS:
         payload = (settings.deploy_dir / "demo" / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(client_kwargs(settings, org), names.ingest(org), payload))
+        sent = asyncio.run(
+            publish(
+                client_kwargs(settings, org),
+                names.ingest(org),
+                payload,
+                max_record_bytes=settings.max_record_bytes,
+            )
+        )
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
     topics = [names.deliver(s.id) for s in registry.subscribers]
     received: dict[str, dict[str, dict[str, object]]] = {}
@@ -157,7 +164,11 @@ async def _collect_all(
         latest: dict[str, dict[str, object]] = {}
         subscriber = topic.removeprefix(_names(settings).deliver(""))  # reads as that org (ACLs)
         async for record in read_topic(
-            client_kwargs(settings, subscriber), topic, from_beginning=True, max_wait=10
+            client_kwargs(settings, subscriber),
+            topic,
+            from_beginning=True,
+            max_wait=10,
+            max_record_bytes=settings.max_record_bytes,
         ):
             obj = record.json()
             if isinstance(obj, dict):
@@ -215,7 +226,14 @@ def publish_cmd(
         raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
     conn = client_kwargs(settings, org.id)
-    sent = asyncio.run(publish(conn, _names(settings).ingest(org.id), payload))
+    sent = asyncio.run(
+        publish(
+            conn,
+            _names(settings).ingest(org.id),
+            payload,
+            max_record_bytes=settings.max_record_bytes,
+        )
+    )
     sys.stdout.write(
         orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
     )
@@ -295,6 +313,7 @@ def _print_topic(
         async for record in read_topic(
             client_kwargs(settings, principal),
             topic,
+            max_record_bytes=settings.max_record_bytes,
             group_id=group,
             from_beginning=from_beginning,
             follow=follow,

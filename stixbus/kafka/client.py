@@ -18,6 +18,7 @@ from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from schemas.envelope import SUBMISSION_HEADER
+from stixbus.settings import DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,21 @@ class Published:
 
 
 async def publish(
-    conn: dict[str, Any], topic: str, payload: bytes, submission_id: str | None = None
+    conn: dict[str, Any],
+    topic: str,
+    payload: bytes,
+    submission_id: str | None = None,
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Published:
-    """Write one submission to an ingest topic and wait for the broker's acknowledgement."""
+    """Write one submission to an ingest topic and wait for the broker's acknowledgement.
+    `max_record_bytes`: pass `settings.max_record_bytes` (the topics' limit)."""
     submission_id = submission_id or str(uuid.uuid4())
     producer = AIOKafkaProducer(
         **conn,
         acks="all",
         enable_idempotence=True,
-        max_request_size=16 * 1024 * 1024,
+        max_request_size=max_record_bytes,
     )
     await producer.start()
     try:
@@ -75,6 +82,7 @@ async def read_topic(
     follow: bool = False,
     idle_timeout: float = 2.0,
     max_wait: float = 30.0,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> AsyncIterator[Record]:
     """Yield records of one topic.
 
@@ -86,8 +94,8 @@ async def read_topic(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if (from_beginning or group_id) else "latest",
-        fetch_max_bytes=32 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=2 * max_record_bytes,
+        max_partition_fetch_bytes=max_record_bytes,
     )
     await consumer.start()
     try:

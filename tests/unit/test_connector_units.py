@@ -268,3 +268,12 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     path.write_text("name: x\norg: cert\nsource: a\ntlp: purple\n")
     with pytest.raises(ConnectorError, match=r"c\.yaml.*tlp"):
         load_config(path, BlocklistConfig, "blocklist")
+
+
+def test_submissions_stay_under_the_configured_record_limit() -> None:
+    org = example_registry().get("cert")
+    settings = Settings(max_record_bytes=50_000)
+    report = Report("t", "t", "cert")
+    assert Submitter(settings, org, "t", report, max_bytes=10**9).max_bytes == 50_000
+    roomy = Settings(max_record_bytes=10**9)
+    assert Submitter(roomy, org, "t", report).max_bytes == 1_000_000  # the config default
