@@ -19,8 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import random
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,6 +29,9 @@ from typing import Any, TypeVar
 import orjson
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3 import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
@@ -187,55 +188,73 @@ class StateFile:
 # -- HTTP with retries --------------------------------------------------------------------
 
 
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a connector's HTTP session retries: 429/5xx answers and connection/read errors, with
+    exponential backoff (base_delay · 2^n, capped at max_delay) or the server's Retry-After."""
+
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
 
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_delay)
-            except ValueError:
-                pass
-        backoff: float = min(self.max_delay, self.base_delay * 2**attempt)
-        return backoff * (0.5 + random.random() / 2)
+    def retry(self) -> Retry:
+        return _CappedRetry(
+            total=self.attempts - 1,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.base_delay,
+            backoff_max=self.max_delay,
+            respect_retry_after_header=True,
+            raise_on_status=False,  # the last answer comes back; `source_errors` names it
+        )
 
 
-def is_retryable_status(status: int) -> bool:
-    return status == 429 or 500 <= status <= 599
+class _CappedRetry(Retry):
+    """urllib3's `Retry` with the server's Retry-After capped at `backoff_max`: a source must not
+    park the connector for a day."""
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.backoff_max)
 
 
-def with_retries(
-    what: str,
-    call: Callable[[], T],
-    policy: RetryPolicy,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run `call`, retrying 429/5xx and connection errors with backoff; auth errors fail at once."""
-    last: Exception | None = None
-    for attempt in range(policy.attempts):
-        try:
-            return call()
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
-                raise SourceAuthError(
-                    f"{what}: the server answered HTTP {status} (credentials refused) — check the "
-                    "username/password or API key in the connector config and its *_env variables"
-                ) from exc
-            if not is_retryable_status(status):
-                raise SourceUnavailable(
-                    f"{what}: HTTP {status} is not retryable — check the URL and the request"
-                ) from exc
-            last = exc
-            retry_after = exc.response.headers.get("Retry-After") if exc.response else None
-            sleep(policy.delay(attempt, retry_after))
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            last = exc
-            sleep(policy.delay(attempt))
-    raise SourceUnavailable(
+def retrying_session(
+    policy: RetryPolicy, session: requests.Session | None = None
+) -> requests.Session:
+    """`session` (or a new one) with urllib3's `Retry` for `policy` mounted on http(s)://."""
+    sess = session or requests.Session()
+    adapter = HTTPAdapter(max_retries=policy.retry())
+    sess.mount("https://", adapter)
+    sess.mount("http://", adapter)
+    return sess
+
+
+def source_errors(what: str, call: Callable[[], T], policy: RetryPolicy) -> T:
+    """Run `call` (HTTP through a `retrying_session`) and turn what is left of its failures into
+    connector errors: 401/403 → SourceAuthError (retrying will not help), anything else →
+    SourceUnavailable."""
+    try:
+        return call()
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in (401, 403):
+            raise SourceAuthError(
+                f"{what}: the server answered HTTP {status} (credentials refused) — check the "
+                "username/password or API key in the connector config and its *_env variables"
+            ) from exc
+        if status not in RETRY_STATUSES:
+            raise SourceUnavailable(
+                f"{what}: HTTP {status} is not retryable — check the URL and the request"
+            ) from exc
+        raise SourceUnavailable(_gave_up(what, policy, f"HTTP {status}")) from exc
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise SourceUnavailable(_gave_up(what, policy, str(exc))) from exc
+
+
+def _gave_up(what: str, policy: RetryPolicy, last: str) -> str:
+    return (
         f"{what}: still failing after {policy.attempts} attempts ({last}) — is the source up? "
         "Nothing was skipped: the next run resumes from the saved state"
     )
@@ -250,14 +269,15 @@ def http_get(
     policy: RetryPolicy | None = None,
 ) -> bytes:
     """GET a URL with retries; returns the body."""
-    sess = session or requests.Session()
+    policy = policy or RetryPolicy()
+    sess = retrying_session(policy, session)
 
     def call() -> bytes:
         resp = sess.get(url, headers=headers, timeout=timeout)
         resp.raise_for_status()
         return resp.content
 
-    return with_retries(f"GET {url}", call, policy or RetryPolicy())
+    return source_errors(f"GET {url}", call, policy)
 
 
 def read_source(location: str, **kwargs: Any) -> bytes:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import http.server
+import itertools
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import requests
 
 from connectors.base import (
     ConnectorError,
@@ -20,8 +26,8 @@ from connectors.base import (
     SourceUnavailable,
     StateFile,
     Submitter,
+    http_get,
     load_config,
-    with_retries,
 )
 from connectors.blocklist import (
     BlocklistConfig,
@@ -214,43 +220,85 @@ def test_submitter_splits_by_bytes_and_commits_after_ack() -> None:
     assert len(ids) == len(set(ids)) == 500
 
 
-def _http_error(status: int) -> requests.HTTPError:
-    resp = requests.Response()
-    resp.status_code = status
-    return requests.HTTPError(response=resp)
+class _Script(http.server.BaseHTTPRequestHandler):
+    """Answers GETs with the next (status, headers) of the server's script, then 200 "ok"."""
+
+    def do_GET(self) -> None:
+        server = self.server
+        assert isinstance(server, _ScriptServer)
+        server.hits.append(time.monotonic())
+        status, headers = server.script.pop(0) if server.script else (200, {})
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        body = b"ok" if status == 200 else b"no"
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _ScriptServer(http.server.ThreadingHTTPServer):
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        super().__init__(("127.0.0.1", 0), _Script)
+        self.script = script
+        self.hits: list[float] = []
+
+
+@contextlib.contextmanager
+def _serving(script: list[tuple[int, dict[str, str]]]) -> Iterator[_ScriptServer]:
+    server = _ScriptServer(script)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_retries_429_and_5xx_then_succeeds() -> None:
-    calls: list[int] = []
-    sleeps: list[float] = []
+    script: list[tuple[int, dict[str, str]]] = [(429, {"Retry-After": "0"}), (503, {}), (502, {})]
+    with _serving(script) as server:
+        url = f"http://127.0.0.1:{server.server_port}/list.txt"
+        assert http_get(url, policy=RetryPolicy(5, 0.05)) == b"ok"
+    assert len(server.hits) == 4
+    # urllib3's backoff: the first retry at once (Retry-After 0), then 0.05·2, 0.05·4 s
+    gaps = [b - a for a, b in itertools.pairwise(server.hits)]
+    assert gaps[2] >= 0.18 and gaps[1] >= 0.09
 
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise _http_error(429)
-        if len(calls) == 2:
-            raise _http_error(503)
-        return "ok"
 
-    assert with_retries("x", flaky, RetryPolicy(5, 0.1), sleeps.append) == "ok"
-    assert len(sleeps) == 2
+def test_retry_after_is_honoured_but_capped() -> None:
+    with _serving([(503, {"Retry-After": "3600"})]) as server:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        started = time.monotonic()
+        assert http_get(url, policy=RetryPolicy(3, 0.01, max_delay=0.3)) == b"ok"
+    assert 0.25 <= time.monotonic() - started < 5
 
 
 def test_auth_errors_fail_at_once_and_outages_give_up() -> None:
-    sleeps: list[float] = []
-
-    def denied() -> None:
-        raise _http_error(401)
-
-    with pytest.raises(SourceAuthError, match="401"):
-        with_retries("GET https://taxii.example/", denied, RetryPolicy(5, 0.1), sleeps.append)
-    assert sleeps == []
-
-    def down() -> None:
-        raise requests.ConnectionError("refused")
-
+    with _serving([(401, {}), (200, {})]) as server:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SourceAuthError, match="401"):
+            http_get(url, policy=RetryPolicy(5, 0.01))
+        assert len(server.hits) == 1
+    with _serving([(500, {})] * 10) as server:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SourceUnavailable, match=r"after 3 attempts \(HTTP 500\)"):
+            http_get(url, policy=RetryPolicy(3, 0.01))
+        assert len(server.hits) == 3
+    with _serving([(404, {})]) as server:
+        url = f"http://127.0.0.1:{server.server_port}/"
+        with pytest.raises(SourceUnavailable, match="404 is not retryable"):
+            http_get(url, policy=RetryPolicy(3, 0.01))
+        assert len(server.hits) == 1
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     with pytest.raises(SourceUnavailable, match="after 3 attempts"):
-        with_retries("GET https://taxii.example/", down, RetryPolicy(3, 0.1), sleeps.append)
+        http_get(f"http://127.0.0.1:{port}/", policy=RetryPolicy(3, 0.01))
 
 
 def test_example_configs_validate() -> None:
