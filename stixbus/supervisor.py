@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+import requests
 
 from stixbus.settings import Settings
 
@@ -51,17 +51,20 @@ def start_worker(settings: Settings) -> int:
     return proc.pid
 
 
+def http_probe(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET one of the worker's HTTP endpoints: (status, body), whatever the status.  No retries
+    (callers poll).  Raises OSError (requests' errors are OSErrors) when nothing answers."""
+    resp = requests.get(url, timeout=timeout)
+    return resp.status_code, resp.content
+
+
 def readiness(settings: Settings) -> dict[str, object] | None:
     try:
-        url = f"http://127.0.0.1:{settings.web_port}/readyz"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body: dict[str, object] = json.loads(resp.read())
-            return body
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        return body if isinstance(body, dict) else None
+        _, raw = http_probe(f"http://127.0.0.1:{settings.web_port}/readyz", timeout=2)
+        body = json.loads(raw or b"{}")
     except (OSError, ValueError):
         return None
+    return body if isinstance(body, dict) else None
 
 
 def wait_ready(settings: Settings, timeout: float = 90.0) -> bool:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -26,6 +24,7 @@ from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.lag import ObserveSettings, sample_once
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import get_settings
+from stixbus.supervisor import http_probe
 
 out = Console()
 
@@ -62,16 +61,8 @@ def parse_metrics(text: str, at: float | None = None) -> Snapshot:
     return snap
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
-
-
 def _scrape(base: str) -> Snapshot:
-    _, body = _get(base + "/metrics")
+    _, body = http_probe(base + "/metrics")
     return parse_metrics(body.decode("utf-8", "replace"))
 
 
@@ -117,7 +108,7 @@ def status(
     ready: dict[str, Any] = {}
     first = second = Snapshot(at=time.monotonic())
     try:
-        code, body = _get(base + "/readyz")
+        code, body = http_probe(base + "/readyz")
         ready = {"http_status": code, **orjson.loads(body)}
         first = _scrape(base)
         if window > 0:

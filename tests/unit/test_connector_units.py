@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import http.server
 import itertools
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,7 @@ from schemas.tlp import TLP
 from stixbus.core.canonical import CanonicalError
 from stixbus.kafka.client import Published
 from stixbus.settings import Settings
+from tests.helpers.http import Answer, scripted_server
 from tests.helpers.paths import FIXTURES, REPO_ROOT, example_registry
 
 
@@ -220,49 +217,10 @@ def test_submitter_splits_by_bytes_and_commits_after_ack() -> None:
     assert len(ids) == len(set(ids)) == 500
 
 
-class _Script(http.server.BaseHTTPRequestHandler):
-    """Answers GETs with the next (status, headers) of the server's script, then 200 "ok"."""
-
-    def do_GET(self) -> None:
-        server = self.server
-        assert isinstance(server, _ScriptServer)
-        server.hits.append(time.monotonic())
-        status, headers = server.script.pop(0) if server.script else (200, {})
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        body = b"ok" if status == 200 else b"no"
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-class _ScriptServer(http.server.ThreadingHTTPServer):
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
-        super().__init__(("127.0.0.1", 0), _Script)
-        self.script = script
-        self.hits: list[float] = []
-
-
-@contextlib.contextmanager
-def _serving(script: list[tuple[int, dict[str, str]]]) -> Iterator[_ScriptServer]:
-    server = _ScriptServer(script)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_retries_429_and_5xx_then_succeeds() -> None:
-    script: list[tuple[int, dict[str, str]]] = [(429, {"Retry-After": "0"}), (503, {}), (502, {})]
-    with _serving(script) as server:
-        url = f"http://127.0.0.1:{server.server_port}/list.txt"
+    script: list[Answer] = [(429, {"Retry-After": "0"}, b""), (503, {}, b""), (502, {}, b"")]
+    with scripted_server(script) as server:
+        url = server.url + "/list.txt"
         assert http_get(url, policy=RetryPolicy(5, 0.05)) == b"ok"
     assert len(server.hits) == 4
     # urllib3's backoff: the first retry at once (Retry-After 0), then 0.05·2, 0.05·4 s
@@ -271,26 +229,26 @@ def test_retries_429_and_5xx_then_succeeds() -> None:
 
 
 def test_retry_after_is_honoured_but_capped() -> None:
-    with _serving([(503, {"Retry-After": "3600"})]) as server:
-        url = f"http://127.0.0.1:{server.server_port}/"
+    with scripted_server([(503, {"Retry-After": "3600"}, b"")]) as server:
+        url = server.url + "/"
         started = time.monotonic()
         assert http_get(url, policy=RetryPolicy(3, 0.01, max_delay=0.3)) == b"ok"
     assert 0.25 <= time.monotonic() - started < 5
 
 
 def test_auth_errors_fail_at_once_and_outages_give_up() -> None:
-    with _serving([(401, {}), (200, {})]) as server:
-        url = f"http://127.0.0.1:{server.server_port}/"
+    with scripted_server([(401, {}, b""), (200, {}, b"")]) as server:
+        url = server.url + "/"
         with pytest.raises(SourceAuthError, match="401"):
             http_get(url, policy=RetryPolicy(5, 0.01))
         assert len(server.hits) == 1
-    with _serving([(500, {})] * 10) as server:
-        url = f"http://127.0.0.1:{server.server_port}/"
+    with scripted_server([(500, {}, b"")] * 10) as server:
+        url = server.url + "/"
         with pytest.raises(SourceUnavailable, match=r"after 3 attempts \(HTTP 500\)"):
             http_get(url, policy=RetryPolicy(3, 0.01))
         assert len(server.hits) == 3
-    with _serving([(404, {})]) as server:
-        url = f"http://127.0.0.1:{server.server_port}/"
+    with scripted_server([(404, {}, b"")]) as server:
+        url = server.url + "/"
         with pytest.raises(SourceUnavailable, match="404 is not retryable"):
             http_get(url, policy=RetryPolicy(3, 0.01))
         assert len(server.hits) == 1
