@@ -36,6 +36,7 @@ from urllib3.util.retry import Retry
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
 from schemas.yaml_file import read_yaml
+from stixbus.core.ids import uuid5
 from stixbus.files import atomic_write
 from stixbus.kafka.client import Published, publish
 from stixbus.kafka.config import client_kwargs
@@ -410,9 +411,9 @@ class Submitter:
             return
         body = b",".join(self._parts)
         digest = hashlib.sha256(body).hexdigest()
-        bundle_id = uuid.uuid5(CONNECTOR_NAMESPACE, f"bundle:{digest}")
-        payload = (self._HEAD % str(bundle_id).encode()) + body + b"]}"
-        submission_id = str(uuid.uuid5(CONNECTOR_NAMESPACE, f"{self.source}:{digest}"))
+        bundle_id = uuid5(CONNECTOR_NAMESPACE, f"bundle:{digest}")
+        payload = (self._HEAD % bundle_id.encode()) + body + b"]}"
+        submission_id = uuid5(CONNECTOR_NAMESPACE, f"{self.source}:{digest}")
         sent = await self._publish(self.conn, self.topic, payload, submission_id)
         self.report.submissions.append(sent.submission_id)
         self.report.published_objects += len(self._parts)

@@ -50,7 +50,7 @@ from connectors.base import (
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
-from stixbus.core.ids import stix_time
+from stixbus.core.ids import stix_time, uuid5
 from stixbus.files import atomic_write
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs
@@ -215,7 +215,7 @@ def taxii_json(data: Any, status: int = 200) -> web.Response:
 
 
 def collection_id(org: str) -> str:
-    return str(uuid.uuid5(CONNECTOR_NAMESPACE, f"inbox:{org}"))
+    return uuid5(CONNECTOR_NAMESPACE, f"inbox:{org}")
 
 
 def _media_ok(value: str) -> bool:

@@ -53,12 +53,10 @@ TRICKY: list[tuple[IndicatorType, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "object_type", "raw"), TRICKY)
-def test_blocklist_and_core_canonical_forms_are_the_same(
-    kind: IndicatorType, object_type: str, raw: str
-) -> None:
+def _same(path: tuple[str, ...], object_type: str, kind: IndicatorType, raw: str) -> None:
+    """The blocklist's canonical value is the core's, and they refuse the same inputs."""
     try:
-        core: str | None = canonical_observable(object_type, ("value",), raw).value
+        core: str | None = canonical_observable(object_type, path, raw).value
     except CanonicalError:
         core = None
     try:
@@ -66,6 +64,13 @@ def test_blocklist_and_core_canonical_forms_are_the_same(
     except CanonicalError:
         mine = None
     assert mine == core
+
+
+@pytest.mark.parametrize(("kind", "object_type", "raw"), TRICKY)
+def test_blocklist_and_core_canonical_forms_are_the_same(
+    kind: IndicatorType, object_type: str, raw: str
+) -> None:
+    _same(("value",), object_type, kind, raw)
 
 
 @pytest.mark.parametrize(
@@ -78,15 +83,7 @@ def test_blocklist_and_core_canonical_forms_are_the_same(
     ],
 )
 def test_blocklist_and_core_hashes_agree(algorithm: str, kind: IndicatorType, raw: str) -> None:
-    try:
-        core: str | None = canonical_observable("file", ("hashes", algorithm), raw).value
-    except CanonicalError:
-        core = None
-    try:
-        mine: str | None = parse_value(raw, kind)[1]
-    except CanonicalError:
-        mine = None
-    assert mine == core
+    _same(("hashes", algorithm), "file", kind, raw)
 
 
 def _config(tmp: Path, **kw: Any) -> BlocklistConfig:
