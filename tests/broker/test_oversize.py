@@ -111,3 +111,17 @@ def test_oversize_record_gets_receipt_and_bounded_dead_letter(legacy_bus: Bus) -
     assert letter["payload_sha256"] == hashlib.sha256(raw).hexdigest()
     assert base64.b64decode(letter["payload"]) == raw[:HEAD_BYTES]
     assert legacy_bus.proc is not None and legacy_bus.proc.poll() is None  # never crashed
+
+
+def test_cli_names_the_broker_refusal_of_a_smaller_ingest_topic(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """An ingest topic made with less than the ingest limit: the broker's refusal, in words."""
+    small = make_bus(bootstrap, tmp_path, STIXBUS_TEST_INGEST_TOPIC_BYTES="100000")
+    path = tmp_path / "medium.json"
+    path.write_bytes(_big_bundle(300_000))
+    result = small.cli("publish", "--as", "cert", str(path))
+    assert result.returncode != 0
+    err = " ".join(result.stderr.decode().split())
+    assert "refused" in err and f"{LIMIT:,}" in err and "max.message.bytes" in err, err
+    assert "Traceback" not in err, err
