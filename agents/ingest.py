@@ -10,6 +10,7 @@ import faust
 from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.core.deadletter import bounded
 from stixbus.core.normalise import normalise_submission
 
 
@@ -27,8 +28,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
             headers = dict(message.headers or [])
             submission_id = _submission_id(headers.get(SUBMISSION_HEADER))
+            raw = bytes(event.value or b"")
             outcome = normalise_submission(
-                bytes(event.value or b""),
+                raw,
                 publisher,
                 ctx.registry,
                 ctx.settings.limits,
@@ -44,7 +46,11 @@ def register(app: faust.App, ctx: BusContext) -> None:
                     key=record.key.encode(), value=record.model_dump_json().encode()
                 )
             if outcome.dead_letter is not None:
-                letter = outcome.dead_letter.model_copy(
+                # An input over the ingest limit keeps only its head, size and sha256: verbatim
+                # it may not fit any record, and the receipt below must still go out.
+                letter = bounded(
+                    outcome.dead_letter, raw, ctx.settings.limits.message_bytes
+                ).model_copy(
                     update={
                         "source_topic": message.topic,
                         "source_partition": message.partition,

@@ -47,8 +47,9 @@ from stixbus.settings import Settings
 # ids derived from it are how re-reads avoid minting new objects.
 CONNECTOR_NAMESPACE = uuid.UUID("0d3f8a52-6a1c-4a8e-9a53-2b7c3f1e5a10")
 
-# The broker's default `message.max.bytes` is 1 MiB (1,048,588 bytes); `Limits.message_bytes`
-# (4 MiB) only helps once the ingest topics allow bigger records.  Stay under both.
+# The broker's default `message.max.bytes` is 1 MiB (1,048,588 bytes); ingest topics made by
+# `stixbus topics` take `Limits.message_bytes` (4 MiB), older or hand-made ones may not.  Stay
+# under both by default.
 BROKER_DEFAULT_MAX_BYTES = 1_000_000
 
 T = TypeVar("T")

@@ -83,6 +83,11 @@ class DeadLetter(BaseModel):
     reasons: list[Rejection]
     payload: str
     payload_encoding: str = Field(default="utf-8", description="utf-8 or base64")
+    payload_truncated: bool = Field(
+        default=False, description="payload holds only the first bytes (base64) of the input"
+    )
+    payload_bytes: int | None = Field(default=None, description="Size of the whole input")
+    payload_sha256: str | None = Field(default=None, description="SHA-256 of the whole input")
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1

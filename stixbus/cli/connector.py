@@ -190,7 +190,8 @@ def _serve_inbox(config: InboxConfig) -> None:
 
     settings = get_settings()
     out.print(
-        f"TAXII 2.1 inbox on http://{config.host}:{config.port}/taxii2/ "
+        f"TAXII 2.1 inbox on {'https' if config.tls else 'http'}://{config.host}:{config.port}"
+        "/taxii2/ "
         f"(api root {config.api_root}, tokens {config.tokens_file})"
     )
 

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import orjson
 import typer
+from aiokafka.errors import MessageSizeTooLargeError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -63,7 +64,12 @@ def _kafka(action: str, settings: Settings) -> None:
 
 def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
     registry = load_registry(settings.registry_path)
-    specs = _names(settings).all_specs(registry, settings.partitions, settings.max_record_bytes)
+    specs = _names(settings).all_specs(
+        registry,
+        settings.partitions,
+        settings.max_record_bytes,
+        ingest_message_bytes=settings.limits.message_bytes,
+    )
     conn = client_kwargs(settings, principal)
     return asyncio.run(ensure_topics(conn, specs, settings.replication_factor))
 
@@ -225,17 +231,38 @@ def publish_cmd(
     if not org.publishes:
         raise CliError(f"org {as_org!r} has no publisher role in {settings.registry_path}")
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
+    limit = settings.limits.message_bytes
+    if len(payload) > limit:
+        raise CliError(_too_big(file, len(payload), limit))
     conn = client_kwargs(settings, org.id)
-    sent = asyncio.run(
-        publish(
-            conn,
-            _names(settings).ingest(org.id),
-            payload,
-            max_record_bytes=settings.max_record_bytes,
+    try:
+        sent = asyncio.run(
+            publish(
+                conn,
+                _names(settings).ingest(org.id),
+                payload,
+                max_record_bytes=settings.max_record_bytes,
+            )
         )
-    )
+    except MessageSizeTooLargeError as exc:
+        raise CliError(_too_big(file, len(payload), limit, broker=True)) from exc
     sys.stdout.write(
         orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
+    )
+
+
+def _too_big(file: str, size: int, limit: int, broker: bool = False) -> str:
+    source = "stdin" if file == "-" else file
+    if broker:
+        return (
+            f"the broker refused {source} ({size:,} bytes, MessageSizeTooLarge): its ingest topic "
+            f"takes less than the ingest limit of {limit:,} bytes; split it into smaller bundles, "
+            "or ask the operator to raise the topic's max.message.bytes"
+        )
+    return (
+        f"{source} is {size:,} bytes ({size / 1e6:.1f} MB), over the ingest limit of {limit:,} "
+        "bytes (STIXBUS_LIMIT_MESSAGE_BYTES): split it into several bundles under the limit "
+        "and publish each"
     )
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, replace
 
 from schemas.org import Registry
 
+# Room for what a record carries besides its payload (key = submission id, the submission
+# header, the record batch header), so a payload of exactly the ingest limit still fits.
+RECORD_FRAMING_BYTES = 1024
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -59,11 +63,27 @@ class TopicNames:
         return topic[len(head) :]
 
     def all_specs(
-        self, registry: Registry, partitions: int, max_message_bytes: int | None = None
+        self,
+        registry: Registry,
+        partitions: int,
+        max_message_bytes: int | None = None,
+        ingest_message_bytes: int | None = None,
     ) -> list[TopicSpec]:
         """Every topic the bus needs, with its partition count, cleanup policy and record size
-        limit (None: the broker's default, about 1 MiB)."""
-        specs = [TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers]
+        limit (None: the broker's default, about 1 MiB).
+
+        `ingest_message_bytes` (the ingest limit, `Limits.message_bytes`) caps the ingest
+        topics (plus `RECORD_FRAMING_BYTES` for key and headers), so the broker itself refuses
+        a submission the worker would reject as too big; the other topics take
+        `max_message_bytes` (they carry receipts and dead letters)."""
+        ingest_cap = (
+            None if ingest_message_bytes is None else ingest_message_bytes + RECORD_FRAMING_BYTES
+        )
+        ingest = [
+            TopicSpec(self.ingest(o.id), partitions, max_message_bytes=ingest_cap)
+            for o in registry.publishers
+        ]
+        specs: list[TopicSpec] = []
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
         specs += [
@@ -74,4 +94,7 @@ class TopicNames:
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
         ]
-        return [replace(s, max_message_bytes=max_message_bytes) for s in specs]
+        specs = [replace(s, max_message_bytes=max_message_bytes) for s in specs]
+        if ingest_message_bytes is None:
+            ingest = [replace(s, max_message_bytes=max_message_bytes) for s in ingest]
+        return ingest + specs
