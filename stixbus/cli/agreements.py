@@ -20,6 +20,7 @@ from schemas.org import load_registry
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.lint import Severity, check_agreements
 from stixbus.core.normalise import normalise_submission
+from stixbus.errors import NotFound, UserError
 from stixbus.kafka.client import read_topic
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
@@ -29,8 +30,8 @@ app = typer.Typer(no_args_is_help=True, help="Sharing agreements: lint, apply (h
 out = Console()
 
 
-class AgreementsError(Exception):
-    """Raised for user errors; the CLI prints it as one line."""
+class AgreementsError(UserError):
+    """An agreements file that does not pass, or an agreement that is not in force."""
 
 
 async def agreements_in_force(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -77,7 +78,10 @@ def apply_file(settings: Settings, path: Path, prune: bool = True) -> tuple[list
     ]
     if errors:
         listed = "; ".join(f"{f.agreement_id}: {f.message}" for f in errors)
-        raise AgreementsError(f"{path} has {len(errors)} error(s), nothing applied: {listed}")
+        raise AgreementsError(
+            f"{path} has {len(errors)} error(s), nothing applied: {listed}",
+            f"fix them (`stixbus agreements check {path}` lists them) and apply again",
+        )
     current = asyncio.run(agreements_in_force(settings))
     changed = [a for a in agreements if current.get(a.id) != orjson.loads(a.model_dump_json())]
     wanted = {a.id for a in agreements}
@@ -105,7 +109,8 @@ def retire_cmd(agreement_id: str) -> None:
     if agreement_id not in in_force:
         raise AgreementsError(
             f"agreement {agreement_id!r} is not in force, nothing retired "
-            f"(in force: {', '.join(sorted(in_force)) or 'none'}); see `stixbus agreements list`"
+            f"(in force: {', '.join(sorted(in_force)) or 'none'})",
+            "pick one from `stixbus agreements list`",
         )
     asyncio.run(write_agreements(settings, [], [agreement_id]))
     out.print(f"retired {agreement_id} (version {in_force[agreement_id].get('version')})")
@@ -144,7 +149,9 @@ def check_cmd(file: Annotated[Path, typer.Argument(help="Agreements YAML")]) -> 
     if errors:
         # An exception, not typer.Exit(1): `stixbus.cli.main.main` runs click with
         # standalone_mode=False, which turns Exit into a return value and the status into 0.
-        raise AgreementsError(f"{file}: {errors} error(s); fix them before `agreements apply`")
+        raise AgreementsError(
+            f"{file}: {errors} error(s)", "fix them before `stixbus agreements apply`"
+        )
 
 
 def explain(
@@ -166,8 +173,12 @@ def explain(
             Agreement.model_validate(d) for d in asyncio.run(agreements_in_force(settings)).values()
         ]
     now = datetime.now(UTC)
+    try:
+        payload = object_file.read_bytes()
+    except OSError as exc:
+        raise NotFound(f"cannot read {object_file}: {exc.strerror}", "check the file name") from exc
     outcome = normalise_submission(
-        object_file.read_bytes(),
+        payload,
         publisher,
         registry,
         settings.limits,
@@ -208,7 +219,12 @@ def audit(
 ) -> None:
     """Audit records (one per routing decision), as JSON lines."""
     settings = get_settings()
-    floor = datetime.fromisoformat(since) if since else None
+    try:
+        floor = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise UserError(
+            f"--since {since!r} is not an ISO 8601 time", "use e.g. 2026-11-29T10:00:00+00:00"
+        ) from None
     if floor is not None and floor.tzinfo is None:
         floor = floor.replace(tzinfo=UTC)
 

@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 from aiokafka.errors import TopicAuthorizationFailedError
 
+from stixbus.errors import NotFound
+
 SUBMISSION_HEADER = "stixbus-submission-id"
 
 
@@ -103,7 +105,9 @@ async def read_topic(
                     f"{topic}: the broker denies this principal access (Kafka ACL); an org may "
                     "read only its own deliver and receipts topics"
                 )
-            raise LookupError(f"topic {topic!r} does not exist; run `stixbus topics` to list them")
+            raise NotFound(
+                f"topic {topic!r} does not exist", "run `stixbus topics` to create and list them"
+            )
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if group_id:
             consumer.subscribe([topic])

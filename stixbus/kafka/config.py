@@ -20,11 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stixbus.errors import ConfigError
 from stixbus.kafka.acls import OPERATOR
 from stixbus.settings import Settings
 
 
-class CredentialsError(ValueError):
+class CredentialsError(ConfigError):
     """Kafka credentials are missing or unreadable; the message says what to set."""
 
 
