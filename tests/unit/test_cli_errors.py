@@ -72,7 +72,9 @@ def test_bad_setting_is_a_config_error(
     assert "Traceback" not in stderr
 
 
-def test_unexpected_exception_is_not_caught(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_unexpected_exception_is_not_caught(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """A bug (here: ZeroDivisionError inside a command) escapes main(), traceback and all."""
 
     def broken(path: object) -> object:
