@@ -6,7 +6,8 @@
     │   └── ConfigError          a file or setting the operator edits is unreadable or invalid
     │       └── CredentialsError, connectors' ConnectorConfigError, …
     ├── RejectedInput            input data refused (a bundle, a feed line); a ValueError
-    └── (connectors) ConnectorError, (kafka) SecurityError …   an operation that failed
+    └── operations that failed: kafka.client.BrokerError (unreachable, ACL denial),
+        kafka.acl_admin.SecurityError, connectors.base.ConnectorError (source down, …)
 
 The CLI (`stixbus.cli.main.main`) catches `StixbusError` only and prints
 `stixbus: <what> — <what to do>` with exit status 1.  Any other exception is a bug and shows its

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from stixbus.core.decide import AgreementIndex
 from stixbus.core.lint import Severity, check_agreements
 from stixbus.core.normalise import normalise_submission
 from stixbus.errors import NotFound, UserError
-from stixbus.kafka.client import read_topic
+from stixbus.kafka.client import read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
@@ -82,11 +81,11 @@ def apply_file(settings: Settings, path: Path, prune: bool = True) -> tuple[list
             f"{path} has {len(errors)} error(s), nothing applied: {listed}",
             f"fix them (`stixbus agreements check {path}` lists them) and apply again",
         )
-    current = asyncio.run(agreements_in_force(settings))
+    current = run_on_broker(agreements_in_force(settings))
     changed = [a for a in agreements if current.get(a.id) != orjson.loads(a.model_dump_json())]
     wanted = {a.id for a in agreements}
     retire = sorted(set(current) - wanted) if prune else []
-    asyncio.run(write_agreements(settings, changed, retire))
+    run_on_broker(write_agreements(settings, changed, retire))
     return [a.id for a in changed], retire
 
 
@@ -105,14 +104,14 @@ def apply_cmd(
 def retire_cmd(agreement_id: str) -> None:
     """Retire one agreement (a tombstone on the agreements topic); workers stop routing under it."""
     settings = get_settings()
-    in_force = asyncio.run(agreements_in_force(settings))
+    in_force = run_on_broker(agreements_in_force(settings))
     if agreement_id not in in_force:
         raise AgreementsError(
             f"agreement {agreement_id!r} is not in force, nothing retired "
             f"(in force: {', '.join(sorted(in_force)) or 'none'})",
             "pick one from `stixbus agreements list`",
         )
-    asyncio.run(write_agreements(settings, [], [agreement_id]))
+    run_on_broker(write_agreements(settings, [], [agreement_id]))
     out.print(f"retired {agreement_id} (version {in_force[agreement_id].get('version')})")
 
 
@@ -120,7 +119,7 @@ def retire_cmd(agreement_id: str) -> None:
 def list_cmd() -> None:
     """The agreements in force on the bus (replayed from the agreements topic)."""
     table = Table("id", "version", "publishers", "subscribers", "TLP ceiling", "term")
-    for agreement_id, data in sorted(asyncio.run(agreements_in_force(get_settings())).items()):
+    for agreement_id, data in sorted(run_on_broker(agreements_in_force(get_settings())).items()):
         a = Agreement.model_validate(data)
         table.add_row(
             agreement_id,
@@ -169,9 +168,8 @@ def explain(
     if agreements_file is not None:
         agreements: AgreementSet | list[Agreement] = load_agreements(agreements_file)
     else:
-        agreements = [
-            Agreement.model_validate(d) for d in asyncio.run(agreements_in_force(settings)).values()
-        ]
+        in_force = run_on_broker(agreements_in_force(settings))
+        agreements = [Agreement.model_validate(d) for d in in_force.values()]
     now = datetime.now(UTC)
     try:
         payload = object_file.read_bytes()
@@ -240,4 +238,4 @@ def audit(
                 continue
             sys.stdout.write(orjson.dumps(entry).decode() + "\n")
 
-    asyncio.run(run())
+    run_on_broker(run())

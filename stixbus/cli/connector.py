@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stixbus.kafka.client import run_on_broker
 from stixbus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def _one_pass(config: PullConfig, settings: Settings, show: bool) -> Report:
             if progress is not None and task is not None:
                 progress.update(task, total=n)
 
-        return asyncio.run(run_once(config, settings, progress=advance, progress_total=total))
+        return run_on_broker(run_once(config, settings, progress=advance, progress_total=total))
 
 
 def _run_pull(config: PullConfig, once: bool, report_file: Path | None, show: bool) -> None:
@@ -189,7 +190,7 @@ def _serve_inbox(config: InboxConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, settings, stop)
 
-    asyncio.run(main())
+    run_on_broker(main())
 
 
 @app.command("token")

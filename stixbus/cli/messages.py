@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,7 +12,7 @@ import typer
 from schemas.org import load_registry
 from stixbus.errors import NotFound, UserError
 from stixbus.kafka.acls import group_prefix, may_use_group
-from stixbus.kafka.client import VersionFilter, publish, read_topic
+from stixbus.kafka.client import VersionFilter, publish, read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs, uses_sasl
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
@@ -47,7 +46,7 @@ def publish_cmd(
         )
     payload = sys.stdin.buffer.read() if file == "-" else _read(Path(file))
     conn = client_kwargs(settings, org.id)
-    sent = asyncio.run(publish(conn, _names(settings).ingest(org.id), payload))
+    sent = run_on_broker(publish(conn, _names(settings).ingest(org.id), payload))
     sys.stdout.write(
         orjson.dumps({"submission_id": sent.submission_id, "topic": sent.topic}).decode() + "\n"
     )
@@ -137,6 +136,6 @@ def _print_topic(
             sys.stdout.flush()
 
     try:
-        asyncio.run(run())
+        run_on_broker(run())
     except KeyboardInterrupt:
         pass

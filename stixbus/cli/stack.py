@@ -20,7 +20,7 @@ from stixbus.cli import agreements as agreements_commands
 from stixbus.errors import StixbusError
 from stixbus.kafka.acls import ADMIN, WORKER
 from stixbus.kafka.admin import ensure_topics, list_topics
-from stixbus.kafka.client import publish, read_topic
+from stixbus.kafka.client import publish, read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs, uses_sasl
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
@@ -63,7 +63,7 @@ def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
     registry = load_registry(settings.registry_path)
     specs = _names(settings).all_specs(registry, settings.partitions, settings.max_record_bytes)
     conn = client_kwargs(settings, principal)
-    return asyncio.run(ensure_topics(conn, specs, settings.replication_factor))
+    return run_on_broker(ensure_topics(conn, specs, settings.replication_factor))
 
 
 def up(
@@ -113,13 +113,13 @@ def _demo(settings: Settings) -> None:
     sent_at = time.monotonic()
     for org in DEMO_PUBLISHERS:
         payload = (settings.deploy_dir / "demo" / f"{org}.json").read_bytes()
-        sent = asyncio.run(publish(client_kwargs(settings, org), names.ingest(org), payload))
+        sent = run_on_broker(publish(client_kwargs(settings, org), names.ingest(org), payload))
         out.print(f"published deploy/demo/{org}.json as {org} (submission {sent.submission_id})")
     topics = [names.deliver(s.id) for s in registry.subscribers]
     received: dict[str, dict[str, dict[str, object]]] = {}
     while time.monotonic() - sent_at < 20:
         time.sleep(1.0)
-        received = asyncio.run(_collect_all(settings, topics))
+        received = run_on_broker(_collect_all(settings, topics))
         banks = [names.deliver(o.id) for o in registry.subscribers if o.sector == "bank"]
         if all(received.get(t) for t in banks):
             break
@@ -193,7 +193,7 @@ def topics() -> None:
     """List stixbus topics on the broker (create missing ones first)."""
     settings = get_settings()
     _create_topics(settings)
-    for name in asyncio.run(list_topics(client_kwargs(settings))):
+    for name in run_on_broker(list_topics(client_kwargs(settings))):
         if name.startswith(settings.topic_prefix + "."):
             out.print(name)
 

@@ -5,19 +5,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-from stixbus.errors import NotFound
+from stixbus.errors import NotFound, StixbusError
 
 SUBMISSION_HEADER = "stixbus-submission-id"
 
@@ -192,3 +193,26 @@ class VersionFilter:
             return False
         self._seen.add(version)
         return True
+
+
+class BrokerError(StixbusError):
+    """The broker could not be reached, or refused this principal (an ACL)."""
+
+    fix = "start it (`stixbus up`) or point STIXBUS_BOOTSTRAP_SERVERS at it"
+
+
+_T = TypeVar("_T")
+
+
+def run_on_broker(coro: Coroutine[Any, Any, _T]) -> _T:
+    """`asyncio.run` for commands: an unreachable or refusing broker becomes a BrokerError."""
+    try:
+        return asyncio.run(coro)
+    except KafkaConnectionError as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise BrokerError(f"cannot reach the Kafka broker: {detail}") from exc
+    except TopicAuthorizationFailedError as exc:
+        raise BrokerError(
+            str(exc.args[0]) if exc.args else "the broker denies this principal access",
+            "use the org's own topics, or ask the operator for access (docs/security.md)",
+        ) from exc

@@ -16,6 +16,7 @@ from stixbus.cli import main as cli_main
 from stixbus.cli import messages
 from stixbus.errors import ConfigError, NotFound, RejectedInput, StixbusError, UserError
 from stixbus.settings import get_settings
+from tests.helpers.bus import free_port
 from tests.helpers.paths import DEPLOY, REPO_ROOT
 
 
@@ -118,3 +119,14 @@ def test_error_tree() -> None:
     assert issubclass(RejectedInput, StixbusError) and issubclass(RejectedInput, ValueError)
     assert str(NotFound("unknown org 'x'", "use cert")) == "unknown org 'x' — use cert"
     assert str(ConfigError("bad file")) == f"bad file — {ConfigError.fix}"
+
+
+def test_unreachable_broker_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STIXBUS_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # nobody there
+    monkeypatch.setenv("STIXBUS_SECURITY_PROTOCOL", "PLAINTEXT")
+    assert run_main(monkeypatch, "topics") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # aiokafka logs its attempt first
+    assert last.startswith("stixbus: cannot reach the Kafka broker: ")
+    assert last.endswith("— start it (`stixbus up`) or point STIXBUS_BOOTSTRAP_SERVERS at it")
