@@ -37,6 +37,7 @@ from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
 from schemas.yaml_file import read_yaml
 from stixbus.core.ids import uuid5
+from stixbus.errors import ConfigError, NotFound, StixbusError
 from stixbus.files import atomic_write
 from stixbus.kafka.client import Published, publish
 from stixbus.kafka.config import client_kwargs
@@ -55,8 +56,16 @@ BROKER_DEFAULT_MAX_BYTES = 1_000_000
 T = TypeVar("T")
 
 
-class ConnectorError(Exception):
+class ConnectorError(StixbusError):
     """A failure the analyst can act on: names the input, the rule broken and what to do."""
+
+    fix = "see docs/connectors.md"
+
+
+class ConnectorConfigError(ConnectorError, ConfigError):
+    """A connector config (or the registry entry it names) is unreadable or invalid."""
+
+    fix = "fix the config and run the connector again (examples: deploy/connectors/)"
 
 
 class SourceUnavailable(ConnectorError):
@@ -123,13 +132,13 @@ def load_config(path: Path, model: type[C], kind: str) -> C:
     """Read a YAML connector config and validate it; errors name the file and the field."""
     try:
         data = read_yaml(path, "connector config")
-    except ValueError as exc:
-        raise ConnectorError(str(exc)) from exc
+    except ConfigError as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from exc
     if not isinstance(data, dict):
-        raise ConnectorError(f"connector config {path} must be a YAML mapping of settings")
+        raise ConnectorConfigError(f"connector config {path} must be a YAML mapping of settings")
     data.setdefault("connector", kind)
     if data["connector"] != kind:
-        raise ConnectorError(
+        raise ConnectorConfigError(
             f"connector config {path} is for {data['connector']!r}, not {kind!r}: "
             f"run `stixbus connector run {data['connector']} --config {path}`"
         )
@@ -139,17 +148,17 @@ def load_config(path: Path, model: type[C], kind: str) -> C:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConnectorError(f"connector config {path} is invalid — {problems}") from None
+        raise ConnectorConfigError(f"connector config {path} is invalid: {problems}") from None
 
 
 def resolve_org(settings: Settings, org_id: str) -> Org:
     registry = load_registry(settings.registry_path)
     try:
         org = registry.get(org_id)
-    except KeyError as exc:
-        raise ConnectorError(str(exc.args[0])) from None
+    except NotFound as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from None
     if not org.publishes:
-        raise ConnectorError(
+        raise ConnectorConfigError(
             f"org {org_id!r} has no publisher role in {settings.registry_path}: "
             "a connector publishes, so pick a publishing org"
         )

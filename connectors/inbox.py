@@ -55,6 +55,7 @@ from connectors.base import (
     BROKER_DEFAULT_MAX_BYTES,
     CONNECTOR_NAMESPACE,
     ConnectorConfig,
+    ConnectorConfigError,
     ConnectorError,
     now_utc,
 )
@@ -63,6 +64,7 @@ from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
 from stixbus.core.ids import stix_time, uuid5
+from stixbus.errors import ConfigError
 from stixbus.files import atomic_write
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
@@ -156,12 +158,12 @@ def load_tokens(path: Path) -> TokenFile:
         return TokenFile()
     try:
         data = read_yaml(path, "token file") or {}
-    except ValueError as exc:
-        raise ConnectorError(str(exc)) from exc
+    except ConfigError as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from exc
     try:
         return TokenFile.model_validate(data)
     except ValidationError as exc:
-        raise ConnectorError(f"token file {path} is invalid: {exc}") from None
+        raise ConnectorConfigError(f"token file {path} is invalid: {exc}") from None
 
 
 def create_token(path: Path, org: str, label: str = "") -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from schemas.org import Registry
+from stixbus.errors import ConfigError
 from stixbus.kafka.topics import TopicNames
 
 ADMIN = "admin"
@@ -102,7 +103,7 @@ def users(registry: Registry) -> list[str]:
 def check_registry(registry: Registry) -> None:
     for org in registry.orgs:
         if org.id in RESERVED_NAMES:
-            raise ValueError(
+            raise ConfigError(
                 f"org id {org.id!r} is reserved for a bus principal "
                 f"({', '.join(sorted(RESERVED_NAMES))}): rename the org in the registry"
             )
@@ -181,7 +182,7 @@ def derive_acls(registry: Registry, prefix: str, app_id: str) -> list[AclBinding
     """Every ACL binding the bus needs, sorted and without duplicates."""
     check_registry(registry)
     if app_id.startswith(f"{prefix}."):
-        raise ValueError(
+        raise ConfigError(
             f"app id {app_id!r} starts with the topic prefix {prefix!r} plus a dot, so the "
             "worker's internal topics would mix with the org topics: choose an app id without "
             "that prefix"

@@ -5,19 +5,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from schemas.envelope import SUBMISSION_HEADER
+from stixbus.errors import NotFound, StixbusError
 from stixbus.settings import DEFAULT_MAX_RECORD_BYTES
 
 
@@ -111,7 +113,9 @@ async def read_topic(
                     f"{topic}: the broker denies this principal access (Kafka ACL); an org may "
                     "read only its own deliver and receipts topics"
                 )
-            raise LookupError(f"topic {topic!r} does not exist; run `stixbus topics` to list them")
+            raise NotFound(
+                f"topic {topic!r} does not exist", "run `stixbus topics` to create and list them"
+            )
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if group_id:
             consumer.subscribe([topic])
@@ -196,3 +200,26 @@ class VersionFilter:
             return False
         self._seen.add(version)
         return True
+
+
+class BrokerError(StixbusError):
+    """The broker could not be reached, or refused this principal (an ACL)."""
+
+    fix = "start it (`stixbus up`) or point STIXBUS_BOOTSTRAP_SERVERS at it"
+
+
+_T = TypeVar("_T")
+
+
+def run_on_broker(coro: Coroutine[Any, Any, _T]) -> _T:
+    """`asyncio.run` for commands: an unreachable or refusing broker becomes a BrokerError."""
+    try:
+        return asyncio.run(coro)
+    except KafkaConnectionError as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise BrokerError(f"cannot reach the Kafka broker: {detail}") from exc
+    except TopicAuthorizationFailedError as exc:
+        raise BrokerError(
+            str(exc.args[0]) if exc.args else "the broker denies this principal access",
+            "use the org's own topics, or ask the operator for access (docs/security.md)",
+        ) from exc

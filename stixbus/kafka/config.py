@@ -18,12 +18,13 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from stixbus.errors import ConfigError
 from stixbus.files import atomic_write
 from stixbus.kafka.acls import OPERATOR
 from stixbus.settings import Settings
 
 
-class CredentialsError(ValueError):
+class CredentialsError(ConfigError):
     """Kafka credentials are missing or unreadable; the message says what to set."""
 
 
