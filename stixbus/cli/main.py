@@ -22,13 +22,14 @@ from rich.table import Table
 
 from schemas.org import load_registry
 from stixbus import supervisor
+from stixbus.files import private_files
 from stixbus.cli import agreements as agreements_commands
 from stixbus.cli import security as security_commands
 from stixbus.kafka.acls import ADMIN, WORKER, group_prefix, may_use_group
 from stixbus.kafka.admin import ensure_topics, list_topics
 from stixbus.kafka.client import VersionFilter, publish, read_topic
 from stixbus.kafka.config import client_kwargs, uses_sasl
-from stixbus.kafka.topics import TopicNames
+from stixbus.kafka.topics import TopicNames, TopicSpec
 from stixbus.settings import Settings, get_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -61,11 +62,28 @@ def _kafka(action: str, settings: Settings) -> None:
         )
 
 
-def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
+def _topic_specs(settings: Settings) -> list[TopicSpec]:
     registry = load_registry(settings.registry_path)
-    specs = _names(settings).all_specs(registry, settings.partitions, settings.max_record_bytes)
-    conn = client_kwargs(settings, principal)
-    return asyncio.run(ensure_topics(conn, specs, settings.replication_factor))
+    return _names(settings).all_specs(
+        registry, settings.partitions, settings.max_record_bytes, app_id=settings.app_id
+    )
+
+
+def _create_topics(settings: Settings) -> list[str]:
+    """Create every missing topic as admin (the worker may not: docs/security.md)."""
+    conn = client_kwargs(settings, ADMIN)
+    return asyncio.run(ensure_topics(conn, _topic_specs(settings), settings.replication_factor))
+
+
+def _check_topics(settings: Settings) -> None:
+    """The worker's topics must exist before it starts: it has no right to create them."""
+    present = set(asyncio.run(list_topics(client_kwargs(settings, WORKER))))
+    missing = sorted(s.name for s in _topic_specs(settings) if s.name not in present)
+    if missing:
+        raise CliError(
+            f"topics missing on {settings.bootstrap_servers}: {', '.join(missing)}; the worker "
+            "creates none (least privilege): run `stixbus topics` (as admin) or `stixbus up` first"
+        )
 
 
 @cli.command()
@@ -187,7 +205,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="Log level")] = "info") ->
     if uses_sasl(settings) and not settings.sasl_username:
         # Every client in the worker process (Faust, lag sampler...) acts as the worker.
         settings = settings.model_copy(update={"sasl_username": WORKER})
-    _create_topics(settings, WORKER)
+    _check_topics(settings)
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
     run_worker(settings, loglevel)
 
@@ -334,6 +352,9 @@ cli.add_typer(connector.app, name="connector")
 
 
 def main() -> None:
+    # Every file the CLI, the worker and the connectors create (state, logs, credentials) is
+    # the owner's alone: folders 0700, files 0600 (docs/security.md, "Files").
+    private_files()
     try:
         # standalone_mode=False returns typer.Exit codes instead of exiting: pass them on.
         code = cli(standalone_mode=False)

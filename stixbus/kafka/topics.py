@@ -10,6 +10,17 @@ from dataclasses import dataclass, replace
 
 from schemas.org import Registry
 
+# The worker's Faust tables (agents/route.py).  Faust keeps each in a changelog topic named
+# `<app_id>-<table>-changelog`; the worker may not create topics (docs/security.md), so the
+# operator's `stixbus topics` / `stixbus up` creates these with the rest.
+DEDUP_TABLE = "stixbus-dedup"
+WORKER_TABLES = (DEDUP_TABLE,)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's changelog topic name for `table` of app `app_id`."""
+    return f"{app_id}-{table}-changelog"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -59,10 +70,16 @@ class TopicNames:
         return topic[len(head) :]
 
     def all_specs(
-        self, registry: Registry, partitions: int, max_message_bytes: int | None = None
+        self,
+        registry: Registry,
+        partitions: int,
+        max_message_bytes: int | None = None,
+        *,
+        app_id: str | None = None,
     ) -> list[TopicSpec]:
         """Every topic the bus needs, with its partition count, cleanup policy and record size
-        limit (None: the broker's default, about 1 MiB)."""
+        limit (None: the broker's default, about 1 MiB).  With `app_id`, also the worker's
+        Faust table changelogs (co-partitioned with `normalized`, compacted)."""
         specs = [TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers]
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
@@ -74,4 +91,9 @@ class TopicNames:
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
         ]
+        if app_id is not None:
+            specs += [
+                TopicSpec(changelog_topic(app_id, t), partitions, compacted=True)
+                for t in WORKER_TABLES
+            ]
         return [replace(s, max_message_bytes=max_message_bytes) for s in specs]
