@@ -13,7 +13,6 @@ from stixbus.kafka import _compat
 from stixbus.kafka.acls import WORKER
 from stixbus.kafka.config import faust_kwargs
 
-
 # The only HTTP paths the worker serves: liveness, readiness (agents/health.py), Prometheus
 # (agents/observe.py).
 WEB_PATHS = ("/healthz", "/readyz", "/metrics")

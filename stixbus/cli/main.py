@@ -22,9 +22,9 @@ from rich.table import Table
 
 from schemas.org import load_registry
 from stixbus import supervisor
-from stixbus.files import private_files
 from stixbus.cli import agreements as agreements_commands
 from stixbus.cli import security as security_commands
+from stixbus.files import private_files
 from stixbus.kafka.acls import ADMIN, WORKER, group_prefix, may_use_group
 from stixbus.kafka.admin import ensure_topics, list_topics
 from stixbus.kafka.client import VersionFilter, publish, read_topic
