@@ -287,17 +287,15 @@ make_private() {
 
 # The JVMs get an empty environment plus what Java needs: nothing of the caller's (the CLI's
 # STIXBUS_SASL_PASSWORD, for one) reaches the broker (docs/security.md, "Secrets").
-clean_env() {
-  local keep=("PATH=$PATH" "HOME=${HOME:-/}" "LANG=${LANG:-C.UTF-8}")
-  if [ -n "${JAVA_HOME:-}" ]; then keep+=("JAVA_HOME=$JAVA_HOME"); fi
-  env -i "${keep[@]}" "$@"
-}
+# An array, not a function: `"${clean_env[@]}" java ... &` execs, so $! is the JVM's pid.
+clean_env=(env -i "PATH=$PATH" "HOME=${HOME:-/}" "LANG=${LANG:-C.UTF-8}")
+if [ -n "${JAVA_HOME:-}" ]; then clean_env+=("JAVA_HOME=$JAVA_HOME"); fi
 
 format_storage() {
   # The admin SCRAM credential goes to the StorageTool in a java @argument file (mode 0600,
   # deleted right after), never on a command line `ps` shows.
   local cluster_id argfile="$kdir/format.args"
-  cluster_id="$(clean_env java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  cluster_id="$("${clean_env[@]}" java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
   rm -f "$argfile"
   {
     printf '%s\n' kafka.tools.StorageTool format -t "$cluster_id" -c "$props"
@@ -307,7 +305,7 @@ format_storage() {
   } >"$argfile"
   chmod 600 "$argfile"
   local rc=0
-  clean_env java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2-quiet.properties" \
+  "${clean_env[@]}" java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2-quiet.properties" \
     "@$argfile" >"$logdir/format.log" 2>&1 || rc=$?
   rm -f "$argfile"
   [ "$rc" = 0 ] || { cat "$logdir/format.log" >&2; die "formatting KRaft storage failed"; }
@@ -351,7 +349,7 @@ up() {
   # A fresh stdout.log per start, so ready() only sees this start's messages.
   : >"$logdir/stdout.log"; mv -f "$logdir/server.log" "$logdir/server.log.prev" 2>/dev/null || true
   # shellcheck disable=SC2086
-  clean_env nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
+  "${clean_env[@]}" nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
     -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$here/log4j2.properties" \
     -cp "$lib/*" kafka.Kafka "$props" >"$logdir/stdout.log" 2>&1 &
   echo $! >"$pidfile"

@@ -82,7 +82,7 @@ class HostBus:
 
 
 class ArgvSampler(threading.Thread):
-    """`ps -eo args` as fast as it runs, keeping every distinct command line."""
+    """`ps -eww -o args` (full width) as fast as it runs, keeping every distinct command line."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -92,7 +92,9 @@ class ArgvSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["ps", "-eww", "-o", "args"], capture_output=True, text=True
+            ).stdout
             self.seen.update(out.splitlines())
             self.samples += 1
 
