@@ -364,3 +364,19 @@ def test_credentials_file_is_private(host_bus: HostBus) -> None:
     creds = host_bus.home / "secrets" / "credentials.json"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     assert json.loads(creds.read_text())["users"]
+
+
+def test_worker_refuses_to_start_when_its_topics_are_missing(host_bus: HostBus) -> None:
+    """It cannot create them (no CREATE right), so it says who must."""
+    env = {**host_bus.env, "STIXBUS_APP_ID": "other-app", "STIXBUS_WEB_PORT": str(free_port())}
+    started = subprocess.run(
+        [sys.executable, "-m", "stixbus.cli.main", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert started.returncode != 0
+    assert "other-app-stixbus-dedup-changelog" in started.stderr
+    assert "stixbus topics" in started.stderr and "Traceback" not in started.stderr
