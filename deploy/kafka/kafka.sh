@@ -34,6 +34,12 @@
 #                            the admin CLI's config with the paths and names inside the containers
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
+#
+# Host hygiene (docs/security.md, "What the broker does not protect"): everything runs under
+# umask 077 and `up` tightens an existing $STIXBUS_HOME (folders 0700, files 0600); no password
+# is ever an argument of a process (the admin SCRAM credential reaches the StorageTool in a
+# 0600 java @argument file, openssl reads the keystore password on stdin); the JVMs start with
+# `env -i` plus PATH/HOME/LANG/JAVA_HOME, so the caller's STIXBUS_* secrets never reach them.
 set -euo pipefail
 # Every folder this script (and the broker it starts) creates is 0700, every file 0600: the
 # data segments, logs and secrets hold TLP:RED content and passwords (docs/security.md, "Files").
