@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from stixbus.files import make_private, private_files
 from stixbus.settings import Settings
 
 
@@ -37,7 +38,9 @@ def start_worker(settings: Settings) -> int:
     running = worker_pid(settings)
     if running:
         return running
+    private_files()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.logs_dir)
     log = log_file(settings).open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "stixbus.cli.main", "worker"],

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from stixbus.cli import agreements, connector, messages, security, stack, status
 from stixbus.errors import StixbusError
+from stixbus.files import private_files
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 err = Console(stderr=True)
@@ -34,6 +35,9 @@ cli.add_typer(connector.app, name="connector")
 
 def main() -> None:
     """The `stixbus` entry point (pyproject.toml [project.scripts])."""
+    # Every file the CLI, the worker and the connectors create (state, logs, credentials) is
+    # the owner's alone: folders 0700, files 0600 (docs/security.md, "Files").
+    private_files()
     try:
         # standalone_mode=False returns typer.Exit codes instead of exiting: pass them on.
         code = cli(standalone_mode=False)

@@ -22,7 +22,7 @@ from stixbus.kafka.acls import ADMIN, WORKER
 from stixbus.kafka.admin import ensure_topics, list_topics
 from stixbus.kafka.client import publish, read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs, uses_sasl
-from stixbus.kafka.topics import TopicNames
+from stixbus.kafka.topics import TopicNames, TopicSpec
 from stixbus.settings import Settings, get_settings
 
 out = Console()
@@ -59,16 +59,33 @@ def _kafka(action: str, settings: Settings) -> None:
         )
 
 
-def _create_topics(settings: Settings, principal: str = ADMIN) -> list[str]:
+def _topic_specs(settings: Settings) -> list[TopicSpec]:
     registry = load_registry(settings.registry_path)
-    specs = _names(settings).all_specs(
+    return _names(settings).all_specs(
         registry,
         settings.partitions,
         settings.max_record_bytes,
         ingest_message_bytes=settings.limits.message_bytes,
+        app_id=settings.app_id,
     )
-    conn = client_kwargs(settings, principal)
-    return run_on_broker(ensure_topics(conn, specs, settings.replication_factor))
+
+
+def _create_topics(settings: Settings) -> list[str]:
+    """Create every missing topic as admin (the worker may not: docs/security.md)."""
+    conn = client_kwargs(settings, ADMIN)
+    return run_on_broker(ensure_topics(conn, _topic_specs(settings), settings.replication_factor))
+
+
+def _check_topics(settings: Settings) -> None:
+    """The worker's topics must exist before it starts: it has no right to create them."""
+    present = set(run_on_broker(list_topics(client_kwargs(settings, WORKER))))
+    missing = sorted(s.name for s in _topic_specs(settings) if s.name not in present)
+    if missing:
+        raise StackError(
+            f"topics missing on {settings.bootstrap_servers}: {', '.join(missing)}",
+            "the worker creates none (least privilege): run `stixbus topics` (as admin) or "
+            "`stixbus up` first",
+        )
 
 
 def up(
@@ -200,7 +217,7 @@ def worker(loglevel: Annotated[str, typer.Option(help="Log level")] = "info") ->
     if uses_sasl(settings) and not settings.sasl_username:
         # Every client in the worker process (Faust, lag sampler...) acts as the worker.
         settings = settings.model_copy(update={"sasl_username": WORKER})
-    _create_topics(settings, WORKER)
+    _check_topics(settings)
     sys.argv = [sys.argv[0]]  # faust's Worker parses argv; ours are already consumed
     run_worker(settings, loglevel)
 

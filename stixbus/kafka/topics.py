@@ -14,6 +14,17 @@ from schemas.org import Registry
 # header, the record batch header), so a payload of exactly the ingest limit still fits.
 RECORD_FRAMING_BYTES = 1024
 
+# The worker's Faust tables (agents/route.py).  Faust keeps each in a changelog topic named
+# `<app_id>-<table>-changelog`; the worker may not create topics (docs/security.md), so the
+# operator's `stixbus topics` / `stixbus up` creates these with the rest.
+DEDUP_TABLE = "stixbus-dedup"
+WORKER_TABLES = (DEDUP_TABLE,)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's changelog topic name for `table` of app `app_id`."""
+    return f"{app_id}-{table}-changelog"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -68,6 +79,8 @@ class TopicNames:
         partitions: int,
         max_message_bytes: int | None = None,
         ingest_message_bytes: int | None = None,
+        *,
+        app_id: str | None = None,
     ) -> list[TopicSpec]:
         """Every topic the bus needs, with its partition count, cleanup policy and record size
         limit (None: the broker's default, about 1 MiB).
@@ -75,7 +88,8 @@ class TopicNames:
         `ingest_message_bytes` (the ingest limit, `Limits.message_bytes`) caps the ingest
         topics (plus `RECORD_FRAMING_BYTES` for key and headers), so the broker itself refuses
         a submission the worker would reject as too big; the other topics take
-        `max_message_bytes` (they carry receipts and dead letters)."""
+        `max_message_bytes` (they carry receipts and dead letters).  With `app_id`, also the
+        worker's Faust table changelogs (co-partitioned with their stream, compacted)."""
         ingest_cap = (
             None if ingest_message_bytes is None else ingest_message_bytes + RECORD_FRAMING_BYTES
         )
@@ -94,6 +108,11 @@ class TopicNames:
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
         ]
+        if app_id is not None:
+            specs += [
+                TopicSpec(changelog_topic(app_id, t), partitions, compacted=True)
+                for t in WORKER_TABLES
+            ]
         specs = [replace(s, max_message_bytes=max_message_bytes) for s in specs]
         if ingest_message_bytes is None:
             ingest = [replace(s, max_message_bytes=max_message_bytes) for s in ingest]

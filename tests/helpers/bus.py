@@ -181,6 +181,7 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
                 ingest_message_bytes=int(
                     full_env.get("STIXBUS_TEST_INGEST_TOPIC_BYTES", Settings().limits.message_bytes)
                 ),
+                app_id=full_env["STIXBUS_APP_ID"],
             ),
         )
     )
