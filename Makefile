@@ -9,12 +9,12 @@ down:          ## stop the worker and Kafka
 	@bash deploy/bootstrap.sh
 	@.venv/bin/stixbus down
 
-test:          ## ruff, mypy and pytest against a real local Kafka broker
+test:          ## import-linter, ruff, mypy and pytest against a real local Kafka broker
 	@bash deploy/test.sh
 
 lint:
 	@bash deploy/bootstrap.sh
-	@.venv/bin/ruff check . && .venv/bin/mypy
+	@.venv/bin/lint-imports && .venv/bin/ruff check . && .venv/bin/mypy
 
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import faust
 
+from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.core.deadletter import bounded
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
-
-SUBMISSION_HEADER = "stixbus-submission-id"
 
 
 def register(
@@ -40,8 +40,9 @@ def register(
             published_at = trusted_publish_time(
                 datetime.fromtimestamp(message.timestamp, UTC), received_at, skew
             )
+            raw = bytes(event.value or b"")
             outcome = normalise_submission(
-                bytes(event.value or b""),
+                raw,
                 publisher,
                 ctx.registry,
                 ctx.settings.limits,
@@ -65,7 +66,11 @@ def register(
                     key=record.object_id.encode(), value=record.model_dump_json().encode()
                 )
             if outcome.dead_letter is not None:
-                letter = outcome.dead_letter.model_copy(
+                # An input over the ingest limit keeps only its head, size and sha256: verbatim
+                # it may not fit any record, and the receipt below must still go out.
+                letter = bounded(
+                    outcome.dead_letter, raw, ctx.settings.limits.message_bytes
+                ).model_copy(
                     update={
                         "source_topic": message.topic,
                         "source_partition": message.partition,

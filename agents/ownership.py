@@ -14,6 +14,7 @@ from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.dedup import conflict_outcome, content_hash
 from stixbus.core.ownership import Ownership, Verdict, claim, foreign_letter, minted_ids
+from stixbus.kafka.topics import OWNERS_TABLE
 
 
 def register(app: faust.App, ctx: BusContext) -> None:
@@ -21,7 +22,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
     normalized, deadletter = app.topic(names.normalized), app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
     owners = app.Table(
-        "stixbus-owners", partitions=ctx.settings.partitions, key_type=bytes, value_type=bytes
+        OWNERS_TABLE, partitions=ctx.settings.partitions, key_type=bytes, value_type=bytes
     )
 
     @app.agent(app.topic(names.claims), name="stixbus.ownership")

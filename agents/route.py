@@ -28,6 +28,7 @@ from stixbus.core.dedup import (
 )
 from stixbus.core.deliveries import Plan, RouteConfig, audit_records, plan_key
 from stixbus.core.expiry import ExpiryIndex, is_collectable, state_deadline
+from stixbus.kafka.topics import DEDUP_TABLE
 
 
 def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
@@ -36,7 +37,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
     table = app.Table(
-        "stixbus-dedup", partitions=settings.partitions, key_type=bytes, value_type=bytes
+        DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
     config = RouteConfig(settings.confidence_step)
     grace = settings.dedup_grace_seconds

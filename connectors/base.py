@@ -15,12 +15,10 @@ Delivery contract (every connector):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import random
-import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,10 +29,16 @@ from typing import Any, TypeVar
 import orjson
 import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3 import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from schemas.envelope import Reason, Rejection
 from schemas.org import Org, load_registry
 from schemas.yaml_file import read_yaml
+from stixbus.core.ids import uuid5
+from stixbus.errors import ConfigError, NotFound, StixbusError
+from stixbus.files import atomic_write
 from stixbus.kafka.client import Published, publish
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
@@ -44,15 +48,24 @@ from stixbus.settings import Settings
 # ids derived from it are how re-reads avoid minting new objects.
 CONNECTOR_NAMESPACE = uuid.UUID("0d3f8a52-6a1c-4a8e-9a53-2b7c3f1e5a10")
 
-# The broker's default `message.max.bytes` is 1 MiB (1,048,588 bytes); `Limits.message_bytes`
-# (4 MiB) only helps once the ingest topics allow bigger records.  Stay under both.
+# The broker's default `message.max.bytes` is 1 MiB (1,048,588 bytes); ingest topics made by
+# `stixbus topics` take `Limits.message_bytes` (4 MiB), older or hand-made ones may not.  Stay
+# under both by default.
 BROKER_DEFAULT_MAX_BYTES = 1_000_000
 
 T = TypeVar("T")
 
 
-class ConnectorError(Exception):
+class ConnectorError(StixbusError):
     """A failure the analyst can act on: names the input, the rule broken and what to do."""
+
+    fix = "see docs/connectors.md"
+
+
+class ConnectorConfigError(ConnectorError, ConfigError):
+    """A connector config (or the registry entry it names) is unreadable or invalid."""
+
+    fix = "fix the config and run the connector again (examples: deploy/connectors/)"
 
 
 class SourceUnavailable(ConnectorError):
@@ -65,21 +78,6 @@ class SourceAuthError(ConnectorError):
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def stix_time(moment: datetime) -> str:
-    """STIX 2.1 timestamp with millisecond precision, always UTC ('Z')."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO 8601 / STIX timestamp (naive means UTC)."""
-    value = text.strip().replace("Z", "+00:00")
-    if " " in value and "T" not in value:
-        value = value.replace(" ", "T", 1)
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- config -------------------------------------------------------------------------------
@@ -134,13 +132,13 @@ def load_config(path: Path, model: type[C], kind: str) -> C:
     """Read a YAML connector config and validate it; errors name the file and the field."""
     try:
         data = read_yaml(path, "connector config")
-    except ValueError as exc:
-        raise ConnectorError(str(exc)) from exc
+    except ConfigError as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from exc
     if not isinstance(data, dict):
-        raise ConnectorError(f"connector config {path} must be a YAML mapping of settings")
+        raise ConnectorConfigError(f"connector config {path} must be a YAML mapping of settings")
     data.setdefault("connector", kind)
     if data["connector"] != kind:
-        raise ConnectorError(
+        raise ConnectorConfigError(
             f"connector config {path} is for {data['connector']!r}, not {kind!r}: "
             f"run `stixbus connector run {data['connector']} --config {path}`"
         )
@@ -150,17 +148,17 @@ def load_config(path: Path, model: type[C], kind: str) -> C:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
         )
-        raise ConnectorError(f"connector config {path} is invalid — {problems}") from None
+        raise ConnectorConfigError(f"connector config {path} is invalid: {problems}") from None
 
 
 def resolve_org(settings: Settings, org_id: str) -> Org:
     registry = load_registry(settings.registry_path)
     try:
         org = registry.get(org_id)
-    except KeyError as exc:
-        raise ConnectorError(str(exc.args[0])) from None
+    except NotFound as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from None
     if not org.publishes:
-        raise ConnectorError(
+        raise ConnectorConfigError(
             f"org {org_id!r} has no publisher role in {settings.registry_path}: "
             "a connector publishes, so pick a publishing org"
         )
@@ -195,71 +193,79 @@ class StateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(orjson.dumps(data))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, orjson.dumps(data))
 
 
 # -- HTTP with retries --------------------------------------------------------------------
 
 
+RETRY_STATUSES = frozenset({429, *range(500, 600)})
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a connector's HTTP session retries: 429/5xx answers and connection/read errors, with
+    exponential backoff (base_delay · 2^n, capped at max_delay) or the server's Retry-After."""
+
     attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
 
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), self.max_delay)
-            except ValueError:
-                pass
-        backoff: float = min(self.max_delay, self.base_delay * 2**attempt)
-        return backoff * (0.5 + random.random() / 2)
+    def retry(self) -> Retry:
+        return _CappedRetry(
+            total=self.attempts - 1,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.base_delay,
+            backoff_max=self.max_delay,
+            respect_retry_after_header=True,
+            raise_on_status=False,  # the last answer comes back; `source_errors` names it
+        )
 
 
-def is_retryable_status(status: int) -> bool:
-    return status == 429 or 500 <= status <= 599
+class _CappedRetry(Retry):
+    """urllib3's `Retry` with the server's Retry-After capped at `backoff_max`: a source must not
+    park the connector for a day."""
+
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.backoff_max)
 
 
-def with_retries(
-    what: str,
-    call: Callable[[], T],
-    policy: RetryPolicy,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run `call`, retrying 429/5xx and connection errors with backoff; auth errors fail at once."""
-    last: Exception | None = None
-    for attempt in range(policy.attempts):
-        try:
-            return call()
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status in (401, 403):
-                raise SourceAuthError(
-                    f"{what}: the server answered HTTP {status} (credentials refused) — check the "
-                    "username/password or API key in the connector config and its *_env variables"
-                ) from exc
-            if not is_retryable_status(status):
-                raise SourceUnavailable(
-                    f"{what}: HTTP {status} is not retryable — check the URL and the request"
-                ) from exc
-            last = exc
-            retry_after = exc.response.headers.get("Retry-After") if exc.response else None
-            sleep(policy.delay(attempt, retry_after))
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            last = exc
-            sleep(policy.delay(attempt))
-    raise SourceUnavailable(
+def retrying_session(
+    policy: RetryPolicy, session: requests.Session | None = None
+) -> requests.Session:
+    """`session` (or a new one) with urllib3's `Retry` for `policy` mounted on http(s)://."""
+    sess = session or requests.Session()
+    adapter = HTTPAdapter(max_retries=policy.retry())
+    sess.mount("https://", adapter)
+    sess.mount("http://", adapter)
+    return sess
+
+
+def source_errors(what: str, call: Callable[[], T], policy: RetryPolicy) -> T:
+    """Run `call` (HTTP through a `retrying_session`) and turn what is left of its failures into
+    connector errors: 401/403 → SourceAuthError (retrying will not help), anything else →
+    SourceUnavailable."""
+    try:
+        return call()
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status in (401, 403):
+            raise SourceAuthError(
+                f"{what}: the server answered HTTP {status} (credentials refused) — check the "
+                "username/password or API key in the connector config and its *_env variables"
+            ) from exc
+        if status not in RETRY_STATUSES:
+            raise SourceUnavailable(
+                f"{what}: HTTP {status} is not retryable — check the URL and the request"
+            ) from exc
+        raise SourceUnavailable(_gave_up(what, policy, f"HTTP {status}")) from exc
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise SourceUnavailable(_gave_up(what, policy, str(exc))) from exc
+
+
+def _gave_up(what: str, policy: RetryPolicy, last: str) -> str:
+    return (
         f"{what}: still failing after {policy.attempts} attempts ({last}) — is the source up? "
         "Nothing was skipped: the next run resumes from the saved state"
     )
@@ -274,14 +280,15 @@ def http_get(
     policy: RetryPolicy | None = None,
 ) -> bytes:
     """GET a URL with retries; returns the body."""
-    sess = session or requests.Session()
+    policy = policy or RetryPolicy()
+    sess = retrying_session(policy, session)
 
     def call() -> bytes:
         resp = sess.get(url, headers=headers, timeout=timeout)
         resp.raise_for_status()
         return resp.content
 
-    return with_retries(f"GET {url}", call, policy or RetryPolicy())
+    return source_errors(f"GET {url}", call, policy)
 
 
 def read_source(location: str, **kwargs: Any) -> bytes:
@@ -366,10 +373,12 @@ class Submitter:
         self.topic = TopicNames(settings.topic_prefix).ingest(org.id)
         self.source = source
         self.report = report
-        self.max_bytes = min(max_bytes, settings.limits.message_bytes)
+        self.max_bytes = min(max_bytes, settings.limits.message_bytes, settings.max_record_bytes)
         self.max_objects = settings.limits.objects_per_bundle
         self.progress = progress
-        self._publish = publish_fn or publish
+        self._publish = publish_fn or functools.partial(
+            publish, max_record_bytes=settings.max_record_bytes
+        )
         self._parts: list[bytes] = []
         self._size = 0
         self._commits: list[Callable[[], None]] = []
@@ -412,9 +421,9 @@ class Submitter:
             return
         body = b",".join(self._parts)
         digest = hashlib.sha256(body).hexdigest()
-        bundle_id = uuid.uuid5(CONNECTOR_NAMESPACE, f"bundle:{digest}")
-        payload = (self._HEAD % str(bundle_id).encode()) + body + b"]}"
-        submission_id = str(uuid.uuid5(CONNECTOR_NAMESPACE, f"{self.source}:{digest}"))
+        bundle_id = uuid5(CONNECTOR_NAMESPACE, f"bundle:{digest}")
+        payload = (self._HEAD % bundle_id.encode()) + body + b"]}"
+        submission_id = uuid5(CONNECTOR_NAMESPACE, f"{self.source}:{digest}")
         sent = await self._publish(self.conn, self.topic, payload, submission_id)
         self.report.submissions.append(sent.submission_id)
         self.report.published_objects += len(self._parts)

@@ -1,15 +1,19 @@
 """Blocklist connector: CSV and plain-text feeds of URLs, domains, IPs/CIDRs and file hashes.
 
-Each good line becomes a STIX 2.1 indicator whose id is UUIDv5 over (source name, canonical
-value) and whose `created`/`modified`/`valid_from` come from the entry's first-seen time, kept in
-the state file.  Re-reading the same list therefore publishes nothing new; only entries not seen
-before are published.  With `revoke_missing`, an entry that disappears from the list is published
+Values are canonicalised by the bus core (`stixbus.core.canonical`, the one canonicaliser: the
+same refanging, IDN, URL and CIDR rules the dedup key uses).  Each good line becomes a STIX 2.1
+indicator whose id is UUIDv5 over (id scheme, source name, canonical value) and whose
+`created`/`modified`/`valid_from` come from the entry's first-seen time, kept in the state file.
+Re-reading the same list therefore publishes nothing new; only entries not seen before are
+published.  With `revoke_missing`, an entry that disappears from the list is published
 once more as a new version with `revoked: true` (modified = now).  Revocation is final: if the
-value comes back later it gets a new id (generation 2, 3, …).
+value comes back later it gets a new id (generation 2, 3, …).  When the id scheme changes
+(`ID_SCHEME`, moved with the canonical form), the next run revokes every id of the old scheme and
+publishes the live entries again under their new ids.
 
-Bad lines never reach the bus (they are not STIX): the run's report lists them with their line
-numbers as `Rejection` records (the model receipts use), printed by `stixbus connector run`
-and written to `--report FILE`.
+Bad lines never reach the bus (they are not STIX) and never stop the import: the run's report
+lists each with its line number and the rule it broke, as `Rejection` records (the model receipts
+use), printed by `stixbus connector run` and written to `--report FILE`.
 """
 
 from __future__ import annotations
@@ -17,17 +21,13 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import ipaddress
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
-import idna
 from pydantic import Field, model_validator
 
 from connectors.base import (
@@ -38,13 +38,20 @@ from connectors.base import (
     StateFile,
     Submitter,
     now_utc,
-    parse_time,
     read_source,
     secret_from_env,
-    stix_time,
 )
 from schemas.envelope import Reason
 from schemas.tlp import TLP
+from stixbus.core.canonical import (
+    CanonicalError,
+    canonical_domain,
+    canonical_hash,
+    canonical_ip,
+    canonical_url,
+    refang,
+)
+from stixbus.core.ids import parse_time, stix_time, uuid5
 from stixbus.settings import Settings
 
 
@@ -144,8 +151,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # -- pure parsing -------------------------------------------------------------------------
 
 
-class BadLine(ValueError):
-    """A line that is not a valid entry; the message says why and what is expected."""
+class BadLine(CanonicalError):
+    """A line that is not a valid entry; the message says why and what is expected.  Values the
+    core canonicaliser refuses raise its `CanonicalError` (BadLine's base) directly."""
 
 
 @dataclass(frozen=True)
@@ -158,108 +166,58 @@ class Entry:
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _HASH_LEN = {32: "md5", 40: "sha1", 64: "sha256"}
-_DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HASH_ALGORITHM = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256"}  # STIX hash names
+# What auto-detection takes for an address (its errors then say what is wrong with the address).
+_IP_SHAPE = re.compile(r"^[0-9.]+(?:/[0-9]*)?$|^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:/[0-9]*)?$")
 
 
-def canonical_url(text: str) -> str:
-    value = text.strip()
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https", "ftp", "ftps") or not parts.hostname:
-        raise BadLine(f"{value!r} is not an absolute http(s)/ftp URL with a host")
-    if any(c.isspace() for c in value):
-        raise BadLine(f"{value!r} contains whitespace: percent-encode it")
-    host = canonical_domain_or_ip(parts.hostname)
-    netloc = host if ":" not in host else f"[{host}]"
-    if parts.port is not None:
-        default = {"http": 80, "https": 443, "ftp": 21, "ftps": 990}[parts.scheme.lower()]
-        if parts.port != default:
-            netloc += f":{parts.port}"
-    if parts.username or parts.password:
-        userinfo = parts.username or ""
-        if parts.password:
-            userinfo += f":{parts.password}"
-        netloc = f"{userinfo}@{netloc}"
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+def _ip(value: str) -> tuple[str, str]:
+    """('ipv4-addr'|'ipv6-addr', canonical address or network), by the core's rules."""
+    version = 6 if ":" in value else 4
+    return f"ipv{version}-addr", canonical_ip(value, version).value
 
 
-def canonical_domain(text: str) -> str:
-    value = text.strip().rstrip(".").lower()
-    if not value or "." not in value:
-        raise BadLine(f"{text.strip()!r} is not a domain name (expected e.g. evil.example)")
-    if value.isascii() and "xn--" not in value:
-        ascii_name = value  # plain LDH names: IDNA would return them unchanged (and is slow)
-    else:
-        try:
-            ascii_name = idna.encode(value, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise BadLine(f"{text.strip()!r} is not a valid (IDNA) domain name: {exc}") from None
-    if len(ascii_name) > 253 or not all(_DOMAIN_LABEL.match(x) for x in ascii_name.split(".")):
-        raise BadLine(f"{text.strip()!r} is not a valid domain name (labels a-z, 0-9, '-')")
-    return ascii_name
-
-
-def canonical_ip(text: str) -> tuple[str, str]:
-    """('ipv4-addr'|'ipv6-addr', canonical address or network)."""
-    value = text.strip()
-    try:
-        if "/" in value:
-            net = ipaddress.ip_network(value, strict=False)
-            kind = "ipv4-addr" if net.version == 4 else "ipv6-addr"
-            if net.num_addresses == 1:
-                return kind, str(net.network_address)
-            return kind, str(net)
-        addr = ipaddress.ip_address(value)
-        return ("ipv4-addr" if addr.version == 4 else "ipv6-addr"), str(addr)
-    except ValueError:
-        raise BadLine(f"{value!r} is not an IPv4/IPv6 address or CIDR network") from None
-
-
-def canonical_domain_or_ip(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        return canonical_domain(host)
-
-
-def canonical_hash(text: str, algorithm: str | None) -> tuple[str, str]:
-    value = text.strip().lower()
-    if not _HEX.match(value):
-        raise BadLine(f"{text.strip()!r} is not a hexadecimal hash")
-    found = _HASH_LEN.get(len(value))
-    if found is None or (algorithm and found != algorithm):
-        want = f"a {algorithm}" if algorithm else "an md5/sha1/sha256"
-        raise BadLine(f"{text.strip()!r} has {len(value)} hex digits: not {want} hash")
-    return found, value
+def _hash(value: str, algorithm: str | None) -> tuple[str, str]:
+    found = _HASH_LEN.get(len(value)) if _HEX.match(value) else None
+    kind = algorithm or found
+    if kind is None:
+        raise BadLine(
+            f"{value!r} is not an md5/sha1/sha256 hash: give 32, 40 or 64 hexadecimal digits "
+            f"(it has {len(value)} characters)"
+        )
+    return kind, canonical_hash(_HASH_ALGORITHM[kind], value).value
 
 
 def parse_value(text: str, kind: IndicatorType) -> tuple[str, str]:
-    """(entry kind, canonical value) for one raw value, or BadLine."""
+    """(entry kind, canonical value) for one raw value; BadLine or CanonicalError if bad.
+
+    The canonical form is the core's (`stixbus.core.canonical`): refanged, IDN as punycode, dot
+    segments removed, percent-encoding normalised, host CIDRs folded.  Only telling the kinds
+    apart (type: auto) is the connector's own."""
     value = text.strip()
     if not value:
         raise BadLine("empty value")
     if kind is IndicatorType.URL:
-        return "url", canonical_url(value)
+        return "url", canonical_url(value).value
     if kind is IndicatorType.DOMAIN:
-        return "domain-name", canonical_domain(value)
+        return "domain-name", canonical_domain(value).value
     if kind is IndicatorType.IP:
-        return canonical_ip(value)
+        return _ip(value)
     if kind in (IndicatorType.MD5, IndicatorType.SHA1, IndicatorType.SHA256):
-        return canonical_hash(value, kind.value)
+        return _hash(value, kind.value)
     if kind is IndicatorType.HASH:
-        return canonical_hash(value, None)
-    # auto
-    if "://" in value:
-        return "url", canonical_url(value)
-    if _HEX.match(value) and len(value) in _HASH_LEN:
-        return canonical_hash(value, None)
-    try:
-        return canonical_ip(value)
-    except BadLine:
-        pass
-    try:
-        return "domain-name", canonical_domain(value)
-    except BadLine:
-        raise BadLine(f"{value!r} is not a URL, domain, IP/CIDR or md5/sha1/sha256 hash") from None
+        return _hash(value, None)
+    # auto: by shape, on the refanged text
+    fanged = refang(value)
+    if "://" in fanged:
+        return "url", canonical_url(value).value
+    if _HEX.match(value) and len(value) >= 24:  # a digest, perhaps truncated
+        return _hash(value, None)
+    if _IP_SHAPE.match(fanged):
+        return _ip(value)
+    if "." in fanged.strip(".") and not any(c.isspace() for c in fanged):
+        return "domain-name", canonical_domain(value).value
+    raise BadLine(f"{value!r} is not a URL, domain, IP/CIDR or md5/sha1/sha256 hash")
 
 
 def _column(row: list[str], column: int | str, header: list[str] | None, line: int) -> str:
@@ -306,7 +264,7 @@ def parse_lines(
                 except ValueError:
                     raise BadLine(f"first-seen {raw_seen!r} is not an ISO 8601 time") from None
             yield Entry(kind, canonical, first_seen, number)
-        except (BadLine, csv.Error) as exc:
+        except (CanonicalError, csv.Error) as exc:
             if report is not None:
                 report.reject(
                     f"/line/{number}",
@@ -330,12 +288,25 @@ def pattern_for(kind: str, value: str) -> str:
     return f"[{kind}:value = '{_quote(value)}']"
 
 
-def indicator_id(source: str, kind: str, value: str, generation: int = 1) -> str:
-    """Deterministic: UUIDv5 over source name + canonical value (+ generation after revocation)."""
-    key = f"blocklist:{source}:{kind}:{value}"
+# The id scheme's generation.  It is part of every id's UUIDv5 name from generation 2 on, and
+# moves whenever the canonical form of a value (and so the id derived from it) changes: the next
+# import revokes every id minted under an older generation and publishes the entry again under
+# the new one (see `retire_old_scheme`).
+#   1: the connector's own canonicaliser (until the core's became the only one).
+#   2: `stixbus.core.canonical`: dot segments, %-encoding, host CIDRs refused, refanging.
+ID_SCHEME = 2
+
+
+def indicator_id(
+    source: str, kind: str, value: str, generation: int = 1, scheme: int = ID_SCHEME
+) -> str:
+    """Deterministic: UUIDv5 over the id scheme, the source name and the canonical value (+ the
+    revival generation after a revocation)."""
+    prefix = "blocklist" if scheme == 1 else f"blocklist/v{scheme}"
+    key = f"{prefix}:{source}:{kind}:{value}"
     if generation > 1:
         key += f":{generation}"
-    return f"indicator--{uuid.uuid5(CONNECTOR_NAMESPACE, key)}"
+    return f"indicator--{uuid5(CONNECTOR_NAMESPACE, key)}"
 
 
 def make_indicator(
@@ -345,11 +316,12 @@ def make_indicator(
     first_seen: str,
     generation: int = 1,
     revoked_at: str | None = None,
+    scheme: int = ID_SCHEME,
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": indicator_id(config.name, kind, value, generation),
+        "id": indicator_id(config.name, kind, value, generation, scheme),
         "created": first_seen,
         "modified": revoked_at or first_seen,
         "name": f"{kind} {value}"[:250],
@@ -372,6 +344,66 @@ def make_indicator(
     if revoked_at:
         obj["revoked"] = True
     return obj
+
+
+# -- id scheme changes -------------------------------------------------------------------
+
+
+def retire_old_scheme(state: dict[str, Any], now: str) -> list[str]:
+    """Move a state written under an older id scheme to `ID_SCHEME` (pure, on the state dict).
+
+    Every entry of the old scheme that is not revoked yet goes to `state["retired"]` with a
+    revocation time: the run publishes its old id once more as revoked, so no old id stays live.
+    Entries that were live are carried over under their new canonical value with their first-seen
+    time (so `created`/`valid_until` do not move) and `published: false`: the run publishes them
+    under the new id if the list still has them.  Returns warnings for the report."""
+    scheme = int(state.get("id_scheme", 1 if state.get("entries") else ID_SCHEME))
+    state["id_scheme"] = ID_SCHEME
+    if scheme == ID_SCHEME:
+        return []
+    warnings: list[str] = []
+    retired: dict[str, dict[str, Any]] = state.setdefault("retired", {})
+    carried: dict[str, dict[str, Any]] = {}
+    for key, record in state.get("entries", {}).items():
+        if record.get("revoked"):
+            continue  # final; a later sighting gets a new-scheme id anyway
+        retired[f"{scheme}|{key}"] = {
+            "first_seen": record["first_seen"],
+            "generation": record.get("generation", 1),
+            "revoke_at": record.get("revoke_at") or max(now, _after(record["first_seen"])),
+        }
+        if record.get("revoke_at"):
+            continue  # it had vanished from the list
+        kind, value = key.split("|", 1)
+        try:
+            kind, value = parse_value(value, _KIND_TYPE.get(kind, IndicatorType.AUTO))
+        except CanonicalError as exc:
+            warnings.append(
+                f"id scheme {scheme}→{ID_SCHEME}: {key.split('|', 1)[1]!r} is no longer a valid "
+                f"entry ({exc}); its old id is revoked and it is not published again"
+            )
+            continue
+        new_key = f"{kind}|{value}"
+        held = carried.get(new_key)
+        if held is None or record["first_seen"] < held["first_seen"]:
+            carried[new_key] = {
+                "first_seen": record["first_seen"],
+                "generation": 1,
+                "published": False,
+            }
+    state["entries"] = carried
+    return warnings
+
+
+_KIND_TYPE = {
+    "url": IndicatorType.URL,
+    "domain-name": IndicatorType.DOMAIN,
+    "ipv4-addr": IndicatorType.IP,
+    "ipv6-addr": IndicatorType.IP,
+    "md5": IndicatorType.MD5,
+    "sha1": IndicatorType.SHA1,
+    "sha256": IndicatorType.SHA256,
+}
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -399,8 +431,10 @@ async def run_once(
         ) from None
     store = StateFile(config.state_path(settings))
     state = store.load()
-    entries: dict[str, dict[str, Any]] = state.setdefault("entries", {})
     now = stix_time(now_utc())
+    report.warnings.extend(f"{config.name}: {w}" for w in retire_old_scheme(state, now))
+    entries: dict[str, dict[str, Any]] = state.setdefault("entries", {})
+    retired: dict[str, dict[str, Any]] = state.setdefault("retired", {})
 
     present: dict[str, Entry] = {}
     for entry in parse_lines(text, config, report):
@@ -450,12 +484,15 @@ async def run_once(
             store.save(state)
     to_revoke = [k for k, v in entries.items() if v.get("revoke_at") and not v.get("revoked")]
     if progress_total:
-        progress_total(len(fresh) + len(to_revoke))
+        progress_total(len(fresh) + len(to_revoke) + len(retired))
 
     submitter.checkpoint = lambda: store.save(state)
 
     def mark(key_: str, field: str) -> None:
         entries[key_][field] = True
+
+    def forget(key_: str) -> None:
+        retired.pop(key_, None)
 
     # One unit per entry: a unit is committed as soon as the submission carrying it is acked.
     for key_ in fresh:
@@ -471,6 +508,20 @@ async def run_once(
         )
         report.revoked += 1
         await submitter.add([obj], functools.partial(mark, key_, "revoked"))
+    # Ids of an older id scheme: revoked once, then forgotten.
+    for key_, record in list(retired.items()):
+        scheme, kind, value = key_.split("|", 2)
+        obj = make_indicator(
+            config,
+            kind,
+            value,
+            record["first_seen"],
+            record["generation"],
+            record["revoke_at"],
+            scheme=int(scheme),
+        )
+        report.revoked += 1
+        await submitter.add([obj], functools.partial(forget, key_))
     await submitter.flush()
 
 

@@ -13,12 +13,19 @@ Auth: a per-org API token (`Authorization: Bearer|Token <token>`, or HTTP basic 
 as password, which is what taxii2-client's user/password sends).  Tokens are stored as scrypt
 hashes in a YAML file; `stixbus connector token create ORG --tokens FILE` mints one.
 
-Errors: wrong or missing token 401; another org's collection 403; unknown collection 404;
-body over the limit 413; Content-Type not `application/taxii+json;version=2.1` 415; Accept
-without TAXII 2.1 406; body not a JSON envelope/bundle 400.  The status of a POST is
+Errors: wrong or missing token 401; a collection that is not the caller's (another org's or
+none at all: the same answer, naming nobody) 404; too many token attempts 429 (per token id);
+body over the limit 413; body not sent within `body_timeout_seconds` 408; Content-Type not
+`application/taxii+json;version=2.1` 415; Accept without TAXII 2.1 406; body not a JSON
+envelope/bundle 400.  The status of a POST is
 `pending` until the worker's receipt (`stixbus.receipts.<org>`, matched by submission id = the
 status id) arrives, then `complete` with a success or failure per object.  Statuses live in
-this process's memory (TAXII lets servers expire them).
+this process's memory, bounded in bytes and age (TAXII lets servers expire them).
+
+Hardening (issue #12 finding 9): the inbox keeps the Kafka passwords of the orgs it serves
+only (read once at start, never the admin's, worker's or operator's); TLS with the local CA by
+default; idle/header/body timeouts and a connection cap; scrypt in a thread pool, a per-token-id
+rate limit, and the same scrypt work for an unknown token id as for a known one.
 """
 
 from __future__ import annotations
@@ -28,8 +35,11 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,28 +47,33 @@ from typing import Any, Literal
 import orjson
 import yaml
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import (
     BROKER_DEFAULT_MAX_BYTES,
     CONNECTOR_NAMESPACE,
     ConnectorConfig,
+    ConnectorConfigError,
     ConnectorError,
     now_utc,
-    stix_time,
 )
+from connectors.inbox_tls import ensure_server_cert, server_context
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from schemas.yaml_file import read_yaml
+from stixbus.core.ids import stix_time, uuid5
+from stixbus.errors import ConfigError
+from stixbus.files import atomic_write
 from stixbus.kafka.client import publish
-from stixbus.kafka.config import client_kwargs
+from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings
 
 TAXII_MEDIA = "application/taxii+json;version=2.1"
 STIX_MEDIA = "application/stix+json;version=2.1"
-MAX_STATUSES = 100_000
+STATUS_ENTRY_OVERHEAD = 256  # bytes counted per status besides its ids, versions and receipt
 
 
 class InboxConfig(ConnectorConfig):
@@ -71,7 +86,43 @@ class InboxConfig(ConnectorConfig):
         default=BROKER_DEFAULT_MAX_BYTES, ge=1024, description="Larger POSTs get 413"
     )
     public_url: str | None = Field(
-        default=None, description="Base URL clients use (behind a proxy); default http://host:port"
+        default=None,
+        description="Base URL clients use (behind a proxy); default https://host:port",
+    )
+    orgs: list[str] | None = Field(
+        default=None,
+        description="Orgs this inbox serves (their Kafka passwords are the only ones it loads); "
+        "default: every publisher in the registry",
+    )
+    tls: bool = Field(default=True, description="Serve HTTPS (false: plain HTTP, demos only)")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate; default <STIXBUS_HOME>/secrets/inbox.pem, made and signed "
+        "by the local CA (secrets/ca.pem) at first start",
+    )
+    tls_key: Path | None = Field(
+        default=None, description="PEM key; default <STIXBUS_HOME>/secrets/inbox.key"
+    )
+    idle_timeout_seconds: float = Field(
+        default=30, gt=0, description="Close a connection with no complete request this long"
+    )
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, description="Close a connection whose request headers take longer"
+    )
+    body_timeout_seconds: float = Field(
+        default=60, gt=0, description="408 when a POST body takes longer to arrive"
+    )
+    max_connections: int = Field(
+        default=256, ge=1, description="Open connections at most; more get 503 and are closed"
+    )
+    auth_attempts_per_minute: int = Field(
+        default=10, ge=1, description="Token checks per token id per minute; more get 429"
+    )
+    status_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=4096, description="Memory for status resources (oldest go)"
+    )
+    status_max_age_seconds: float = Field(
+        default=24 * 3600, gt=0, description="A status resource is forgotten after this long"
     )
 
 
@@ -107,12 +158,12 @@ def load_tokens(path: Path) -> TokenFile:
         return TokenFile()
     try:
         data = read_yaml(path, "token file") or {}
-    except ValueError as exc:
-        raise ConnectorError(str(exc)) from exc
+    except ConfigError as exc:
+        raise ConnectorConfigError(exc.what, exc.fix) from exc
     try:
         return TokenFile.model_validate(data)
     except ValidationError as exc:
-        raise ConnectorError(f"token file {path} is invalid: {exc}") from None
+        raise ConnectorConfigError(f"token file {path} is invalid: {exc}") from None
 
 
 def create_token(path: Path, org: str, label: str = "") -> str:
@@ -130,22 +181,71 @@ def create_token(path: Path, org: str, label: str = "") -> str:
         hash=_scrypt(secret, salt, 2**14, 8, 1).hex(),
     )
     tokens.tokens.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(tokens.model_dump(mode="json"), sort_keys=False))
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    text = yaml.safe_dump(tokens.model_dump(mode="json"), sort_keys=False)
+    atomic_write(path, text.encode("utf-8"), 0o600)
     return f"sbx_{token_id}_{secret}"
 
 
-class TokenStore:
-    """Verifies `sbx_<id>_<secret>` tokens against the hashed file; caches successes."""
+class RateLimited(Exception):
+    """Too many token checks for one token id; `retry_after` seconds until the next."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"retry after {retry_after:.0f}s")
+        self.retry_after = retry_after
+
+
+class AttemptLimiter:
+    """At most `limit` attempts per key per `window` seconds (sliding window, bounded keys)."""
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def check(self, key: str) -> None:
+        """Count one attempt for `key`, or raise RateLimited."""
+        now = self.clock()
+        times = self._seen.pop(key, None) or deque()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        self._seen[key] = times
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        if len(times) >= self.limit:
+            raise RateLimited(times[0] + self.window - now)
+        times.append(now)
+
+
+# Verified against when a token names an unknown id, so it costs the same scrypt as a known one.
+_DUMMY = TokenRecord(
+    id="000000000000",
+    org="",
+    created="",
+    salt=secrets.token_bytes(16).hex(),
+    hash=secrets.token_bytes(32).hex(),
+)
+
+
+class TokenStore:
+    """Verifies `sbx_<id>_<secret>` tokens against the hashed file; caches successes.
+
+    scrypt runs in a small thread pool (never on the event loop); a token with an unknown or
+    malformed id is checked against a dummy hash with the same cost, so timing does not tell
+    whether an id exists; `limiter` (when given) bounds attempts per token id.
+    """
+
+    def __init__(self, path: Path, limiter: AttemptLimiter | None = None) -> None:
         self.path = path
+        self.limiter = limiter
         self._mtime: float | None = None
         self._by_id: dict[str, TokenRecord] = {}
         self._verified: dict[str, str] = {}  # sha256(token) -> org
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inbox-scrypt")
 
     def _reload(self) -> None:
         try:
@@ -157,22 +257,40 @@ class TokenStore:
             self._verified.clear()
             self._mtime = mtime
 
-    def org_for(self, token: str) -> str | None:
+    def _check(self, token: str) -> str | None:
+        """Blocking: the org of `token`, or None.  Same scrypt work for unknown ids."""
+        parts = token.split("_", 2)
+        well_formed = len(parts) == 3 and parts[0] == "sbx"
+        record = self._by_id.get(parts[1]) if well_formed else None
+        known = record is not None
+        record = record or _DUMMY
+        secret = parts[2] if well_formed else token
+        digest = _scrypt(secret, bytes.fromhex(record.salt), record.n, record.r, record.p)
+        if not hmac.compare_digest(digest.hex(), record.hash) or not known:
+            return None
+        return record.org
+
+    async def verify(self, token: str) -> str | None:
+        """The org of `token`, or None; raises RateLimited past the per-id limit."""
         self._reload()
         fingerprint = hashlib.sha256(token.encode()).hexdigest()
         if fingerprint in self._verified:
             return self._verified[fingerprint]
-        parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "sbx":
-            return None
-        record = self._by_id.get(parts[1])
-        if record is None:
-            return None
-        digest = _scrypt(parts[2], bytes.fromhex(record.salt), record.n, record.r, record.p)
-        if not hmac.compare_digest(digest.hex(), record.hash):
-            return None
-        self._verified[fingerprint] = record.org
-        return record.org
+        if self.limiter is not None:
+            parts = token.split("_", 2)
+            self.limiter.check(parts[1] if len(parts) == 3 and parts[0] == "sbx" else "")
+        org = await asyncio.get_running_loop().run_in_executor(self._pool, self._check, token)
+        if org is not None:
+            self._verified[fingerprint] = org
+        return org
+
+    def org_for(self, token: str) -> str | None:
+        """Blocking check (CLI and tests); servers use `verify`."""
+        self._reload()
+        return self._check(token)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def token_from_request(request: web.Request) -> str | None:
@@ -198,12 +316,64 @@ class StatusEntry:
     request_timestamp: str
     versions: dict[str, str]  # object id -> version (modified/created, "" for SCOs)
     receipt: Receipt | None = None
+    created: float = 0.0  # StatusStore clock
+    size: int = 0  # bytes counted against StatusStore.max_bytes
 
 
-def taxii_error(status: int, title: str, description: str) -> web.Response:
+class StatusStore:
+    """Status resources, oldest first, bounded in (approximate) bytes and in age."""
+
+    def __init__(
+        self, max_bytes: int, max_age: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_bytes, self.max_age, self.clock = max_bytes, max_age, clock
+        self._entries: OrderedDict[str, StatusEntry] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _expire(self) -> None:
+        cutoff = self.clock() - self.max_age
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.created > cutoff and self.bytes <= self.max_bytes:
+                return
+            _, gone = self._entries.popitem(last=False)
+            self.bytes -= gone.size
+
+    def add(self, sid: str, entry: StatusEntry) -> None:
+        entry.created = self.clock()
+        entry.size = STATUS_ENTRY_OVERHEAD + sum(
+            len(k) + len(v) + 16 for k, v in entry.versions.items()
+        )
+        self._entries[sid] = entry
+        self.bytes += entry.size
+        self._expire()
+
+    def get(self, sid: str) -> StatusEntry | None:
+        self._expire()
+        return self._entries.get(sid)
+
+    def attach(self, receipt: Receipt, size: int) -> None:
+        """Record the receipt of a pending status (matched by submission id and publisher)."""
+        entry = self.get(receipt.submission_id)
+        if entry is None or entry.org != receipt.publisher or entry.receipt is not None:
+            return
+        entry.receipt = receipt
+        entry.size += size
+        self.bytes += size
+        self._expire()
+
+
+def taxii_error(
+    status: int, title: str, description: str, headers: dict[str, str] | None = None
+) -> web.Response:
     body = {"title": title, "description": description, "http_status": str(status)}
     return web.Response(
-        status=status, body=orjson.dumps(body), headers={"Content-Type": TAXII_MEDIA}
+        status=status,
+        body=orjson.dumps(body),
+        headers={"Content-Type": TAXII_MEDIA, **(headers or {})},
     )
 
 
@@ -217,7 +387,7 @@ def taxii_json(data: Any, status: int = 200) -> web.Response:
 
 
 def collection_id(org: str) -> str:
-    return str(uuid.uuid5(CONNECTOR_NAMESPACE, f"inbox:{org}"))
+    return uuid5(CONNECTOR_NAMESPACE, f"inbox:{org}")
 
 
 def _media_ok(value: str) -> bool:
@@ -247,19 +417,77 @@ class Inbox:
     registry: Registry = field(init=False)
     names: TopicNames = field(init=False)
     tokens: TokenStore = field(init=False)
-    statuses: OrderedDict[str, StatusEntry] = field(default_factory=OrderedDict)
+    statuses: StatusStore = field(init=False)
+    served: list[str] = field(init=False)
+    credentials: dict[str, SecretStr] = field(init=False)  # org -> its Kafka password only
     _consumers: list[AIOKafkaConsumer] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.registry = load_registry(self.settings.registry_path)
         self.names = TopicNames(self.settings.topic_prefix)
-        self.tokens = TokenStore(self.config.tokens_file)
-        self.collections = {collection_id(o.id): o.id for o in self.registry.publishers}
+        publishers = [o.id for o in self.registry.publishers]
+        self.served = list(self.config.orgs) if self.config.orgs is not None else publishers
+        unknown = [o for o in self.served if o not in publishers]
+        if unknown:
+            raise ConnectorError(
+                f"inbox orgs {unknown} are not publishers in {self.settings.registry_path}: "
+                "list only publishing orgs under `orgs`"
+            )
+        self.credentials = self._load_credentials()
+        self.tokens = TokenStore(
+            self.config.tokens_file, AttemptLimiter(self.config.auth_attempts_per_minute)
+        )
+        self.statuses = StatusStore(
+            self.config.status_max_bytes, self.config.status_max_age_seconds
+        )
+        self.collections = {collection_id(o): o for o in self.served}
+
+    def _load_credentials(self) -> dict[str, SecretStr]:
+        """The served orgs' Kafka passwords, read once; every other principal's is dropped."""
+        if not uses_sasl(self.settings):
+            return {}
+        if self.settings.sasl_username:
+            if self.served != [self.settings.sasl_username] or self.settings.sasl_password is None:
+                raise ConnectorError(
+                    f"STIXBUS_SASL_USERNAME={self.settings.sasl_username!r} is one org: set "
+                    f"`orgs: [{self.settings.sasl_username}]` in the inbox config and "
+                    "STIXBUS_SASL_PASSWORD, or unset both to use the credentials file"
+                )
+            return {self.settings.sasl_username: self.settings.sasl_password}
+        if self.settings.credentials_file is None:
+            raise ConnectorError(
+                "the inbox needs the Kafka passwords of the orgs it serves: set "
+                "STIXBUS_CREDENTIALS_FILE (a file with only those orgs is enough)"
+            )
+        users = read_credentials(self.settings.credentials_file)
+        missing = [o for o in self.served if o not in users]
+        if missing:
+            raise ConnectorError(
+                f"no Kafka password for {missing} in {self.settings.credentials_file}: run "
+                "`stixbus security apply`, or narrow `orgs` in the inbox config"
+            )
+        kept = {o: SecretStr(users[o]) for o in self.served}
+        users.clear()
+        return kept
+
+    def kafka(self, org: str) -> dict[str, Any]:
+        """aiokafka connection options acting as `org`, from its password held in memory."""
+        if not uses_sasl(self.settings):
+            return client_kwargs(self.settings, org)
+        as_org = self.settings.model_copy(
+            update={
+                "sasl_username": org,
+                "sasl_password": self.credentials[org],
+                "credentials_file": None,
+            }
+        )
+        return client_kwargs(as_org, org)
 
     @property
     def base_url(self) -> str:
-        return self.config.public_url or f"http://{self.config.host}:{self.config.port}"
+        scheme = "https" if self.config.tls else "http"
+        return self.config.public_url or f"{scheme}://{self.config.host}:{self.config.port}"
 
     @property
     def max_body(self) -> int:
@@ -285,15 +513,15 @@ class Inbox:
         # One consumer per publisher, each acting as that org: under security an org may read
         # only its own receipts topic, and the inbox holds no broader principal.
         self._consumers = []
-        for org in self.registry.publishers:
+        for org_id in self.served:
             consumer = AIOKafkaConsumer(
-                **client_kwargs(self.settings, org.id),
+                **self.kafka(org_id),
                 enable_auto_commit=False,
                 auto_offset_reset="latest",
             )
             await consumer.start()
             self._consumers.append(consumer)
-            topic = self.names.receipts(org.id)
+            topic = self.names.receipts(org_id)
             cluster = await consumer._client.fetch_all_metadata()
             tps = [
                 TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or [])
@@ -319,9 +547,7 @@ class Inbox:
                         receipt = Receipt.model_validate_json(m.value or b"")
                     except ValidationError:
                         continue
-                    entry = self.statuses.get(receipt.submission_id)
-                    if entry is not None and entry.org == receipt.publisher:
-                        entry.receipt = receipt
+                    self.statuses.attach(receipt, len(m.value or b""))
 
     async def _stop_receipts(self, app: web.Application) -> None:
         for task in self._tasks:
@@ -337,9 +563,20 @@ class Inbox:
 
     # -- helpers --
 
-    def _auth(self, request: web.Request) -> str | web.Response:
+    async def _auth(self, request: web.Request) -> str | web.Response:
         token = token_from_request(request)
-        org = self.tokens.org_for(token) if token else None
+        try:
+            org = await self.tokens.verify(token) if token else None
+        except RateLimited as exc:
+            return taxii_error(
+                429,
+                "Too Many Requests",
+                f"too many token attempts: at most {self.config.auth_attempts_per_minute} per "
+                "minute per token id; wait and retry",
+                {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))},
+            )
+        if org is not None and org not in self.served:
+            org = None  # a token for an org this inbox does not serve: no different answer
         if org is None:
             return taxii_error(
                 401,
@@ -371,11 +608,11 @@ class Inbox:
             "media_types": [STIX_MEDIA],
         }
 
-    def _authorise(
+    async def _authorise(
         self, request: web.Request, *, root: bool = True, collection: bool = False
     ) -> str | web.Response:
         """The org behind the request's token, or the TAXII error response to send instead."""
-        auth = self._auth(request)
+        auth = await self._auth(request)
         if isinstance(auth, web.Response):
             return auth
         if root and (bad := self._check_root(request)) is not None:
@@ -385,23 +622,21 @@ class Inbox:
         return auth
 
     def _own_collection(self, request: web.Request, org: str) -> web.Response | None:
-        cid = request.match_info["cid"]
-        owner = self.collections.get(cid)
-        if owner is None:
-            return taxii_error(404, "Not Found", f"no collection {cid!r} in this API root")
-        if owner != org:
+        # Another org's collection and one that does not exist get the same answer, which
+        # names only the caller's own collection (never the owner of a guessed id).
+        if self.collections.get(request.match_info["cid"]) != org:
             return taxii_error(
-                403,
-                "Forbidden",
-                f"collection {cid} is {owner}'s ingest; your token is for {org}: "
-                f"post to collection {collection_id(org)}",
+                404,
+                "Not Found",
+                f"no such collection for your token: yours is {collection_id(org)} "
+                f"(GET /taxii2/{self.config.api_root}/collections/)",
             )
         return None
 
     # -- handlers --
 
     async def discovery(self, request: web.Request) -> web.Response:
-        auth = self._auth(request)
+        auth = await self._auth(request)
         if isinstance(auth, web.Response):
             return auth
         root_url = f"{self.base_url}/taxii2/{self.config.api_root}/"
@@ -415,7 +650,7 @@ class Inbox:
         )
 
     async def api_root(self, request: web.Request) -> web.Response:
-        auth = self._authorise(request)
+        auth = await self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
         return taxii_json(
@@ -427,19 +662,19 @@ class Inbox:
         )
 
     async def list_collections(self, request: web.Request) -> web.Response:
-        auth = self._authorise(request)
+        auth = await self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
         return taxii_json({"collections": [self._collection_info(auth)]})
 
     async def get_collection(self, request: web.Request) -> web.Response:
-        auth = self._authorise(request, collection=True)
+        auth = await self._authorise(request, collection=True)
         if isinstance(auth, web.Response):
             return auth
         return taxii_json(self._collection_info(auth))
 
     async def add_objects(self, request: web.Request) -> web.Response:
-        auth = self._authorise(request, collection=True)
+        auth = await self._authorise(request, collection=True)
         if isinstance(auth, web.Response):
             return auth
         if not _media_ok(request.headers.get("Content-Type", "")):
@@ -457,10 +692,19 @@ class Inbox:
         if request.content_length is not None and request.content_length > self.max_body:
             return too_big
         body = bytearray()
-        async for chunk in request.content.iter_chunked(65536):
-            body += chunk
-            if len(body) > self.max_body:
-                return too_big
+        try:
+            async with asyncio.timeout(self.config.body_timeout_seconds):
+                async for chunk in request.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > self.max_body:
+                        return too_big
+        except TimeoutError:
+            return taxii_error(
+                408,
+                "Request Timeout",
+                f"the body did not arrive within {self.config.body_timeout_seconds:g}s: "
+                "send it faster or in smaller POSTs",
+            )
         try:
             document = orjson.loads(bytes(body))
         except orjson.JSONDecodeError as exc:
@@ -479,19 +723,18 @@ class Inbox:
             if isinstance(obj, dict) and isinstance(obj.get("id"), str):
                 versions[obj["id"]] = str(obj.get("modified") or obj.get("created") or "")
         entry = StatusEntry(auth, stix_time(now_utc()), versions)
-        self.statuses[status_id] = entry
-        while len(self.statuses) > MAX_STATUSES:
-            self.statuses.popitem(last=False)
+        self.statuses.add(status_id, entry)
         await publish(
-            client_kwargs(self.settings, auth),
+            self.kafka(auth),
             self.names.ingest(auth),
             orjson.dumps(bundle),
             status_id,
+            max_record_bytes=self.settings.max_record_bytes,
         )
         return taxii_json(self._status(status_id, entry, len(objects)), status=202)
 
     async def get_status(self, request: web.Request) -> web.Response:
-        auth = self._authorise(request)
+        auth = await self._authorise(request)
         if isinstance(auth, web.Response):
             return auth
         sid = request.match_info["sid"]
@@ -500,7 +743,8 @@ class Inbox:
             return taxii_error(
                 404,
                 "Not Found",
-                f"no status {sid!r} for {auth} (statuses live as long as the inbox process)",
+                f"no status {sid!r} for {auth} (statuses are kept "
+                f"{self.config.status_max_age_seconds:g}s at most, in this inbox process)",
             )
         return taxii_json(self._status(sid, entry, None))
 
@@ -546,14 +790,93 @@ class Inbox:
         }
 
 
-async def serve(config: InboxConfig, settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the inbox until `stop` is set (or forever)."""
-    inbox = Inbox(config, settings)
-    runner = web.AppRunner(inbox.app())
+class GuardedHandler(RequestHandler):
+    """aiohttp's request handler with a connection cap and a request-header deadline.
+
+    aiohttp closes a connection that has no complete request `keepalive_timeout` after it
+    opened or after its last response (the idle timeout); this adds: at most `max_connections`
+    open (more get a 503 and are closed), and headers must be complete within
+    `header_timeout` of their first byte (slowloris).
+    """
+
+    def __init__(self, *args: Any, inbox_config: InboxConfig, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inbox_config = inbox_config
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if manager is not None and len(manager.connections) >= self._inbox_config.max_connections:
+            self._refused = True
+            self._manager = None  # never registered: connection_lost has nothing to undo
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\nRetry-After: 1\r\n\r\n"
+                )
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._header_timer is None and not self._request_in_progress:
+            self._header_timer = self._loop.call_later(
+                self._inbox_config.header_timeout_seconds, self._header_deadline
+            )
+        super().data_received(data)
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if not self._request_in_progress and self._waiter is not None and not self._waiter.done():
+            self.force_close()  # still waiting for a complete request after the deadline
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+async def run(inbox: Inbox, stop: asyncio.Event | None = None) -> None:
+    """Serve `inbox` until `stop` is set (or forever)."""
+    config = inbox.config
+    context = None
+    if config.tls:
+        secrets_dir = inbox.settings.home / "secrets"
+        cert = config.tls_cert or secrets_dir / "inbox.pem"
+        key = config.tls_key or secrets_dir / "inbox.key"
+        ensure_server_cert(secrets_dir, cert, key, [config.host])
+        context = server_context(cert, key)
+    runner = web.AppRunner(inbox.app(), keepalive_timeout=config.idle_timeout_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
+    handler_kwargs = dict(server._kwargs)  # what AppRunner passes to its own handlers
+
+    def factory() -> GuardedHandler:
+        assert server is not None
+        return GuardedHandler(server, loop=loop, inbox_config=config, **handler_kwargs)
+
+    listener = await loop.create_server(
+        factory,
+        config.host,
+        config.port,
+        ssl=context,
+        ssl_handshake_timeout=config.header_timeout_seconds if context else None,
+        backlog=min(config.max_connections, 1024),
+    )
     try:
         await (stop.wait() if stop else asyncio.Event().wait())
     finally:
+        listener.close()
         await runner.cleanup()
+        inbox.tokens.close()
+
+
+async def serve(config: InboxConfig, settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the inbox until `stop` is set (or forever)."""
+    await run(Inbox(config, settings), stop)

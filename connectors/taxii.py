@@ -5,8 +5,8 @@ whose objects the broker acknowledged.  A run asks for `added_after=<cursor>`, f
 until `more` is false, and moves the cursor after each acknowledged page, so a restart resumes
 after the last published page (neither re-publishing nor skipping).  When a server sends no
 `X-TAXII-Date-Added-Last`, the cursor falls back to the request time of the run's first page
-(a warning says so).  HTTP 429/5xx and connection errors are retried with exponential backoff
-(honouring Retry-After); 401/403 fail at once.
+(a warning says so).  HTTP 429/5xx and connection errors are retried by urllib3's `Retry` on the
+session, with exponential backoff (honouring Retry-After); 401/403 fail at once.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ from connectors.base import (
     StateFile,
     Submitter,
     now_utc,
+    retrying_session,
     secret_from_env,
-    stix_time,
-    with_retries,
+    source_errors,
 )
 from schemas.envelope import Reason
+from stixbus.core.ids import stix_time
 from stixbus.settings import Settings
 
 
@@ -111,6 +112,7 @@ async def run_once(
     cursors: dict[str, str] = state.setdefault("cursors", {})
     policy = RetryPolicy(config.retry_attempts, config.retry_base_delay)
     conn, last_headers = connection(config)
+    retrying_session(policy, conn.session)
     try:
         for ref in config.collections:
             await _pull(
@@ -134,7 +136,7 @@ async def _pull(
 ) -> None:
     url = ref.url if ref.url.endswith("/") else ref.url + "/"
     what = f"taxii {config.name} collection {url}"
-    collection = with_retries(
+    collection = source_errors(
         f"{what} (collection info)",
         lambda: _collection(url, conn),
         policy,
@@ -153,7 +155,7 @@ async def _pull(
         kwargs = dict(filters)
         if next_token:
             kwargs["next"] = next_token
-        envelope: Any = with_retries(
+        envelope: Any = source_errors(
             f"{what} (get objects)", functools.partial(collection.get_objects, **kwargs), policy
         )
         if not isinstance(envelope, dict):
@@ -190,7 +192,7 @@ async def _pull(
 def _collection(url: str, conn: _HTTPConnection) -> Collection:
     try:
         collection = Collection(url, conn=conn)
-        collection.refresh()  # fetch its info now, inside the retry loop
+        collection.refresh()  # fetch its info now, inside `source_errors`
         return collection
     except TAXIIServiceException as exc:
         raise ConnectorError(f"TAXII collection {url}: {exc}") from exc

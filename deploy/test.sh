@@ -30,6 +30,7 @@ if ! bash deploy/kafka/kafka.sh status >/dev/null 2>&1; then
   started_here=1
 fi
 
+echo "== import-linter"; .venv/bin/lint-imports
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/pytest -q "$@"

@@ -35,6 +35,7 @@ from pydantic import (
 
 from schemas.org import ORG_ID_PATTERN, Sector
 from schemas.tlp import TLP
+from stixbus.errors import ConfigError, NotFound
 
 ANY = "*"
 ALL_CUSTOM_PROPERTIES = "x_*"
@@ -367,7 +368,7 @@ class AgreementSet(_Frozen):
             if agreement.id == agreement_id:
                 return agreement
         known = ", ".join(a.id for a in self.agreements)
-        raise KeyError(f"unknown agreement {agreement_id!r}; the set has: {known}")
+        raise NotFound(f"unknown agreement {agreement_id!r}", f"use one the set has: {known}")
 
 
 def _describe_location(data: object, loc: tuple[int | str, ...]) -> str:
@@ -400,9 +401,9 @@ def parse_agreements(data: object, source: str) -> AgreementSet:
         lines = [
             f"  {_describe_location(data, tuple(err['loc']))}: {err['msg']}" for err in exc.errors()
         ]
-        raise ValueError(
-            f"agreements in {source} are invalid ({len(lines)} problem(s)); "
-            "fix these fields (see docs/agreements.md):\n" + "\n".join(lines)
+        raise ConfigError(
+            f"agreements in {source} are invalid ({len(lines)} problem(s)):\n" + "\n".join(lines),
+            "fix these fields (see docs/agreements.md)",
         ) from None
 
 
@@ -410,7 +411,10 @@ def agreements_from_yaml(text: str, source: str = "<text>") -> AgreementSet:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"agreements in {source} are not valid YAML: {exc}") from exc
+        raise ConfigError(
+            f"agreements in {source} are not valid YAML: {exc}",
+            "fix the YAML syntax at the place shown",
+        ) from exc
     return parse_agreements(data if data is not None else {}, source)
 
 
@@ -420,7 +424,10 @@ def load_agreements(path: str | Path) -> AgreementSet:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read agreements file {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read agreements file {path}: {exc.strerror}",
+            "check the path (relative paths are read from the current directory)",
+        ) from exc
     return agreements_from_yaml(text, str(path))
 
 

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.tlp import TLP
 
+# Kafka header of an ingest record carrying the publisher's submission id (the receipt quotes it).
+# The one name: the client sets it, the ingest agent reads it.
+SUBMISSION_HEADER = "stixbus-submission-id"
+
 
 class Reason(StrEnum):
     """Machine-readable rejection reasons, shared by receipts, dead letters and metrics."""
@@ -81,6 +85,11 @@ class DeadLetter(BaseModel):
     reasons: list[Rejection]
     payload: str
     payload_encoding: str = Field(default="utf-8", description="utf-8 or base64")
+    payload_truncated: bool = Field(
+        default=False, description="payload holds only the first bytes (base64) of the input"
+    )
+    payload_bytes: int | None = Field(default=None, description="Size of the whole input")
+    payload_sha256: str | None = Field(default=None, description="SHA-256 of the whole input")
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1

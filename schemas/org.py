@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from schemas.tlp import TLP
 from schemas.yaml_file import read_yaml
+from stixbus.errors import ConfigError, NotFound
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$"
 IDENTITY_ID_PATTERN = (
@@ -137,7 +138,9 @@ class Registry(BaseModel):
             return self.by_id[org_id]
         except KeyError:
             known = ", ".join(sorted(self.by_id))
-            raise KeyError(f"unknown org {org_id!r}; the registry knows: {known}") from None
+            raise NotFound(
+                f"unknown org {org_id!r}", f"use one the registry knows: {known}"
+            ) from None
 
     @property
     def publishers(self) -> tuple[Org, ...]:
@@ -157,5 +160,7 @@ def load_registry(path: str | Path) -> Registry:
     data = read_yaml(path, "org registry")
     try:
         return Registry.model_validate(data)
-    except Exception as exc:
-        raise ValueError(f"org registry {path} is invalid: {exc}") from exc
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(
+            f"org registry {path} is invalid: {exc}", "fix the fields named above"
+        ) from exc

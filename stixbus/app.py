@@ -9,8 +9,13 @@ from __future__ import annotations
 import faust
 
 from stixbus.context import BusContext
+from stixbus.kafka import _compat
 from stixbus.kafka.acls import WORKER
 from stixbus.kafka.config import faust_kwargs
+
+# The only HTTP paths the worker serves: liveness, readiness (agents/health.py), Prometheus
+# (agents/observe.py).
+WEB_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 def build_app(ctx: BusContext) -> faust.App:
@@ -28,6 +33,19 @@ def build_app(ctx: BusContext) -> faust.App:
         web_port=settings.web_port,
         web_host=settings.web_host,
         web_bind=settings.web_host,
+        # No Faust views: /table/<name>/<key>/ would serve the dedup state (every publisher's
+        # versions, TLP:RED included) and /router the members, with no credentials.  What is
+        # left besides ours is refused by _compat.serve_only below (docs/security.md).
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
+        # The worker creates no topics (its principal has no CREATE right): the operator's
+        # `stixbus topics` / `stixbus up` creates them, the table changelogs included.  No
+        # leader topic either (no agent or timer runs on_leader).
+        topic_allow_declare=False,
+        topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         # at-least-once: exactly_once has open duplicate/crash bugs in faust-streaming 0.15.
         processing_guarantee="at_least_once",
@@ -44,4 +62,5 @@ def build_app(ctx: BusContext) -> faust.App:
     from agents import register_all
 
     register_all(app, ctx)
+    _compat.serve_only(app, WEB_PATHS)
     return app

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.envelope import Reason
 
@@ -290,3 +293,38 @@ def set_dedup_keys(count: int) -> None:
 
 def set_subscriber_lag(subscriber: str, lag: int) -> None:
     SUBSCRIBER_LAG.labels(_org(subscriber)).set(max(lag, 0))
+
+
+# -- reading a /metrics scrape back (`stixbus status`, tests) --
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Snapshot:
+    """Samples of one /metrics scrape: name → {sorted label pairs: value}."""
+
+    at: float
+    samples: dict[str, dict[Labels, float]] = field(default_factory=dict)
+
+    def by(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """Sum of `name` grouped by `label`, over samples whose labels match `match`."""
+        sums: dict[str, float] = defaultdict(float)
+        for labels, value in self.samples.get(name, {}).items():
+            d = dict(labels)
+            if all(d.get(k) == v for k, v in match.items()) and label in d:
+                sums[d[label]] += value
+        return dict(sums)
+
+    def value(self, name: str) -> float | None:
+        series = self.samples.get(name)
+        return sum(series.values()) if series else None
+
+
+def parse_metrics(text: str, at: float | None = None) -> Snapshot:
+    """One Prometheus text exposition (a /metrics body) as a Snapshot taken `at`."""
+    snap = Snapshot(at=time.monotonic() if at is None else at)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            snap.samples.setdefault(sample.name, {})[labels] = sample.value
+    return snap

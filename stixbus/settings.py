@@ -10,10 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus.core.payload import InputLimits
+from stixbus.errors import ConfigError
+
+# The default of `Settings.max_record_bytes`, for code that is handed no settings (tests' clients).
+DEFAULT_MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 class Limits(BaseSettings, InputLimits):
@@ -66,7 +70,7 @@ class Settings(BaseSettings):
     )
     store: str = Field(default="rocksdb://", description="Faust table store (memory:// in tests)")
     max_record_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=DEFAULT_MAX_RECORD_BYTES,
         description=(
             "Largest record on a stixbus topic (topic max.message.bytes and the worker's producer "
             "limit): must hold a full ingest submission, its dead letter and its receipt"
@@ -129,9 +133,21 @@ def client_env_file(home: Path | None = None) -> Path:
 def load_settings() -> Settings:
     """Settings from STIXBUS_* env vars, then <STIXBUS_HOME>/secrets/client.env, then defaults."""
     env_file = client_env_file()
-    if env_file.is_file():
-        return Settings(_env_file=env_file)
-    return Settings()
+    try:
+        if env_file.is_file():
+            return Settings(_env_file=env_file)
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"STIXBUS_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+            if e["type"] != "default_factory_not_called"  # a consequence, not a cause
+        )
+        where = f" or in {env_file}" if env_file.is_file() else ""
+        raise ConfigError(
+            f"invalid settings: {problems}",
+            f"fix the environment variable{where} (stixbus/settings.py documents each setting)",
+        ) from None
 
 
 @lru_cache(maxsize=1)

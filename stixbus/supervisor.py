@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import requests
+
+from stixbus.files import make_private, private_files
 from stixbus.settings import Settings
 
 
@@ -37,7 +38,9 @@ def start_worker(settings: Settings) -> int:
     running = worker_pid(settings)
     if running:
         return running
+    private_files()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.logs_dir)
     log = log_file(settings).open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "stixbus.cli.main", "worker"],
@@ -51,17 +54,20 @@ def start_worker(settings: Settings) -> int:
     return proc.pid
 
 
+def http_probe(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET one of the worker's HTTP endpoints: (status, body), whatever the status.  No retries
+    (callers poll).  Raises OSError (requests' errors are OSErrors) when nothing answers."""
+    resp = requests.get(url, timeout=timeout)
+    return resp.status_code, resp.content
+
+
 def readiness(settings: Settings) -> dict[str, object] | None:
     try:
-        url = f"http://127.0.0.1:{settings.web_port}/readyz"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body: dict[str, object] = json.loads(resp.read())
-            return body
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        return body if isinstance(body, dict) else None
+        _, raw = http_probe(f"http://127.0.0.1:{settings.web_port}/readyz", timeout=2)
+        body = json.loads(raw or b"{}")
     except (OSError, ValueError):
         return None
+    return body if isinstance(body, dict) else None
 
 
 def wait_ready(settings: Settings, timeout: float = 90.0) -> bool:

@@ -6,11 +6,14 @@ import faust
 
 from stixbus.app import build_app
 from stixbus.context import BusContext
+from stixbus.files import make_private, private_files
 from stixbus.settings import Settings
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    private_files()  # RocksDB state and logs: owner only (docs/security.md, "Files")
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.worker_dir)
     app = build_app(BusContext.from_settings(settings))
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

@@ -34,7 +34,16 @@
 #                            the admin CLI's config with the paths and names inside the containers
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
+#
+# Host hygiene (docs/security.md, "What the broker does not protect"): everything runs under
+# umask 077 and `up` tightens an existing $STIXBUS_HOME (folders 0700, files 0600); no password
+# is ever an argument of a process (the admin SCRAM credential reaches the StorageTool in a
+# 0600 java @argument file, openssl reads the keystore password on stdin); the JVMs start with
+# `env -i` plus PATH/HOME/LANG/JAVA_HOME, so the caller's STIXBUS_* secrets never reach them.
 set -euo pipefail
+# Every folder this script (and the broker it starts) creates is 0700, every file 0600: the
+# data segments, logs and secrets hold TLP:RED content and passwords (docs/security.md, "Files").
+umask 077
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -96,7 +105,6 @@ make_passwords() {
   if [ ! -f "$secdir/credentials.json" ]; then
     printf '{"users": {"admin": "%s"}}\n' "$ADMIN_PASSWORD" >"$secdir/credentials.json"
   fi
-  umask 022
 }
 
 make_ca() {
@@ -106,7 +114,6 @@ make_ca() {
     -keyout "$secdir/ca.key" -out "$secdir/ca.pem" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
     >/dev/null 2>&1 || die "openssl could not create the CA in $secdir"
-  umask 022
 }
 
 make_broker_cert() {
@@ -122,9 +129,8 @@ make_broker_cert() {
     -out "$secdir/broker.pem" >/dev/null 2>&1 || die "openssl could not sign the broker certificate"
   openssl pkcs12 -export -in "$secdir/broker.pem" -inkey "$secdir/broker.key" \
     -certfile "$secdir/ca.pem" -name broker -out "$secdir/broker.p12" \
-    -passout "pass:$KEYSTORE_PASSWORD" || die "openssl could not write the broker keystore"
+    -passout stdin <<<"$KEYSTORE_PASSWORD" || die "openssl could not write the broker keystore"
   rm -f "$secdir/broker.csr" "$secdir/broker.ext"
-  umask 022
 }
 
 make_secrets() {
@@ -278,6 +284,39 @@ PROPS
   echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: docker compose up -d"
 }
 
+make_private() {
+  # State made before the umask (or by another tool): folders 0700, files 0600.
+  [ -d "$1" ] || return 0
+  find "$1" -type d ! -perm 700 -exec chmod 700 {} + 2>/dev/null || true
+  find "$1" -type f ! -perm 600 -exec chmod 600 {} + 2>/dev/null || true
+}
+
+# The JVMs get an empty environment plus what Java needs: nothing of the caller's (the CLI's
+# STIXBUS_SASL_PASSWORD, for one) reaches the broker (docs/security.md, "Secrets").
+# An array, not a function: `"${clean_env[@]}" java ... &` execs, so $! is the JVM's pid.
+clean_env=(env -i "PATH=$PATH" "HOME=${HOME:-/}" "LANG=${LANG:-C.UTF-8}")
+if [ -n "${JAVA_HOME:-}" ]; then clean_env+=("JAVA_HOME=$JAVA_HOME"); fi
+
+format_storage() {
+  # The admin SCRAM credential goes to the StorageTool in a java @argument file (mode 0600,
+  # deleted right after), never on a command line `ps` shows.
+  local cluster_id argfile="$kdir/format.args"
+  cluster_id="$("${clean_env[@]}" java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  rm -f "$argfile"
+  {
+    printf '%s\n' kafka.tools.StorageTool format -t "$cluster_id" -c "$props"
+    if [ "$mode" != plaintext ]; then
+      printf '%s\n' --add-scram "\"SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]\""
+    fi
+  } >"$argfile"
+  chmod 600 "$argfile"
+  local rc=0
+  "${clean_env[@]}" java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2-quiet.properties" \
+    "@$argfile" >"$logdir/format.log" 2>&1 || rc=$?
+  rm -f "$argfile"
+  [ "$rc" = 0 ] || { cat "$logdir/format.log" >&2; die "formatting KRaft storage failed"; }
+}
+
 ready() {
   # Ready means the broker finished starting (unfenced, listeners enabled), not just an open port.
   port_open "$port" && [ -f "$logdir/stdout.log" ] && grep -q "Kafka Server started" "$logdir/stdout.log" "$logdir/server.log" 2>/dev/null
@@ -286,6 +325,7 @@ ready() {
 up() {
   need_tools
   mkdir -p "$kdir" "$logdir"
+  make_private "$home"
   fetch_jars
   if running; then
     echo "kafka.sh: broker already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"
@@ -308,20 +348,14 @@ up() {
   write_props
   write_client_env
   if [ ! -f "$kdir/data/meta.properties" ]; then
-    local cluster_id
-    local scram=()
-    if [ "$mode" != plaintext ]; then scram=(--add-scram "SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]"); fi
-    cluster_id="$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
-    java -cp "$lib/*" -Dlog4j2.configurationFile="$here/log4j2-quiet.properties" \
-      kafka.tools.StorageTool format -t "$cluster_id" -c "$props" "${scram[@]}" >"$logdir/format.log" 2>&1 \
-      || { cat "$logdir/format.log" >&2; die "formatting KRaft storage failed"; }
+    format_storage
     echo "$mode" >"$modefile"
   fi
   echo "kafka.sh: starting Kafka $(ls "$lib" | sed -n 's/^kafka_2.13-\(.*\)\.jar$/\1/p') on 127.0.0.1:$port, security $mode (logs: $logdir/server.log)"
   # A fresh stdout.log per start, so ready() only sees this start's messages.
   : >"$logdir/stdout.log"; mv -f "$logdir/server.log" "$logdir/server.log.prev" 2>/dev/null || true
   # shellcheck disable=SC2086
-  nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
+  "${clean_env[@]}" nohup java $heap -XX:+UseG1GC -Djava.awt.headless=true \
     -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$here/log4j2.properties" \
     -cp "$lib/*" kafka.Kafka "$props" >"$logdir/stdout.log" 2>&1 &
   echo $! >"$pidfile"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,8 @@ from schemas.org import load_registry
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.lint import Severity, check_agreements
 from stixbus.core.normalise import normalise_submission
-from stixbus.kafka.client import read_topic
+from stixbus.errors import NotFound, UserError
+from stixbus.kafka.client import read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
@@ -29,8 +29,8 @@ app = typer.Typer(no_args_is_help=True, help="Sharing agreements: lint, apply (h
 out = Console()
 
 
-class AgreementsError(Exception):
-    """Raised for user errors; the CLI prints it as one line."""
+class AgreementsError(UserError):
+    """An agreements file that does not pass, or an agreement that is not in force."""
 
 
 async def agreements_in_force(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -38,7 +38,11 @@ async def agreements_in_force(settings: Settings) -> dict[str, dict[str, Any]]:
     current: dict[str, dict[str, Any]] = {}
     topic = TopicNames(settings.topic_prefix).agreements
     async for record in read_topic(
-        client_kwargs(settings), topic, from_beginning=True, max_wait=10
+        client_kwargs(settings),
+        topic,
+        from_beginning=True,
+        max_wait=10,
+        max_record_bytes=settings.max_record_bytes,
     ):
         key = (record.key or b"").decode()
         if record.value:
@@ -77,12 +81,15 @@ def apply_file(settings: Settings, path: Path, prune: bool = True) -> tuple[list
     ]
     if errors:
         listed = "; ".join(f"{f.agreement_id}: {f.message}" for f in errors)
-        raise AgreementsError(f"{path} has {len(errors)} error(s), nothing applied: {listed}")
-    current = asyncio.run(agreements_in_force(settings))
+        raise AgreementsError(
+            f"{path} has {len(errors)} error(s), nothing applied: {listed}",
+            f"fix them (`stixbus agreements check {path}` lists them) and apply again",
+        )
+    current = run_on_broker(agreements_in_force(settings))
     changed = [a for a in agreements if current.get(a.id) != orjson.loads(a.model_dump_json())]
     wanted = {a.id for a in agreements}
     retire = sorted(set(current) - wanted) if prune else []
-    asyncio.run(write_agreements(settings, changed, retire))
+    run_on_broker(write_agreements(settings, changed, retire))
     return [a.id for a in changed], retire
 
 
@@ -101,13 +108,14 @@ def apply_cmd(
 def retire_cmd(agreement_id: str) -> None:
     """Retire one agreement (a tombstone on the agreements topic); workers stop routing under it."""
     settings = get_settings()
-    in_force = asyncio.run(agreements_in_force(settings))
+    in_force = run_on_broker(agreements_in_force(settings))
     if agreement_id not in in_force:
         raise AgreementsError(
             f"agreement {agreement_id!r} is not in force, nothing retired "
-            f"(in force: {', '.join(sorted(in_force)) or 'none'}); see `stixbus agreements list`"
+            f"(in force: {', '.join(sorted(in_force)) or 'none'})",
+            "pick one from `stixbus agreements list`",
         )
-    asyncio.run(write_agreements(settings, [], [agreement_id]))
+    run_on_broker(write_agreements(settings, [], [agreement_id]))
     out.print(f"retired {agreement_id} (version {in_force[agreement_id].get('version')})")
 
 
@@ -115,7 +123,7 @@ def retire_cmd(agreement_id: str) -> None:
 def list_cmd() -> None:
     """The agreements in force on the bus (replayed from the agreements topic)."""
     table = Table("id", "version", "publishers", "subscribers", "TLP ceiling", "term")
-    for agreement_id, data in sorted(asyncio.run(agreements_in_force(get_settings())).items()):
+    for agreement_id, data in sorted(run_on_broker(agreements_in_force(get_settings())).items()):
         a = Agreement.model_validate(data)
         table.add_row(
             agreement_id,
@@ -144,7 +152,9 @@ def check_cmd(file: Annotated[Path, typer.Argument(help="Agreements YAML")]) -> 
     if errors:
         # An exception, not typer.Exit(1): `stixbus.cli.main.main` runs click with
         # standalone_mode=False, which turns Exit into a return value and the status into 0.
-        raise AgreementsError(f"{file}: {errors} error(s); fix them before `agreements apply`")
+        raise AgreementsError(
+            f"{file}: {errors} error(s)", "fix them before `stixbus agreements apply`"
+        )
 
 
 def explain(
@@ -162,12 +172,15 @@ def explain(
     if agreements_file is not None:
         agreements: AgreementSet | list[Agreement] = load_agreements(agreements_file)
     else:
-        agreements = [
-            Agreement.model_validate(d) for d in asyncio.run(agreements_in_force(settings)).values()
-        ]
+        in_force = run_on_broker(agreements_in_force(settings))
+        agreements = [Agreement.model_validate(d) for d in in_force.values()]
     now = datetime.now(UTC)
+    try:
+        payload = object_file.read_bytes()
+    except OSError as exc:
+        raise NotFound(f"cannot read {object_file}: {exc.strerror}", "check the file name") from exc
     outcome = normalise_submission(
-        object_file.read_bytes(),
+        payload,
         publisher,
         registry,
         settings.limits,
@@ -208,13 +221,23 @@ def audit(
 ) -> None:
     """Audit records (one per routing decision), as JSON lines."""
     settings = get_settings()
-    floor = datetime.fromisoformat(since) if since else None
+    try:
+        floor = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise UserError(
+            f"--since {since!r} is not an ISO 8601 time", "use e.g. 2026-11-29T10:00:00+00:00"
+        ) from None
     if floor is not None and floor.tzinfo is None:
         floor = floor.replace(tzinfo=UTC)
 
     async def run() -> None:
         topic = TopicNames(settings.topic_prefix).audit
-        async for record in read_topic(client_kwargs(settings), topic, from_beginning=True):
+        async for record in read_topic(
+            client_kwargs(settings),
+            topic,
+            from_beginning=True,
+            max_record_bytes=settings.max_record_bytes,
+        ):
             entry = orjson.loads(record.value)
             if to and entry.get("subscriber") != to:
                 continue
@@ -224,4 +247,4 @@ def audit(
                 continue
             sys.stdout.write(orjson.dumps(entry).decode() + "\n")
 
-    asyncio.run(run())
+    run_on_broker(run())

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from stixbus.kafka.client import run_on_broker
 from stixbus.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 out = Console()
 err = Console(stderr=True)
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"stixbus: {escape(message)}", highlight=False)
-    sys.exit(1)
 
 
 @app.command("list")
@@ -121,23 +117,20 @@ def _one_pass(config: PullConfig, settings: Settings, show: bool) -> Report:
             if progress is not None and task is not None:
                 progress.update(task, total=n)
 
-        return asyncio.run(run_once(config, settings, progress=advance, progress_total=total))
+        return run_on_broker(run_once(config, settings, progress=advance, progress_total=total))
 
 
 def _run_pull(config: PullConfig, once: bool, report_file: Path | None, show: bool) -> None:
     from connectors.base import ConnectorError, resolve_org
 
     settings = get_settings()
-    try:
-        resolve_org(settings, config.org)
-    except ConnectorError as exc:
-        _fail(str(exc))
+    resolve_org(settings, config.org)
     while True:
         try:
             report = _one_pass(config, settings, show)
         except ConnectorError as exc:
             if once:
-                _fail(str(exc))
+                raise
             err.print(f"stixbus: {escape(str(exc))} (retrying in {config.interval_seconds}s)")
             time.sleep(config.interval_seconds)
             continue
@@ -166,14 +159,11 @@ def run_cmd(
     Exit codes: 0 done, 1 failed (source down, auth refused, bad config), 2 done but some
     input lines/events were bad (listed in the report).
     """
-    from connectors.base import ConnectorError, PullConfig
+    from connectors.base import PullConfig
     from connectors.inbox import InboxConfig
     from connectors.runner import load
 
-    try:
-        loaded = load(name, config)
-    except ConnectorError as exc:
-        _fail(str(exc))
+    loaded = load(name, config)
     if isinstance(loaded, InboxConfig):
         _serve_inbox(loaded)
         return
@@ -185,12 +175,12 @@ def run_cmd(
 
 
 def _serve_inbox(config: InboxConfig) -> None:
-    from connectors.base import ConnectorError
     from connectors.inbox import serve
 
     settings = get_settings()
     out.print(
-        f"TAXII 2.1 inbox on http://{config.host}:{config.port}/taxii2/ "
+        f"TAXII 2.1 inbox on {'https' if config.tls else 'http'}://{config.host}:{config.port}"
+        "/taxii2/ "
         f"(api root {config.api_root}, tokens {config.tokens_file})"
     )
 
@@ -201,10 +191,7 @@ def _serve_inbox(config: InboxConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, settings, stop)
 
-    try:
-        asyncio.run(main())
-    except ConnectorError as exc:
-        _fail(str(exc))
+    run_on_broker(main())
 
 
 @app.command("token")
@@ -214,15 +201,11 @@ def token_cmd(
     label: Annotated[str, typer.Option(help="What the token is for")] = "",
 ) -> None:
     """Create an inbox API token for ORG; prints it once (only its scrypt hash is stored)."""
-    from connectors.base import ConnectorError, resolve_org
+    from connectors.base import resolve_org
     from connectors.inbox import collection_id, create_token
 
-    settings = get_settings()
-    try:
-        resolve_org(settings, org)
-        token = create_token(tokens, org, label)
-    except ConnectorError as exc:
-        _fail(str(exc))
+    resolve_org(get_settings(), org)
+    token = create_token(tokens, org, label)
     sys.stdout.write(token + "\n")
     err.print(
         f"token for {org} added to {tokens}; collection id {collection_id(org)} — "

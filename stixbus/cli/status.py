@@ -9,15 +9,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
 import typer
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -25,53 +20,16 @@ from schemas.org import load_registry
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.lag import ObserveSettings, sample_once
 from stixbus.kafka.topics import TopicNames
+from stixbus.metrics import Snapshot, parse_metrics
 from stixbus.settings import get_settings
+from stixbus.supervisor import http_probe
 
 out = Console()
 
-Labels = tuple[tuple[str, str], ...]
-
-
-@dataclass
-class Snapshot:
-    """Samples of one /metrics scrape: name → {sorted label pairs: value}."""
-
-    at: float
-    samples: dict[str, dict[Labels, float]] = field(default_factory=dict)
-
-    def by(self, name: str, label: str, **match: str) -> dict[str, float]:
-        """Sum of `name` grouped by `label`, over samples whose labels match `match`."""
-        sums: dict[str, float] = defaultdict(float)
-        for labels, value in self.samples.get(name, {}).items():
-            d = dict(labels)
-            if all(d.get(k) == v for k, v in match.items()) and label in d:
-                sums[d[label]] += value
-        return dict(sums)
-
-    def value(self, name: str) -> float | None:
-        series = self.samples.get(name)
-        return sum(series.values()) if series else None
-
-
-def parse_metrics(text: str, at: float | None = None) -> Snapshot:
-    snap = Snapshot(at=time.monotonic() if at is None else at)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = tuple(sorted(sample.labels.items()))
-            snap.samples.setdefault(sample.name, {})[labels] = sample.value
-    return snap
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
 
 
 def _scrape(base: str) -> Snapshot:
-    _, body = _get(base + "/metrics")
+    _, body = http_probe(base + "/metrics")
     return parse_metrics(body.decode("utf-8", "replace"))
 
 
@@ -117,7 +75,7 @@ def status(
     ready: dict[str, Any] = {}
     first = second = Snapshot(at=time.monotonic())
     try:
-        code, body = _get(base + "/readyz")
+        code, body = http_probe(base + "/readyz")
         ready = {"http_status": code, **orjson.loads(body)}
         first = _scrape(base)
         if window > 0:

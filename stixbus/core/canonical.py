@@ -8,7 +8,6 @@ rewritten with it.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import socket
@@ -20,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import idna
 import orjson
+
+from stixbus.core.ids import uuid5
 
 # STIX 2.1 §2.9: the namespace for deterministic SCO ids.  Used for SCO ids only, never for the
 # dedup key (which lives in the bus's own namespace so it cannot collide with a STIX id).
@@ -425,36 +426,10 @@ def canonical_observable(object_type: str, property_path: tuple[str, ...], value
 
 
 # --- ids and keys ------------------------------------------------------------------------------
-# The variant nibble of a UUID: the top two bits forced to 10 (RFC 4122), as hex digits.
-_VARIANT_DIGIT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
-
-
-_last_namespace: tuple[uuid.UUID | None, bytes] = (None, b"")
-
-
-def _namespace_bytes(namespace: uuid.UUID) -> bytes:
-    """namespace.bytes, remembered for the last namespace (the bus has one)."""
-    global _last_namespace
-    last, last_bytes = _last_namespace
-    if namespace is last:
-        return last_bytes
-    _last_namespace = (namespace, namespace.bytes)
-    return _last_namespace[1]
-
-
 def dedup_key(canonical_pattern: str, bus_namespace: uuid.UUID) -> str:
-    """The bus dedup key: UUIDv5 in the bus namespace over the canonical pattern.
-
-    Same result as str(uuid.uuid5(...)) (tested), computed without building UUID objects: this
-    runs once per indicator on the hot path.  The version (5) and variant bits are set on the
-    hex digits of the SHA-1 digest directly."""
-    text = hashlib.sha1(
-        _namespace_bytes(bus_namespace) + canonical_pattern.encode("utf-8")
-    ).hexdigest()
-    return (
-        f"{text[:8]}-{text[8:12]}-5{text[13:16]}-{_VARIANT_DIGIT[text[16]]}{text[17:20]}"
-        f"-{text[20:32]}"
-    )
+    """The bus dedup key: UUIDv5 in the bus namespace over the canonical pattern (the fast path
+    of `stixbus.core.ids`: it runs once per indicator)."""
+    return uuid5(bus_namespace, canonical_pattern)
 
 
 def deterministic_sco_id(sco: dict[str, object]) -> str | None:
@@ -470,4 +445,4 @@ def deterministic_sco_id(sco: dict[str, object]) -> str | None:
         return None
     # RFC 8785 JCS for these plain string/dict values = sorted keys, no whitespace, UTF-8.
     canonical_json = orjson.dumps(contributing, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    return f"{object_type}--{uuid.uuid5(SCO_NAMESPACE, canonical_json)}"
+    return f"{object_type}--{uuid5(SCO_NAMESPACE, canonical_json)}"

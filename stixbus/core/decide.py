@@ -25,9 +25,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from schemas.agreement import Agreement, AgreementSet, Attribution, MatchMode
+from schemas.agreement import SECTOR_PREFIX, Agreement, AgreementSet, Attribution, MatchMode
 from schemas.envelope import NormalizedObject
-from schemas.org import Org, Registry
+from schemas.org import Org, Registry, Sector
 from schemas.tlp import MARKING_TLP, TLP
 
 
@@ -292,12 +292,14 @@ def _compile(agreement: Agreement) -> _Compiled:
     )
 
 
-def _resolve(parties: Sequence[str], registry: Registry) -> set[str]:
+def resolve_parties(parties: Sequence[str], registry: Registry) -> set[str]:
+    """The org ids an agreement's party list stands for: named orgs the registry knows, and
+    every org of each `sector:<sector>` (the bus's one sector resolver)."""
     orgs: set[str] = set()
     for party in parties:
-        if party.startswith("sector:"):
-            sector = party.removeprefix("sector:")
-            orgs.update(o.id for o in registry.orgs if o.sector.value == sector)
+        if party.startswith(SECTOR_PREFIX):
+            sector = Sector(party.removeprefix(SECTOR_PREFIX))
+            orgs.update(o.id for o in registry.in_sector(sector))
         elif party in registry.by_id:
             orgs.add(party)
     return orgs
@@ -320,10 +322,10 @@ class AgreementIndex:
         self.agreements: tuple[Agreement, ...] = tuple(agreements)
         self._compiled = tuple(_compile(a) for a in self.agreements)
         self._publishers_of = {
-            c.id: _resolve(c.agreement.publishers, registry) for c in self._compiled
+            c.id: resolve_parties(c.agreement.publishers, registry) for c in self._compiled
         }
         self._subscribers_of = {
-            c.id: _resolve(c.agreement.subscribers, registry) for c in self._compiled
+            c.id: resolve_parties(c.agreement.subscribers, registry) for c in self._compiled
         }
         # Filled on first use of each (publisher, subscriber): a hot reload pays only for the
         # pairs that traffic actually touches.

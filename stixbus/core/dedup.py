@@ -20,13 +20,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
 from schemas.tlp import TLP
+from stixbus.core.ids import parse_time
 
 SCHEMA_VERSION = 2
 
@@ -203,11 +203,6 @@ class MergeOutcome(StrEnum):
 def content_hash(stix_object: dict[str, Any]) -> str:
     """128 bits of SHA-256 over the canonical JSON: tells a re-submission from a conflict."""
     return hashlib.sha256(orjson.dumps(stix_object, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
-
-
-@lru_cache(maxsize=65536)
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def merge_source(

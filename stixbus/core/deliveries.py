@@ -8,8 +8,6 @@ agreement.  A new version goes out only on a material change; see docs/dedup.md.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,8 @@ from schemas.envelope import NormalizedObject
 from schemas.org import Org, Registry
 from schemas.tlp import TLP
 from stixbus.core.decide import AgreementIndex, Decision, shareable
-from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView, parse_time, with_views
+from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView, with_views
+from stixbus.core.ids import Uuid5Prefix, parse_time, stix_time, uuid5
 from stixbus.core.redact import (
     apply_transformations,
     bus_identity,
@@ -29,8 +28,6 @@ from stixbus.core.redact import (
     no_onward_sharing_marking_id,
     pseudonym_identity_id,
 )
-
-STIX_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 @dataclass(slots=True)
@@ -55,32 +52,8 @@ class RouteConfig:
     confidence_step: int = 10
 
 
-def stix_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def minted_id(registry: Registry, key: str, subscriber: str) -> str:
-    return f"indicator--{fast_uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
-
-
-def fast_uuid5(namespace: uuid.UUID, name: str) -> str:
-    """`str(uuid.uuid5(namespace, name))` without building UUID objects (3x faster)."""
-    h = hashlib.sha1(_namespace_bytes(namespace) + name.encode()).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-# RFC 4122 variant bits over the first hex digit of the clock sequence: 10xx.
-_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
-
-
-_NAMESPACE: list[tuple[uuid.UUID, bytes]] = []
-
-
-def _namespace_bytes(namespace: uuid.UUID) -> bytes:
-    if _NAMESPACE and _NAMESPACE[0][0] is namespace:
-        return _NAMESPACE[0][1]
-    _NAMESPACE[:] = [(namespace, namespace.bytes)]
-    return namespace.bytes
+    return f"indicator--{uuid5(registry.bus.namespace, f'{key}/{subscriber}')}"
 
 
 def minted_object(
@@ -106,18 +79,6 @@ def _object(view: SubscriberView, object_id: str, creator: str) -> dict[str, Any
     return obj
 
 
-class _MintedIds:
-    """`minted_id` for one key and many subscribers: the UUIDv5 name prefix is hashed input
-    prepared once."""
-
-    def __init__(self, registry: Registry, key: str) -> None:
-        self.prefix = _namespace_bytes(registry.bus.namespace) + f"{key}/".encode()
-
-    def __call__(self, subscriber: str) -> str:
-        h = hashlib.sha1(self.prefix + subscriber.encode()).hexdigest()
-        return f"indicator--{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
 def plan_key(
     state: KeyState,
     changed_source: str | None,
@@ -141,7 +102,7 @@ def plan_key(
     candidates = [(sid, src.record) for sid, src in sources.items() if active[sid] or not minted]
     changed = sources[changed_source].record if changed_source is not None else None
     routing = _routing(index, registry, minted, candidates, changed, now)
-    ids = _MintedIds(registry, state.key)
+    ids = Uuid5Prefix(registry.bus.namespace, f"{state.key}/", "indicator--")
     built: dict[int, _Minted] = {}
     shaped: dict[int, _Minted] = {}
     summaries: dict[tuple[str, ...], _Summary] = {}
@@ -504,7 +465,7 @@ def _plan_unvouched(
     previous: SubscriberView | None,
     active: dict[str, bool],
     registry: Registry,
-    ids: _MintedIds,
+    ids: Uuid5Prefix,
 ) -> tuple[Delivery | None, SubscriberView | None]:
     """No source this subscriber may see still vouches."""
     if previous is None:
@@ -525,7 +486,7 @@ def _plan_minted(
     previous: SubscriberView | None,
     registry: Registry,
     config: RouteConfig,
-    ids: _MintedIds,
+    ids: Uuid5Prefix,
 ) -> tuple[Delivery | None, SubscriberView | None]:
     body, source_ids = minted.body, minted.source_ids
     if previous is not None:

@@ -15,7 +15,7 @@ from itertools import combinations
 from schemas.agreement import SECTOR_PREFIX, Agreement, AgreementSet, LabelMatch, MatchMode
 from schemas.org import Registry, Role, Sector
 from schemas.tlp import TLP
-from stixbus.core.decide import permissiveness
+from stixbus.core.decide import permissiveness, resolve_parties
 
 
 class Severity(StrEnum):
@@ -147,22 +147,11 @@ def _tlp_findings(agreement: Agreement) -> list[Finding]:
     return findings
 
 
-def _resolve(parties: Sequence[str], registry: Registry) -> set[str]:
-    orgs: set[str] = set()
-    for party in parties:
-        if party.startswith(SECTOR_PREFIX):
-            sector = Sector(party.removeprefix(SECTOR_PREFIX))
-            orgs.update(o.id for o in registry.in_sector(sector))
-        elif party in registry.by_id:
-            orgs.add(party)
-    return orgs
-
-
 def _pairs(agreement: Agreement, registry: Registry) -> set[tuple[str, str]]:
     return {
         (p, s)
-        for p in _resolve(agreement.publishers, registry)
-        for s in _resolve(agreement.subscribers, registry)
+        for p in resolve_parties(agreement.publishers, registry)
+        for s in resolve_parties(agreement.subscribers, registry)
         if p != s
     }
 
@@ -249,7 +238,7 @@ def _orphan_subscriber_findings(
     covered: set[str] = set()
     for agreement in items:
         if agreement.term.valid_until > now:
-            covered |= _resolve(agreement.subscribers, registry)
+            covered |= resolve_parties(agreement.subscribers, registry)
     return [
         Finding(
             Severity.WARNING,

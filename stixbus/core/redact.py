@@ -28,6 +28,7 @@ from typing import Any
 from schemas.agreement import Agreement, Attribution
 from schemas.org import Registry
 from stixbus.core.decide import Decision
+from stixbus.core.ids import uuid5
 
 SOURCE_REFERENCE_NAME = "stixbus-source"
 BUS_OBJECTS_CREATED = "2026-01-01T00:00:00.000Z"
@@ -54,7 +55,7 @@ def _uuid5(registry: Registry, seed: str) -> str:
 @lru_cache(maxsize=65536)
 def _cached_uuid5(namespace: uuid.UUID, seed: str) -> str:
     # The same few ids (markings, pseudonyms) are derived for every delivery: hashing is the cost.
-    return str(uuid.uuid5(namespace, seed))
+    return uuid5(namespace, seed)
 
 
 def transformation_fingerprint(agreement: Agreement) -> str:

@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
 from confluent_kafka.admin import ResourceType as CkResourceType
 
 from schemas.org import Registry
+from stixbus.errors import StixbusError
 from stixbus.kafka.acls import (
     ADMIN,
     AclBinding,
@@ -53,7 +54,7 @@ TIMEOUT = 30.0
 SCRAM_ITERATIONS = 8192
 
 
-class SecurityError(RuntimeError):
+class SecurityError(StixbusError, RuntimeError):
     """The broker refused or the setup cannot support the request; the message says why."""
 
 

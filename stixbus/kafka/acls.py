@@ -7,11 +7,12 @@ is the broker's super user (created when the storage is formatted) and gets no A
 - org X (publisher) may WRITE `<prefix>.ingest.X` and READ `<prefix>.receipts.X`;
 - org X (subscriber) may READ `<prefix>.deliver.X`;
 - org X may use the consumer group `<prefix>.X` and groups whose names start with `<prefix>.X.`;
-- the worker may READ the ingest topics and the bus's own (not per-org) topics from
-  `TopicNames.all_specs`, WRITE/CREATE/DESCRIBE every
-  `<prefix>.` topic, do anything on its Faust-internal `<app_id>-` topics (changelogs,
-  `<app_id>-__assignor-__leader`), use the consumer group `<app_id>` and DESCRIBE every
-  `<prefix>.` group (committed offsets, for the lag monitor);
+- the worker may READ each publisher's ingest topic, claims, normalized, ticks, markings,
+  agreements and its table changelogs (`<app_id>-<table>-changelog`), WRITE claims, markings,
+  normalized, ticks, audit, dead letters,
+  each org's receipts/deliver topic and its changelogs, use the consumer group `<app_id>` and
+  DESCRIBE every `<prefix>.` group (committed offsets, for the lag monitor); it never writes an
+  ingest topic or agreements and creates nothing (every right is literal);
 - operators may READ audit, dead letters and agreements, WRITE agreements and DESCRIBE every
   `<prefix>.` topic and group, with groups under `<prefix>.stixbus-operator.`.
 
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from schemas.org import Registry
-from stixbus.kafka.topics import TopicNames
+from stixbus.errors import ConfigError
+from stixbus.kafka.topics import WORKER_TABLES, TopicNames, changelog_topic
 
 ADMIN = "admin"
 WORKER = "stixbus-worker"
@@ -102,7 +104,7 @@ def users(registry: Registry) -> list[str]:
 def check_registry(registry: Registry) -> None:
     for org in registry.orgs:
         if org.id in RESERVED_NAMES:
-            raise ValueError(
+            raise ConfigError(
                 f"org id {org.id!r} is reserved for a bus principal "
                 f"({', '.join(sorted(RESERVED_NAMES))}): rename the org in the registry"
             )
@@ -133,32 +135,51 @@ def org_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
     return out
 
 
-def pipeline_topics(registry: Registry, prefix: str) -> list[str]:
-    """The bus's own topics (not per org): normalized, audit, agreements, dead letters..."""
+def worker_reads(registry: Registry, prefix: str, app_id: str) -> list[str]:
+    """Topics the worker consumes: each publisher's ingest topic, its pipeline inputs
+    (normalized, ticks, agreements) and its table changelogs (recovery)."""
     names = TopicNames(prefix)
-    per_org = {
-        name(o.id) for o in registry.orgs for name in (names.ingest, names.deliver, names.receipts)
-    }
-    return sorted({s.name for s in names.all_specs(registry, 1)} - per_org)
+    return sorted(
+        {
+            *(names.ingest(o.id) for o in registry.publishers),
+            names.claims,
+            names.normalized,
+            names.ticks,
+            names.agreements,
+            names.markings,
+            *(changelog_topic(app_id, t) for t in WORKER_TABLES),
+        }
+    )
+
+
+def worker_writes(registry: Registry, prefix: str, app_id: str) -> list[str]:
+    """Topics the worker produces to: the stage outputs, never an ingest topic or agreements."""
+    names = TopicNames(prefix)
+    return sorted(
+        {
+            names.claims,
+            names.markings,
+            names.normalized,
+            names.ticks,
+            names.audit,
+            names.deadletter,
+            *(names.receipts(o.id) for o in registry.publishers),
+            *(names.deliver(o.id) for o in registry.subscribers),
+            *(changelog_topic(app_id, t) for t in WORKER_TABLES),
+        }
+    )
 
 
 def worker_bindings(registry: Registry, prefix: str, app_id: str) -> list[AclBinding]:
+    """Least privilege: literal READ on what it consumes, literal WRITE on what it produces.
+    No CREATE anywhere (the operator's `stixbus topics` creates every topic, Faust changelogs
+    included; the app runs with topic_allow_declare off) and no cluster rights."""
     lit, pre = PatternType.LITERAL, PatternType.PREFIXED
-    out = _topic(WORKER, pre, f"{prefix}.ingest.", Operation.READ)
-    # Its pipeline inputs; never the delivery or receipt topics of an org.
-    for topic in pipeline_topics(registry, prefix):
+    out: list[AclBinding] = []
+    for topic in worker_reads(registry, prefix, app_id):
         out += _topic(WORKER, lit, topic, Operation.READ)
-    out += _topic(
-        WORKER,
-        pre,
-        f"{prefix}.",
-        Operation.WRITE,
-        Operation.CREATE,
-        Operation.DESCRIBE,
-        Operation.DESCRIBE_CONFIGS,
-    )
-    # Faust's own topics: table changelogs and `<app_id>-__assignor-__leader`.
-    out += _topic(WORKER, pre, f"{app_id}-", Operation.ALL)
+    for topic in worker_writes(registry, prefix, app_id):
+        out += _topic(WORKER, lit, topic, Operation.WRITE)
     out.append(_group(WORKER, lit, app_id))
     # Committed offsets of subscriber groups, for the lag monitor (agents/observe.py).
     out.append(_group(WORKER, pre, f"{prefix}.", Operation.DESCRIBE))
@@ -181,7 +202,7 @@ def derive_acls(registry: Registry, prefix: str, app_id: str) -> list[AclBinding
     """Every ACL binding the bus needs, sorted and without duplicates."""
     check_registry(registry)
     if app_id.startswith(f"{prefix}."):
-        raise ValueError(
+        raise ConfigError(
             f"app id {app_id!r} starts with the topic prefix {prefix!r} plus a dot, so the "
             "worker's internal topics would mix with the org topics: choose an app id without "
             "that prefix"

@@ -5,19 +5,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
-from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
-SUBMISSION_HEADER = "stixbus-submission-id"
+from schemas.envelope import SUBMISSION_HEADER
+from stixbus.errors import NotFound, StixbusError
+from stixbus.settings import DEFAULT_MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,21 @@ class Published:
 
 
 async def publish(
-    conn: dict[str, Any], topic: str, payload: bytes, submission_id: str | None = None
+    conn: dict[str, Any],
+    topic: str,
+    payload: bytes,
+    submission_id: str | None = None,
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> Published:
-    """Write one submission to an ingest topic and wait for the broker's acknowledgement."""
+    """Write one submission to an ingest topic and wait for the broker's acknowledgement.
+    `max_record_bytes`: pass `settings.max_record_bytes` (the topics' limit)."""
     submission_id = submission_id or str(uuid.uuid4())
     producer = AIOKafkaProducer(
         **conn,
         acks="all",
         enable_idempotence=True,
-        max_request_size=16 * 1024 * 1024,
+        max_request_size=max_record_bytes,
     )
     await producer.start()
     try:
@@ -75,6 +84,7 @@ async def read_topic(
     follow: bool = False,
     idle_timeout: float = 2.0,
     max_wait: float = 30.0,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> AsyncIterator[Record]:
     """Yield records of one topic.
 
@@ -86,8 +96,8 @@ async def read_topic(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if (from_beginning or group_id) else "latest",
-        fetch_max_bytes=32 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=2 * max_record_bytes,
+        max_partition_fetch_bytes=max_record_bytes,
     )
     await consumer.start()
     try:
@@ -103,7 +113,9 @@ async def read_topic(
                     f"{topic}: the broker denies this principal access (Kafka ACL); an org may "
                     "read only its own deliver and receipts topics"
                 )
-            raise LookupError(f"topic {topic!r} does not exist; run `stixbus topics` to list them")
+            raise NotFound(
+                f"topic {topic!r} does not exist", "run `stixbus topics` to create and list them"
+            )
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if group_id:
             consumer.subscribe([topic])
@@ -188,3 +200,26 @@ class VersionFilter:
             return False
         self._seen.add(version)
         return True
+
+
+class BrokerError(StixbusError):
+    """The broker could not be reached, or refused this principal (an ACL)."""
+
+    fix = "start it (`stixbus up`) or point STIXBUS_BOOTSTRAP_SERVERS at it"
+
+
+_T = TypeVar("_T")
+
+
+def run_on_broker(coro: Coroutine[Any, Any, _T]) -> _T:
+    """`asyncio.run` for commands: an unreachable or refusing broker becomes a BrokerError."""
+    try:
+        return asyncio.run(coro)
+    except KafkaConnectionError as exc:
+        detail = exc.args[0] if exc.args else exc
+        raise BrokerError(f"cannot reach the Kafka broker: {detail}") from exc
+    except TopicAuthorizationFailedError as exc:
+        raise BrokerError(
+            str(exc.args[0]) if exc.args else "the broker denies this principal access",
+            "use the org's own topics, or ask the operator for access (docs/security.md)",
+        ) from exc

@@ -14,17 +14,17 @@ command line.
 from __future__ import annotations
 
 import json
-import os
 import ssl
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from stixbus.errors import ConfigError
+from stixbus.files import atomic_write
 from stixbus.kafka.acls import OPERATOR
 from stixbus.settings import Settings
 
 
-class CredentialsError(ValueError):
+class CredentialsError(ConfigError):
     """Kafka credentials are missing or unreadable; the message says what to set."""
 
 
@@ -51,17 +51,8 @@ def read_credentials(path: Path) -> dict[str, str]:
 
 def write_credentials(path: Path, users: dict[str, str]) -> None:
     """Atomically replace the credentials file, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".credentials-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"users": dict(sorted(users.items()))}, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps({"users": dict(sorted(users.items()))}, indent=2) + "\n"
+    atomic_write(path, text.encode("utf-8"), 0o600)
 
 
 def uses_sasl(settings: Settings) -> bool:

@@ -10,6 +10,22 @@ from dataclasses import dataclass, replace
 
 from schemas.org import Registry
 
+# Room for what a record carries besides its payload (key = submission id, the submission
+# header, the record batch header), so a payload of exactly the ingest limit still fits.
+RECORD_FRAMING_BYTES = 1024
+
+# The worker's Faust tables (agents/route.py).  Faust keeps each in a changelog topic named
+# `<app_id>-<table>-changelog`; the worker may not create topics (docs/security.md), so the
+# operator's `stixbus topics` / `stixbus up` creates these with the rest.
+DEDUP_TABLE = "stixbus-dedup"
+OWNERS_TABLE = "stixbus-owners"
+WORKER_TABLES = (DEDUP_TABLE, OWNERS_TABLE)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's changelog topic name for `table` of app `app_id`."""
+    return f"{app_id}-{table}-changelog"
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -69,11 +85,30 @@ class TopicNames:
         return topic[len(head) :]
 
     def all_specs(
-        self, registry: Registry, partitions: int, max_message_bytes: int | None = None
+        self,
+        registry: Registry,
+        partitions: int,
+        max_message_bytes: int | None = None,
+        ingest_message_bytes: int | None = None,
+        *,
+        app_id: str | None = None,
     ) -> list[TopicSpec]:
         """Every topic the bus needs, with its partition count, cleanup policy and record size
-        limit (None: the broker's default, about 1 MiB)."""
-        specs = [TopicSpec(self.ingest(o.id), partitions) for o in registry.publishers]
+        limit (None: the broker's default, about 1 MiB).
+
+        `ingest_message_bytes` (the ingest limit, `Limits.message_bytes`) caps the ingest
+        topics (plus `RECORD_FRAMING_BYTES` for key and headers), so the broker itself refuses
+        a submission the worker would reject as too big; the other topics take
+        `max_message_bytes` (they carry receipts and dead letters).  With `app_id`, also the
+        worker's Faust table changelogs (co-partitioned with their stream, compacted)."""
+        ingest_cap = (
+            None if ingest_message_bytes is None else ingest_message_bytes + RECORD_FRAMING_BYTES
+        )
+        ingest = [
+            TopicSpec(self.ingest(o.id), partitions, max_message_bytes=ingest_cap)
+            for o in registry.publishers
+        ]
+        specs: list[TopicSpec] = []
         specs += [TopicSpec(self.receipts(o.id), 1) for o in registry.publishers]
         specs += [TopicSpec(self.deliver(o.id), partitions) for o in registry.subscribers]
         specs += [
@@ -86,4 +121,12 @@ class TopicNames:
             TopicSpec(self.agreements, 1, compacted=True),
             TopicSpec(self.markings, 1, compacted=True),
         ]
-        return [replace(s, max_message_bytes=max_message_bytes) for s in specs]
+        if app_id is not None:
+            specs += [
+                TopicSpec(changelog_topic(app_id, t), partitions, compacted=True)
+                for t in WORKER_TABLES
+            ]
+        specs = [replace(s, max_message_bytes=max_message_bytes) for s in specs]
+        if ingest_message_bytes is None:
+            ingest = [replace(s, max_message_bytes=max_message_bytes) for s in ingest]
+        return ingest + specs

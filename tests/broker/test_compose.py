@@ -62,9 +62,32 @@ def test_ports_match_local_stack() -> None:
     kafka_ports = COMPOSE["services"]["kafka"]["ports"]
     # Published on the host's default port (the HOST listener listens on another container port).
     assert any(p.startswith(f"127.0.0.1:{default_port}:") for p in kafka_ports)
-    worker_ports = COMPOSE["services"]["worker"]["ports"]
-    web_port = DEFAULTS["web_port"]
-    assert f"127.0.0.1:{web_port}:{web_port}" in worker_ports
+    # The worker's web port is not published (issue #12, finding 2): see the network test.
+    assert "ports" not in COMPOSE["services"]["worker"]
+
+
+def test_worker_web_is_reachable_on_the_monitoring_network_only() -> None:
+    services, networks = COMPOSE["services"], COMPOSE["networks"]
+    worker = services["worker"]
+    monitoring = networks["monitoring"]
+    assert monitoring["internal"] is True
+    attached = {
+        name
+        for name, svc in services.items()
+        if "monitoring" in (svc.get("networks") or {"default": None})
+    }
+    assert attached == {"worker", "prometheus"}
+    # The web server binds the worker's address on that network, nothing else.
+    address = worker["networks"]["monitoring"]["ipv4_address"]
+    assert worker["environment"]["STIXBUS_WEB_HOST"] == address
+    subnet = monitoring["ipam"]["config"][0]["subnet"]
+    import ipaddress
+
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    # Every service names its networks (none falls back to the default network).
+    assert all("networks" in svc for svc in services.values())
+    assert not set(worker["networks"]) - {"bus", "monitoring"}
+    assert DEFAULTS["web_host"] == "127.0.0.1"  # outside compose: loopback only
 
 
 def test_same_kafka_version_as_local_jars() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from schemas.envelope import SUBMISSION_HEADER
 from tests.helpers.bus import Bus
 
 CERT_ID = "identity--d6909adb-7068-499b-9d68-dbf814d02486"
@@ -49,7 +50,7 @@ async def send_in_order(bus: Bus, topic: str, payloads: list[tuple[str, bytes]])
                 topic,
                 payload,
                 partition=0,
-                headers=[("stixbus-submission-id", submission_id.encode())],
+                headers=[(SUBMISSION_HEADER, submission_id.encode())],
             )
     finally:
         await producer.stop()

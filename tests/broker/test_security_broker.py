@@ -132,7 +132,7 @@ def secure_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBus]:
         assert settings.security_protocol == "SASL_SSL", "kafka.sh did not write client.env"
         bus = SecureBus(home, settings, env)
         apply(settings, load_registry(REGISTRY))
-        specs = NAMES.all_specs(load_registry(REGISTRY), 2)
+        specs = NAMES.all_specs(load_registry(REGISTRY), 2, app_id="stixbus")
         asyncio.run(ensure_topics(bus.conn(ADMIN), specs))
         applied = bus.cli("agreements", "apply", str(REPO_ROOT / "deploy" / "agreements.yaml"))
         assert applied.returncode == 0, applied.stderr  # as the operator principal
@@ -311,7 +311,9 @@ def test_removed_org_loses_its_credentials_and_acls(
 
     removed = apply(secure_bus.settings, load_registry(REGISTRY))
     assert removed.users.delete == ("bank-z",)
-    assert {b.user for b in removed.acls.delete} == {"bank-z"}
+    # bank-z's own bindings, and the worker's literal rights on bank-z's topics.
+    assert {b.user for b in removed.acls.delete} == {"bank-z", WORKER}
+    assert all(b.resource_name.endswith(".bank-z") for b in removed.acls.delete if b.user == WORKER)
     acls, users = show(secure_bus.settings)
     assert "bank-z" not in users and all(b.user != "bank-z" for b in acls)
     assert "bank-z" not in read_credentials(secure_bus.settings.credentials_file)  # type: ignore[arg-type]

@@ -168,15 +168,21 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
         "STIXBUS_STORE": "memory://",
         **env,
     }
-    registry = load_registry(
-        full_env.get("STIXBUS_REGISTRY_PATH", ORGS_YAML)
-    )
+    registry = load_registry(full_env.get("STIXBUS_REGISTRY_PATH", ORGS_YAML))
     names = TopicNames(prefix)
     partitions = int(full_env["STIXBUS_PARTITIONS"])
     asyncio.run(
         ensure_topics(
             {"bootstrap_servers": bootstrap},
-            names.all_specs(registry, partitions, Settings().max_record_bytes),
+            names.all_specs(
+                registry,
+                partitions,
+                Settings().max_record_bytes,
+                ingest_message_bytes=int(
+                    full_env.get("STIXBUS_TEST_INGEST_TOPIC_BYTES", Settings().limits.message_bytes)
+                ),
+                app_id=full_env["STIXBUS_APP_ID"],
+            ),
         )
     )
     bus = Bus(bootstrap, prefix, tmp, full_env, registry, names)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import requests
 
 from connectors.base import (
     ConnectorError,
@@ -20,11 +22,10 @@ from connectors.base import (
     SourceUnavailable,
     StateFile,
     Submitter,
+    http_get,
     load_config,
-    with_retries,
 )
 from connectors.blocklist import (
-    BadLine,
     BlocklistConfig,
     IndicatorType,
     indicator_id,
@@ -35,8 +36,10 @@ from connectors.blocklist import (
 )
 from connectors.misp import MispConfig, convert_event, tlp_of_tags
 from schemas.tlp import TLP
+from stixbus.core.canonical import CanonicalError
 from stixbus.kafka.client import Published
 from stixbus.settings import Settings
+from tests.helpers.http import Answer, scripted_server
 from tests.helpers.paths import FIXTURES, REPO_ROOT, example_registry
 
 
@@ -52,7 +55,9 @@ def bl(**kw: Any) -> BlocklistConfig:
         ("http://198.51.100.14:8080/bins", "url", "http://198.51.100.14:8080/bins"),
         ("Evil.Example.", "domain-name", "evil.example"),
         ("bücher.example", "domain-name", "xn--bcher-kva.example"),
-        ("203.0.113.9/24", "ipv4-addr", "203.0.113.0/24"),
+        ("203.0.113.0/24", "ipv4-addr", "203.0.113.0/24"),
+        ("hxxp://evil[.]example/x", "url", "http://evil.example/x"),
+        ("evil[.]example", "domain-name", "evil.example"),
         ("192.0.2.1/32", "ipv4-addr", "192.0.2.1"),
         ("2001:DB8:0::7", "ipv6-addr", "2001:db8::7"),
         ("44D88612FEA8A8F36DE82E1296C71CC1", "md5", "44d88612fea8a8f36de82e1296c71cc1"),
@@ -75,7 +80,7 @@ def test_auto_detects_and_canonicalises(raw: str, kind: str, expected: str) -> N
     ],
 )
 def test_bad_values_are_rejected(raw: str, kind: IndicatorType) -> None:
-    with pytest.raises(BadLine):
+    with pytest.raises(CanonicalError):
         parse_value(raw, kind)
 
 
@@ -212,43 +217,46 @@ def test_submitter_splits_by_bytes_and_commits_after_ack() -> None:
     assert len(ids) == len(set(ids)) == 500
 
 
-def _http_error(status: int) -> requests.HTTPError:
-    resp = requests.Response()
-    resp.status_code = status
-    return requests.HTTPError(response=resp)
-
-
 def test_retries_429_and_5xx_then_succeeds() -> None:
-    calls: list[int] = []
-    sleeps: list[float] = []
+    script: list[Answer] = [(429, {"Retry-After": "0"}, b""), (503, {}, b""), (502, {}, b"")]
+    with scripted_server(script) as server:
+        url = server.url + "/list.txt"
+        assert http_get(url, policy=RetryPolicy(5, 0.05)) == b"ok"
+    assert len(server.hits) == 4
+    # urllib3's backoff: the first retry at once (Retry-After 0), then 0.05·2, 0.05·4 s
+    gaps = [b - a for a, b in itertools.pairwise(server.hits)]
+    assert gaps[2] >= 0.18 and gaps[1] >= 0.09
 
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) == 1:
-            raise _http_error(429)
-        if len(calls) == 2:
-            raise _http_error(503)
-        return "ok"
 
-    assert with_retries("x", flaky, RetryPolicy(5, 0.1), sleeps.append) == "ok"
-    assert len(sleeps) == 2
+def test_retry_after_is_honoured_but_capped() -> None:
+    with scripted_server([(503, {"Retry-After": "3600"}, b"")]) as server:
+        url = server.url + "/"
+        started = time.monotonic()
+        assert http_get(url, policy=RetryPolicy(3, 0.01, max_delay=0.3)) == b"ok"
+    assert 0.25 <= time.monotonic() - started < 5
 
 
 def test_auth_errors_fail_at_once_and_outages_give_up() -> None:
-    sleeps: list[float] = []
-
-    def denied() -> None:
-        raise _http_error(401)
-
-    with pytest.raises(SourceAuthError, match="401"):
-        with_retries("GET https://taxii.example/", denied, RetryPolicy(5, 0.1), sleeps.append)
-    assert sleeps == []
-
-    def down() -> None:
-        raise requests.ConnectionError("refused")
-
+    with scripted_server([(401, {}, b""), (200, {}, b"")]) as server:
+        url = server.url + "/"
+        with pytest.raises(SourceAuthError, match="401"):
+            http_get(url, policy=RetryPolicy(5, 0.01))
+        assert len(server.hits) == 1
+    with scripted_server([(500, {}, b"")] * 10) as server:
+        url = server.url + "/"
+        with pytest.raises(SourceUnavailable, match=r"after 3 attempts \(HTTP 500\)"):
+            http_get(url, policy=RetryPolicy(3, 0.01))
+        assert len(server.hits) == 3
+    with scripted_server([(404, {}, b"")]) as server:
+        url = server.url + "/"
+        with pytest.raises(SourceUnavailable, match="404 is not retryable"):
+            http_get(url, policy=RetryPolicy(3, 0.01))
+        assert len(server.hits) == 1
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     with pytest.raises(SourceUnavailable, match="after 3 attempts"):
-        with_retries("GET https://taxii.example/", down, RetryPolicy(3, 0.1), sleeps.append)
+        http_get(f"http://127.0.0.1:{port}/", policy=RetryPolicy(3, 0.01))
 
 
 def test_example_configs_validate() -> None:
@@ -266,3 +274,12 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     path.write_text("name: x\norg: cert\nsource: a\ntlp: purple\n")
     with pytest.raises(ConnectorError, match=r"c\.yaml.*tlp"):
         load_config(path, BlocklistConfig, "blocklist")
+
+
+def test_submissions_stay_under_the_configured_record_limit() -> None:
+    org = example_registry().get("cert")
+    settings = Settings(max_record_bytes=50_000)
+    report = Report("t", "t", "cert")
+    assert Submitter(settings, org, "t", report, max_bytes=10**9).max_bytes == 50_000
+    roomy = Settings(max_record_bytes=10**9)
+    assert Submitter(roomy, org, "t", report).max_bytes == 1_000_000  # the config default

@@ -36,7 +36,6 @@ from stixbus.core.deliveries import (
     Delivery,
     Plan,
     RouteConfig,
-    fast_uuid5,
     minted_id,
     minted_object,
     plan_key,
@@ -474,13 +473,6 @@ def test_first_encoding_is_still_read() -> None:
     decoded = decode_state(orjson.dumps(legacy))
     assert deadline_header(orjson.dumps(legacy)) is None
     assert decoded == state
-
-
-def test_fast_uuid5() -> None:
-    for name in ("a", "key/bank-b", "é" * 40):
-        assert fast_uuid5(REGISTRY.bus.namespace, name) == str(
-            uuid.uuid5(REGISTRY.bus.namespace, name)
-        )
 
 
 def test_profiled_decisions_equal_plain_ones() -> None:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from stixbus import metrics
-from stixbus.cli.status import parse_metrics
+from stixbus.metrics import parse_metrics
 from tests.helpers.paths import REPO_ROOT
 
 PROM_DIR = REPO_ROOT / "deploy" / "prometheus"

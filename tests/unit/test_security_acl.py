@@ -88,14 +88,47 @@ def test_worker_reads_ingest_and_pipeline_but_no_delivery_topic() -> None:
         for b in of(WORKER)
         if b.resource_type == ResourceType.TOPIC and b.operation in (Operation.READ, Operation.ALL)
     }
-    assert ("PREFIXED", "stixbus.ingest.") in reads
+    assert {("LITERAL", f"stixbus.ingest.{o.id}") for o in REGISTRY.publishers} <= reads
     assert ("LITERAL", "stixbus.normalized") in reads
-    assert ("PREFIXED", "stixbus-") in reads  # Faust internal topics, <app_id>-...
+    assert ("LITERAL", "stixbus.agreements") in reads
+    assert ("LITERAL", "stixbus-stixbus-dedup-changelog") in reads  # table recovery
     assert not any("deliver" in name or "receipts" in name for _, name in reads)
-    assert ("PREFIXED", "stixbus.", "WRITE") in topic_ops(WORKER)
-    assert ("PREFIXED", "stixbus.", "CREATE") in topic_ops(WORKER)
     group_reads = [b for b in of(WORKER) if b.resource_type == "GROUP" and b.operation == "READ"]
     assert [(b.pattern_type, b.resource_name) for b in group_reads] == [("LITERAL", "stixbus")]
+
+
+def test_worker_is_least_privileged() -> None:
+    """Finding 8 of issue #12: no ingest or agreements write, no CREATE, nothing prefixed."""
+    ops = topic_ops(WORKER)
+    writes = {name for _, name, op in ops if op == Operation.WRITE}
+    assert not any(".ingest." in name for name in writes)
+    assert "stixbus.agreements" not in writes
+    assert {f"stixbus.deliver.{o.id}" for o in REGISTRY.subscribers} <= writes
+    assert {f"stixbus.receipts.{o.id}" for o in REGISTRY.publishers} <= writes
+    assert {"stixbus.normalized", "stixbus.ticks", "stixbus.audit", "stixbus.deadletter"} <= writes
+    assert {op for _, _, op in ops} == {Operation.READ, Operation.WRITE}
+    assert all(pattern == PatternType.LITERAL for pattern, _, _ in ops)
+    assert not any(b.resource_type == ResourceType.CLUSTER for b in of(WORKER))
+    # Only the operator writes agreements.
+    agreement_writers = {
+        b.user for b in ACLS if b.resource_name == "stixbus.agreements" and b.operation == "WRITE"
+    }
+    assert agreement_writers == {OPERATOR}
+
+
+def test_worker_table_changelogs_are_created_by_the_operator_with_its_topics() -> None:
+    from stixbus.app import build_app
+    from stixbus.context import BusContext
+    from stixbus.kafka.topics import TopicNames
+
+    settings = Settings(store="memory://", registry_path=REPO_ROOT / "deploy" / "orgs.yaml")
+    app = build_app(BusContext.from_settings(settings))
+    changelogs = {t.changelog_topic.get_topic_name() for t in app.tables.values()}
+    specs = TopicNames("stixbus").all_specs(REGISTRY, 4, app_id=settings.app_id)
+    assert changelogs <= {s.name for s in specs if s.compacted}
+    worker_topics = {name for _, name, _ in topic_ops(WORKER) if not name.startswith("stixbus.")}
+    assert changelogs == worker_topics
+    assert app.conf.topic_allow_declare is False and app.conf.topic_disable_leader is True
 
 
 def test_operator_reads_audit_and_deadletter_only() -> None:
@@ -133,7 +166,10 @@ def test_plan_removes_exactly_a_removed_orgs_acls_and_keeps_admin_ones() -> None
     )
     plan = plan_acls(derive_acls(registry_without("bank-c"), PREFIX, "stixbus"), [*ACLS, admin_acl])
     assert not plan.create
-    assert set(plan.delete) == set(of("bank-c"))
+    # The org's own bindings, and the worker's literal rights on that org's topics.
+    worker_on_c = {b for b in of(WORKER) if b.resource_name.endswith(".bank-c")}
+    assert worker_on_c
+    assert set(plan.delete) == set(of("bank-c")) | worker_on_c
     assert plan_acls(ACLS, ACLS).empty
 
 

@@ -1,0 +1,45 @@
+"""Every use of a library's private internals, in one place (faust-streaming 0.15).
+
+Keep this file small: each function says what it reaches into and why, so a library upgrade
+that breaks one of them breaks here, with a test (tests/broker/test_security_host.py) that
+shows it.
+
+- `serve_only`: Faust's web server always mounts an index view at `/` (the production index
+  when the statistics view is off) and blueprints a later version may add; the public settings
+  (`web_*_enabled`, set in stixbus/app.py) turn off the known ones.  This installs an aiohttp
+  middleware on the driver's `web_app` (an attribute of Faust's aiohttp driver, not a
+  documented API) that answers 404 for every route whose path is not allowed: an allow list,
+  so a view Faust adds in a future version is not served either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+import faust
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def serve_only(app: faust.App, paths: Iterable[str]) -> None:
+    """Answer 404 on the worker's web server for every path not in `paths` (exact match of
+    the route that matched, so `/table/x` and `/healthz/../table` are both refused)."""
+    allowed = frozenset(paths)
+
+    @web.middleware
+    async def allow_list(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        resource = route.resource if route is not None else None
+        if resource is None or resource.canonical not in allowed:
+            raise web.HTTPNotFound()
+        return await handler(request)
+
+    driver = app.web
+    web_app = getattr(driver, "web_app", None)
+    if not isinstance(web_app, web.Application):
+        raise RuntimeError(
+            f"faust web driver {type(driver).__name__} has no aiohttp web_app: the web allow "
+            "list (stixbus/kafka/_compat.py) needs updating for this faust version"
+        )
+    web_app.middlewares.append(allow_list)
