@@ -462,7 +462,8 @@ def test_redaction_and_pseudonyms_hold_on_the_wire(bus: Bus) -> None:
             assert no_onward_sharing_marking_id(bus.registry) in copy["object_marking_refs"]
             if mode == "anonymous":
                 assert copy["created_by_ref"] == bus.registry.bus.identity_id
-                assert copy.get("description") == original["description"]
+                # free text often names the contributor: dropped unless the agreement keeps it
+                assert "description" not in copy
             else:
                 assert copy["created_by_ref"] != bus.registry.bus.identity_id
                 assert copy["description"].startswith("pseudonym:")
