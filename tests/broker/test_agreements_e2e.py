@@ -32,7 +32,7 @@ from typer.testing import CliRunner, Result
 from schemas.agreement import Agreement, load_agreements
 from schemas.tlp import TLP
 from stixbus.cli import agreements as agreement_commands
-from stixbus.core.deliveries import stix_time
+from stixbus.core.minting import stix_time
 from stixbus.core.redact import no_onward_sharing_marking_id
 from stixbus.settings import get_settings
 from tests.helpers.bus import AGREEMENTS, Bus

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stixbus.core.deliveries import stix_time
+from stixbus.core.minting import stix_time
 from stixbus.kafka.client import VersionFilter
 from tests.helpers.bus import AGREEMENTS, Bus, make_bus
 from tests.helpers.dedup_samples import indicator, version

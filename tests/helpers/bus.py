@@ -168,9 +168,7 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
         "STIXBUS_STORE": "memory://",
         **env,
     }
-    registry = load_registry(
-        full_env.get("STIXBUS_REGISTRY_PATH", ORGS_YAML)
-    )
+    registry = load_registry(full_env.get("STIXBUS_REGISTRY_PATH", ORGS_YAML))
     names = TopicNames(prefix)
     partitions = int(full_env["STIXBUS_PARTITIONS"])
     asyncio.run(

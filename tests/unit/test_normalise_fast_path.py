@@ -31,7 +31,6 @@ from schemas.stix import (
     check_timestamp,
     check_timestamp_millis,
 )
-from stixbus.core.normalise import checks, envelope
 from stixbus.core.canonical import (
     _DEFANG_HINT,
     CanonicalError,
@@ -39,6 +38,7 @@ from stixbus.core.canonical import (
     canonical_ip,
     dedup_key,
 )
+from stixbus.core.normalise import checks, envelope
 from stixbus.core.payload import _check_shape_limits, _check_shape_quickly
 from stixbus.settings import Limits
 from tests.helpers.stix_samples import (
