@@ -20,9 +20,7 @@ from schemas.org import Registry
 from schemas.tlp import TLP
 from stixbus.core.decide import Decision
 from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView, parse_time
-from stixbus.core.redact import (
-    pseudonym_identity_id,
-)
+from stixbus.core.redact import pseudonym_identity_id
 from stixbus.core.routing import Group
 
 STIX_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
