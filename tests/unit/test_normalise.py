@@ -293,12 +293,12 @@ def test_homograph_warning_on_receipt() -> None:
 
 
 def test_never_raises_internal_errors_become_rejections(monkeypatch: pytest.MonkeyPatch) -> None:
-    import stixbus.core.normalise as normalise
+    from stixbus.core.normalise import envelope
 
     def explode(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(normalise, "decode_payload", explode)
+    monkeypatch.setattr(envelope, "decode_payload", explode)
     raw = bundle(indicator())
     outcome = run(raw)
     assert reasons(outcome) == [Reason.INTERNAL_ERROR]

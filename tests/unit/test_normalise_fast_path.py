@@ -31,7 +31,6 @@ from schemas.stix import (
     check_timestamp,
     check_timestamp_millis,
 )
-from stixbus.core import normalise
 from stixbus.core.canonical import (
     _DEFANG_HINT,
     CanonicalError,
@@ -39,6 +38,7 @@ from stixbus.core.canonical import (
     canonical_ip,
     dedup_key,
 )
+from stixbus.core.normalise import checks, envelope
 from stixbus.core.payload import _check_shape_limits, _check_shape_quickly
 from stixbus.settings import Limits
 from tests.helpers.stix_samples import (
@@ -56,7 +56,7 @@ from tests.helpers.stix_samples import (
 
 def run_both(raw: bytes, publisher=CERT):
     fast = run(raw, publisher)
-    with mock.patch.object(normalise, "_accept_plain_indicator", lambda *args: None):
+    with mock.patch.object(envelope, "accept_plain_indicator", lambda *args: None):
         full = run(raw, publisher)
     return fast, full
 
@@ -141,7 +141,7 @@ VALUES_BY_NAME = {
 @given(
     st.lists(
         st.sampled_from(sorted(VALUES_BY_NAME)).flatmap(
-            lambda name: st.tuples(st.just(name), VALUES_BY_NAME[name] | st.just(normalise))
+            lambda name: st.tuples(st.just(name), VALUES_BY_NAME[name] | st.just(envelope))
         ),
         max_size=3,
     ),
@@ -150,7 +150,7 @@ VALUES_BY_NAME = {
 def test_fast_path_outcome_equals_full_path(changes, publisher) -> None:
     obj = indicator(name="n", indicator_types=["malicious-activity"])
     for name, value in changes:
-        if value is normalise:  # the marker for "remove the property"
+        if value is envelope:  # the marker for "remove the property"
             obj.pop(name, None)
         else:
             obj[name] = value
@@ -206,7 +206,7 @@ def test_plain_indicators_skip_pydantic() -> None:
         indicator(f"[ipv4-addr:value = '10.0.0.{i}']", name="n", indicator_types=["x"])
         for i in range(50)
     ]
-    with mock.patch.object(normalise, "_validate_model", side_effect=AssertionError) as validate:
+    with mock.patch.object(checks, "validate_model", side_effect=AssertionError) as validate:
         outcome = run(bundle(*objects))
     assert outcome.receipt.accepted == 50 and validate.call_count == 0
 
@@ -248,7 +248,7 @@ def test_garbage_collector_is_left_as_found() -> None:
     assert gc.isenabled()
     run(bundle(indicator()))
     assert gc.isenabled()
-    with mock.patch.object(normalise, "_normalise", side_effect=RuntimeError("boom")):
+    with mock.patch.object(envelope, "_normalise", side_effect=RuntimeError("boom")):
         outcome = run(bundle(indicator()))
     assert outcome.rejections[0].reason == "internal_error" and gc.isenabled()
     gc.disable()
