@@ -17,8 +17,8 @@ from faust.types import TableT
 
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.dedup import deadline_header, decode_state
 from stixbus.core.expiry import ExpiryIndex, due_for_tick, next_deadline, state_deadline
+from stixbus.core.state_codec import deadline_header, decode_state
 
 # A tick that was sent but whose key was not rewritten (lost in a rebalance, say) is retried
 # after this many scan intervals.

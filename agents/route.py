@@ -1,8 +1,9 @@
 """normalized + ticks → deliver.<org> + audit: de-duplicate per canonical key, then route.
 
 One table keyed by the canonical key (co-partitioned with `normalized`) holds each key's
-provenance and what every subscriber was last given
-(stixbus/core/dedup.py, stixbus/core/deliveries.py).
+provenance and what every subscriber was last given.  The branch logic is the pure
+`stixbus.core.route_step.route_step` (merge: dedup.py, planning: deliveries.py, table encoding:
+state_codec.py); this shell decodes, calls it, sends what it returns and writes the table.
 Expiry ticks come from agents/expiry.py.
 """
 
@@ -19,16 +20,13 @@ from schemas.envelope import NormalizedObject
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.agreement_store import AgreementStore
-from stixbus.core.dedup import (
-    MergeOutcome,
-    conflict_outcome,
-    decode_state,
-    encode_state,
-    merge_source,
-)
-from stixbus.core.deliveries import Plan, RouteConfig, audit_records, plan_key
-from stixbus.core.expiry import ExpiryIndex, is_collectable, state_deadline
+from stixbus.core.deliveries import RouteConfig
+from stixbus.core.expiry import ExpiryIndex
+from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
+from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka.topics import DEDUP_TABLE
+
+TICK = Tick()
 
 
 def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
@@ -50,42 +48,36 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
         async for event in stream.events():
             key, now = bytes(event.key or b""), datetime.now(UTC)
             raw = table.get(key)
-            state, record = (decode_state(raw) if raw else None), None
-            if event.message.topic == names.ticks:
-                if state is None:
-                    continue
-                plan = plan_key(state, None, registry, store.index, now, config)
-            else:
-                record = NormalizedObject.model_validate_json(event.value)
-                state, outcome = merge_source(state, record, now)
-                if outcome is MergeOutcome.CONFLICT:
-                    await _quarantine(record)
-                    continue
-                if (
-                    outcome is not MergeOutcome.NEW_SOURCE
-                    and outcome is not MergeOutcome.NEW_VERSION
-                ):
-                    metrics.observe_suppressed()
-                    if outcome is MergeOutcome.IDENTICAL:  # keep last_seen
-                        table[key] = encode_state(state)
-                        expiry.set(key, state_deadline(state, grace))
-                    continue
-                plan = plan_key(state, record.object_id, registry, store.index, now, config)
-            await _write(plan, now, record)
-            if is_collectable(plan.state, now, grace):
+            record = (
+                None
+                if event.message.topic == names.ticks
+                else NormalizedObject.model_validate_json(event.value)
+            )
+            state = decode_state(raw) if raw else None
+            step = route_step(
+                TICK if record is None else record,
+                state, registry, store.index, now, config, grace,
+            )  # fmt: skip
+            if step.quarantine is not None and record is not None:
+                await _quarantine(record, step.quarantine)
+            if step.suppressed:
+                metrics.observe_suppressed()
+            if step.deliveries or step.audit:
+                await _write(step, now, record)
+            if step.table is TableWrite.PUT and step.state is not None:
+                table[key] = encode_state(step.state)
+                expiry.set(key, step.deadline)
+            elif step.table is TableWrite.DELETE:
                 table.pop(key, None)
                 expiry.discard(key)
-            else:
-                table[key] = encode_state(plan.state)
-                expiry.set(key, state_deadline(plan.state, grace))
 
-    async def _write(plan: Plan, now: datetime, record: NormalizedObject | None) -> None:
+    async def _write(step: StepResult, now: datetime, record: NormalizedObject | None) -> None:
         # The key's new state (its changelog record, written after this returns) must not reach
         # the broker before the deliveries it records, or a kill -9 in between would lose them:
         # wait for the acks.  The reverse only re-mints identical (id, modified) on replay,
         # which consumers drop (stixbus.kafka.client.VersionFilter).
         acks = []
-        for delivery in plan.deliveries:
+        for delivery in step.deliveries:
             for obj in (*delivery.companions, delivery.stix_object):
                 acks.append(
                     await deliver[delivery.subscriber].send(
@@ -98,18 +90,18 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
             metrics.observe_delivery(
                 delivery.subscriber, delivery.agreement_id or "", latency, delivery.revocation
             )
-        for entry in audit_records(plan, now):
-            await audit.send(key=entry["object_id"].encode(), value=orjson.dumps(entry))
-            for reason in [] if entry["allow"] else entry["reasons"]:
-                metrics.observe_denial(reason["code"])
+        for entry in step.audit:
+            await audit.send(key=entry.object_id.encode(), value=entry.model_dump_json().encode())
+            for reason in [] if entry.allow else entry.reasons:
+                metrics.observe_denial(reason.code)
         await asyncio.gather(*acks)
-        if record is not None and any(d.revocation for d in plan.deliveries):
+        if record is not None and any(d.revocation for d in step.deliveries):
             metrics.observe_revocation_fanout(
                 (datetime.now(UTC) - record.published_at).total_seconds()
             )
 
-    async def _quarantine(record: NormalizedObject) -> None:
-        receipt, letter = conflict_outcome(record)
+    async def _quarantine(record: NormalizedObject, quarantine: Quarantine) -> None:
+        receipt, letter = quarantine.receipt, quarantine.dead_letter
         await deadletter.send(
             key=record.object_id.encode(), value=letter.model_dump_json().encode()
         )

@@ -34,10 +34,11 @@ from schemas.agreement import load_agreements
 from schemas.envelope import NormalizedObject
 from schemas.org import load_registry
 from stixbus.core.decide import AgreementIndex
-from stixbus.core.dedup import KeyState, deadline_header, decode_state, encode_state, merge_source
+from stixbus.core.dedup import KeyState, merge_source
 from stixbus.core.deliveries import plan_key
 from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.normalise import normalise_submission
+from stixbus.core.state_codec import deadline_header, decode_state, encode_state
 from stixbus.settings import Limits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

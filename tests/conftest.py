@@ -45,6 +45,7 @@ def bootstrap() -> str:
         )
     return BOOTSTRAP
 
+
 @pytest.fixture(scope="module")
 def bus(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     """One worker per test module, on a fresh topic prefix."""

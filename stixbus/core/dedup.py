@@ -2,38 +2,33 @@
 
 The bus never merges producers into one object.  A key's state holds, per source object id, the
 latest accepted version and when it was first and last seen, plus (see
-stixbus/core/deliveries.py) what
-each subscriber was last given.  Semantics: docs/dedup.md.
+stixbus/core/deliveries.py) what each subscriber was last given.  Semantics: docs/dedup.md.
 
-The state is the route table's value, read and written once per event, so it is kept small and
-cheap to (de)serialise: plain slotted dataclasses and a compact orjson encoding with a schema
-version (`encode_state` / `decode_state`).  For keys with a canonical pattern (bus-minted
-indicators) a source keeps only the properties that agreement decisions and minting read
-(`PLANNING_PROPERTIES`) plus a hash of the whole object; a subscriber's view keeps the minted
-body it was given (shared between views with equal bodies), not the whole delivered object.
+The state is the route table's value, read and written once per event, so it is kept small:
+plain slotted dataclasses, encoded by stixbus/core/state_codec.py.  For keys with a canonical
+pattern (bus-minted indicators) a source keeps only the properties that agreement decisions and
+minting read (`PLANNING_PROPERTIES`) plus a hash of the whole object; a subscriber's view keeps
+the minted body it was given (shared between views with equal bodies), not the whole delivered
+object.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
-from schemas.tlp import TLP
 from stixbus.core.ids import parse_time
 
-SCHEMA_VERSION = 2
-
 # What `stixbus.core.decide` (markings, label fields, confidence) and minting
-# (`stixbus.core.deliveries`)
-# read from a source object of a minted key.  Everything else (description, kill chains,
-# external references, custom properties…) is covered by the content hash only.
+# (`stixbus.core.minting`) read from a source object of a minted key.  Everything else
+# (description, kill chains, external references, custom properties…) is covered by the
+# content hash only.
 PLANNING_PROPERTIES = (
     "type",
     "id",
@@ -92,7 +87,7 @@ class SubscriberView:
 
     Minted keys: `created`, `modified`, `revoked` and `body` (every property of the minted
     indicator after `created_by_ref`: name, pattern, validity, markings, x_stixbus_sources…);
-    the rest of the object is derived (`stixbus.core.deliveries.minted_object`).  Forwarded keys:
+    the rest of the object is derived (`stixbus.core.minting.minted_object`).  Forwarded keys:
     `delivered`, the whole (redacted) object."""
 
     source_ids: tuple[str, ...]
@@ -257,12 +252,12 @@ def _compare(held: SourceVersion, record: NormalizedObject, digest: str) -> Merg
 _RECORD_FIELDS = tuple(NormalizedObject.model_fields)
 
 
-def _record(values: dict[str, Any]) -> NormalizedObject:
+def unchecked_record(values: dict[str, Any]) -> NormalizedObject:
     """A NormalizedObject from already-validated values, without pydantic's (slow) machinery.
 
     Equivalent to `NormalizedObject.model_construct(**values)` with every field given (checked
-    by tests/test_dedup_core.py), at a fraction of the cost: the route agent builds one per held
-    source on every event."""
+    by tests/unit/test_dedup_core.py), at a fraction of the cost: the route agent builds one per
+    held source on every event."""
     rec = NormalizedObject.__new__(NormalizedObject)
     object.__setattr__(rec, "__dict__", values)
     object.__setattr__(rec, "__pydantic_fields_set__", set(_RECORD_FIELDS))
@@ -277,222 +272,7 @@ def planning_record(record: NormalizedObject) -> NormalizedObject:
     slim = {name: obj[name] for name in PLANNING_PROPERTIES if name in obj}
     values = dict(record.__dict__)
     values["object"] = slim
-    return _record(values)
-
-
-# --- table encoding -------------------------------------------------------------------------
-#
-# {"v":2,"d":<tick deadline µs|null>,"s":<settled_at µs|null>,"k":key,"p":canonical pattern,
-#  "src":[[id, hash, first_seen µs, last_seen µs, publisher, published_at µs, submission id,
-#          received_at µs, object_type, modified, tlp, tlp_inherited, dedup_key (1: the key),
-#          observable_types, canonical_sco_id, object (minted: without type/id/modified)], ...],
-#  "b":[minted body, ...],
-#  "vw":{subscriber: [source indexes, agreement id, agreement version, created, modified,
-#                     revoked, body index (-1: none), delivered object (forwarded) or null]}}
-#
-# "v", "d" and "s" come first so that the expiry index can be rebuilt from a prefix of each
-# value (`deadline_header`) without decoding whole states.
-
-
-def _us(moment: datetime) -> int:
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _time(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
-def encode_state(state: KeyState) -> bytes:
-    sources, minted = state.sources, state.minted
-    index = {sid: n for n, sid in enumerate(sources)}
-    encoded_sources = []
-    for sid, src in sources.items():
-        row = src.encoded
-        if row is None:
-            row = src.encoded = _encode_source(sid, src, minted, state.key)
-        encoded_sources.append(row)
-    bodies: list[dict[str, Any]] = []
-    # id(body) -> position: views minted in one plan, or decoded together, share body objects
-    body_index: dict[int, int] = {}
-    encoded_views = {}
-    positions: dict[tuple[str, ...], list[int]] = {}
-    for subscriber, view in state.views.items():
-        at = positions.get(view.source_ids)
-        if at is None:
-            at = positions[view.source_ids] = [index[s] for s in view.source_ids if s in index]
-        b = -1
-        if view.body is not None:
-            found = body_index.get(id(view.body))
-            if found is None:
-                found = body_index[id(view.body)] = len(bodies)
-                bodies.append(view.body)
-            b = found
-        encoded_views[subscriber] = [
-            at,
-            view.agreement_id,
-            view.agreement_version,
-            view.created,
-            view.modified,
-            1 if view.revoked else 0,
-            b,
-            view.delivered,
-        ]
-    deadline = state.expiry_deadline()
-    return orjson.dumps(
-        {
-            "v": SCHEMA_VERSION,
-            "d": None if deadline is None else _us(deadline),
-            "s": None if state.settled_at is None else _us(state.settled_at),
-            "k": state.key,
-            "p": state.canonical_pattern,
-            "src": encoded_sources,
-            "b": bodies,
-            "vw": encoded_views,
-        }
-    )
-
-
-_IN_ROW = frozenset({"type", "id", "modified"})
-
-
-def _encode_source(sid: str, src: SourceVersion, minted: bool, key: str) -> list[Any]:
-    rec = src.record
-    obj = rec.object
-    if minted:  # type, id and modified are stored elsewhere in the row
-        obj = {k: v for k, v in obj.items() if k not in _IN_ROW}
-    return [
-        sid,
-        src.content_hash,
-        _us(src.first_seen),
-        _us(src.last_seen),
-        rec.publisher,
-        _us(rec.published_at),
-        rec.submission_id,
-        _us(rec.received_at),
-        rec.object_type,
-        rec.modified,
-        int(rec.tlp),
-        rec.tlp_inherited,
-        1 if rec.dedup_key == key else rec.dedup_key,  # 1: the key itself
-        rec.observable_types,
-        rec.canonical_sco_id,
-        obj,
-    ]
-
-
-def decode_state(raw: bytes) -> KeyState:
-    data = orjson.loads(raw)
-    if data.get("v") != SCHEMA_VERSION:
-        return _decode_v1(data)
-    key, pattern = data["k"], data["p"]
-    sources: dict[str, SourceVersion] = {}
-    order: list[str] = []
-    for row in data["src"]:
-        (sid, digest, first, last, publisher, published, submission, received, object_type,
-         modified, tlp, inherited, dedup_key, observables, sco_id, obj) = row  # fmt: skip
-        if pattern is not None:  # see _encode_source
-            stix = {"type": object_type, "id": sid, **obj}
-            if modified is not None:
-                stix["modified"] = modified
-        else:
-            stix = obj
-        rec = _record(
-            {
-                "submission_id": submission,
-                "publisher": publisher,
-                "received_at": _time(received),
-                "published_at": _time(published),
-                "object_id": sid,
-                "object_type": object_type,
-                "modified": modified,
-                "tlp": TLP(tlp),
-                "tlp_inherited": inherited,
-                "dedup_key": key if dedup_key == 1 else dedup_key,
-                "canonical_pattern": pattern,
-                "observable_types": observables,
-                "canonical_sco_id": sco_id,
-                "object": stix,
-            }
-        )
-        sources[sid] = SourceVersion(rec, digest, _time(first), _time(last), row)
-        order.append(sid)
-    bodies = data["b"]
-    views = {}
-    for subscriber, view in data["vw"].items():
-        idx, agreement_id, agreement_version, created, modified, revoked, b, delivered = view
-        views[subscriber] = SubscriberView(
-            tuple([order[n] for n in idx]),
-            agreement_id,
-            agreement_version,
-            created,
-            modified,
-            bool(revoked),
-            bodies[b] if b >= 0 else None,
-            delivered,
-        )
-    settled = data["s"]
-    return KeyState(key, pattern, sources, views, None if settled is None else _time(settled))
-
-
-_HEADER = re.compile(rb'\{"v":(\d+),"d":(-?\d+|null),"s":(-?\d+|null),')
-
-
-def deadline_header(raw: bytes) -> tuple[datetime | None, datetime | None] | None:
-    """(tick deadline without grace, settled_at) read from the start of an encoded state, or
-    None when `raw` is not in the current encoding (then decode it)."""
-    match = _HEADER.match(raw)
-    if match is None or int(match[1]) != SCHEMA_VERSION:
-        return None
-    d, s = match[2], match[3]
-    return (
-        None if d == b"null" else _time(int(d)),
-        None if s == b"null" else _time(int(s)),
-    )
-
-
-# Minted body properties: everything of a minted indicator after `created_by_ref`.
-_HEADER_PROPERTIES = frozenset(
-    {"type", "spec_version", "id", "created", "modified", "created_by_ref", "revoked"}
-)
-
-
-def _decode_v1(data: dict[str, Any]) -> KeyState:
-    """The first encoding (pydantic `model_dump_json` of whole records and delivered objects):
-    tables written before schema 2 keep working; the next write stores the new encoding."""
-    pattern = data.get("canonical_pattern")
-    minted = pattern is not None
-    sources: dict[str, SourceVersion] = {}
-    for sid, src in (data.get("sources") or {}).items():
-        rec = NormalizedObject.model_validate(src["record"])
-        sources[sid] = SourceVersion(
-            planning_record(rec) if minted else rec,
-            str(src["content_hash"])[:32],
-            parse_time(src["first_seen"]),
-            parse_time(src["last_seen"]),
-        )
-    views = {}
-    for subscriber, view in (data.get("views") or {}).items():
-        delivered = view["delivered"]
-        source_ids = tuple(view.get("source_ids") or ())
-        if minted:
-            views[subscriber] = SubscriberView(
-                source_ids=source_ids,
-                agreement_id=view.get("agreement_id"),
-                agreement_version=view.get("agreement_version"),
-                created=delivered.get("created"),
-                modified=delivered.get("modified"),
-                revoked=bool(delivered.get("revoked", False)),
-                body={k: v for k, v in delivered.items() if k not in _HEADER_PROPERTIES},
-            )
-        else:
-            views[subscriber] = SubscriberView.forwarded(
-                delivered, source_ids, view.get("agreement_id"), view.get("agreement_version")
-            )
-    settled = data.get("settled_at")
-    return KeyState(
-        data["key"], pattern, sources, views, None if settled is None else parse_time(settled)
-    )
+    return unchecked_record(values)
 
 
 def conflict_outcome(record: NormalizedObject) -> tuple[Receipt, DeadLetter]:

@@ -33,7 +33,7 @@ import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Rejection
 from schemas.org import Registry
-from stixbus.core.deliveries import minted_id
+from stixbus.core.minting import minted_id
 
 BUS_OWNER = "@bus"
 

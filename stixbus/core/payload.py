@@ -25,7 +25,6 @@ class PayloadProblem:
     message: str
 
 
-
 class InputLimits(BaseModel):
     """Input limits at ingest; above any of them a submission is rejected, never truncated."""
 

@@ -25,4 +25,6 @@ def example_registry() -> Registry:
 @lru_cache(maxsize=1)
 def example_agreements() -> AgreementSet:
     return load_agreements(AGREEMENTS_YAML)
+
+
 FIXTURES = REPO_ROOT / "tests" / "fixtures"

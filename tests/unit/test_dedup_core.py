@@ -26,20 +26,10 @@ from stixbus.core.dedup import (
     PLANNING_PROPERTIES,
     KeyState,
     MergeOutcome,
-    _record,
-    deadline_header,
-    decode_state,
-    encode_state,
     merge_source,
+    unchecked_record,
 )
-from stixbus.core.deliveries import (
-    Delivery,
-    Plan,
-    RouteConfig,
-    minted_id,
-    minted_object,
-    plan_key,
-)
+from stixbus.core.deliveries import Delivery, Plan, RouteConfig, plan_key
 from stixbus.core.expiry import (
     ExpiryIndex,
     due_for_tick,
@@ -47,7 +37,9 @@ from stixbus.core.expiry import (
     needs_revocation,
     state_deadline,
 )
+from stixbus.core.minting import minted_id, minted_object
 from stixbus.core.normalise import normalise_submission
+from stixbus.core.state_codec import deadline_header, decode_state, encode_state
 from stixbus.settings import Limits
 from tests.helpers.dedup_samples import indicator, version
 from tests.helpers.paths import REPO_ROOT, example_registry
@@ -439,7 +431,7 @@ def test_minted_keys_keep_only_planning_properties() -> None:
 
 def test_fast_record_equals_model_construct() -> None:
     rec = record("cert", indicator(), T0)
-    fast = _record(dict(rec.__dict__))
+    fast = unchecked_record(dict(rec.__dict__))
     assert fast == rec == NormalizedObject.model_construct(**rec.__dict__)
     assert fast.model_dump() == rec.model_dump() and fast.key == rec.key
 

@@ -9,7 +9,7 @@ from typing import Any
 from schemas.envelope import NormalizedObject
 from schemas.tlp import TLP
 from stixbus.core.dedup import content_hash
-from stixbus.core.deliveries import minted_id
+from stixbus.core.minting import minted_id
 from stixbus.core.ownership import Ownership, Verdict, claim, minted_ids
 from tests.helpers.paths import example_registry
 

@@ -10,9 +10,7 @@ from typing import Any
 
 from schemas.envelope import NormalizedObject, Reason, Rejection
 from schemas.org import Org, Registry
-from schemas.stix import (
-    IDENTIFIER_RE,
-)
+from schemas.stix import IDENTIFIER_RE
 from stixbus.core.normalise.checks import check_object
 from stixbus.core.normalise.fast_path import accept_plain_indicator
 from stixbus.core.normalise.outcome import (

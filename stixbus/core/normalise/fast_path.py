@@ -11,9 +11,7 @@ from schemas.stix import (
     PLAIN_TIMESTAMP_RE,
     timestamp_order_key,
 )
-from stixbus.core.canonical import (
-    dedup_key,
-)
+from stixbus.core.canonical import dedup_key
 from stixbus.core.normalise.checks import bind_creator, object_tlp
 from stixbus.core.normalise.handling import carry_tlp, strip_bus_properties
 from stixbus.core.normalise.outcome import (
