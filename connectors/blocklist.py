@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import hmac
 import io
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +55,7 @@ from stixbus.core.canonical import (
     refang,
 )
 from stixbus.core.ids import parse_time, stix_time, uuid5
+from stixbus.secret_files import connector_id_key
 from stixbus.settings import Settings
 
 
@@ -294,19 +298,36 @@ def pattern_for(kind: str, value: str) -> str:
 # the new one (see `retire_old_scheme`).
 #   1: the connector's own canonicaliser (until the core's became the only one).
 #   2: `stixbus.core.canonical`: dot segments, %-encoding, host CIDRs refused, refanging.
-ID_SCHEME = 2
+#   3: keyed (HMAC under the publishing org's connector id key): ids computable from public
+#      inputs let another member publish an id first and so own it (docs/dedup.md → "Object
+#      ownership"), making the CERT's later indicator reach nobody.
+ID_SCHEME = 3
 
 
 def indicator_id(
-    source: str, kind: str, value: str, generation: int = 1, scheme: int = ID_SCHEME
+    source: str,
+    kind: str,
+    value: str,
+    generation: int = 1,
+    scheme: int = ID_SCHEME,
+    id_key: bytes | None = None,
 ) -> str:
-    """Deterministic: UUIDv5 over the id scheme, the source name and the canonical value (+ the
-    revival generation after a revocation)."""
+    """Deterministic for the publisher: over the id scheme, the source name and the canonical
+    value (+ the revival generation after a revocation); from scheme 3 on keyed with `id_key`
+    (`stixbus.secret_files.connector_id_key`), so nobody else can predict it."""
     prefix = "blocklist" if scheme == 1 else f"blocklist/v{scheme}"
     key = f"{prefix}:{source}:{kind}:{value}"
     if generation > 1:
         key += f":{generation}"
-    return f"indicator--{uuid5(CONNECTOR_NAMESPACE, key)}"
+    if scheme < 3:
+        return f"indicator--{uuid5(CONNECTOR_NAMESPACE, key)}"
+    if id_key is None:
+        raise ValueError(
+            f"blocklist id scheme {scheme} needs the org's connector id key: "
+            "pass id_key=connector_id_key(settings, org)"
+        )
+    digest = hmac.new(id_key, key.encode(), hashlib.sha256).digest()
+    return f"indicator--{uuid.UUID(bytes=digest[:16], version=4)}"
 
 
 def make_indicator(
@@ -317,11 +338,12 @@ def make_indicator(
     generation: int = 1,
     revoked_at: str | None = None,
     scheme: int = ID_SCHEME,
+    id_key: bytes | None = None,
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "type": "indicator",
         "spec_version": "2.1",
-        "id": indicator_id(config.name, kind, value, generation, scheme),
+        "id": indicator_id(config.name, kind, value, generation, scheme, id_key),
         "created": first_seen,
         "modified": revoked_at or first_seen,
         "name": f"{kind} {value}"[:250],
@@ -431,6 +453,7 @@ async def run_once(
         ) from None
     store = StateFile(config.state_path(settings))
     state = store.load()
+    id_key = connector_id_key(settings, org_id)
     now = stix_time(now_utc())
     report.warnings.extend(f"{config.name}: {w}" for w in retire_old_scheme(state, now))
     entries: dict[str, dict[str, Any]] = state.setdefault("entries", {})
@@ -498,13 +521,21 @@ async def run_once(
     for key_ in fresh:
         kind, value = key_.split("|", 1)
         record = entries[key_]
-        obj = make_indicator(config, kind, value, record["first_seen"], record["generation"])
+        obj = make_indicator(
+            config, kind, value, record["first_seen"], record["generation"], id_key=id_key
+        )
         await submitter.add([obj], functools.partial(mark, key_, "published"))
     for key_ in to_revoke:
         kind, value = key_.split("|", 1)
         record = entries[key_]
         obj = make_indicator(
-            config, kind, value, record["first_seen"], record["generation"], record["revoke_at"]
+            config,
+            kind,
+            value,
+            record["first_seen"],
+            record["generation"],
+            record["revoke_at"],
+            id_key=id_key,
         )
         report.revoked += 1
         await submitter.add([obj], functools.partial(mark, key_, "revoked"))
@@ -519,6 +550,7 @@ async def run_once(
             record["generation"],
             record["revoke_at"],
             scheme=int(scheme),
+            id_key=id_key,
         )
         report.revoked += 1
         await submitter.add([obj], functools.partial(forget, key_))

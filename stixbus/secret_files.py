@@ -9,6 +9,7 @@ together agree on one).  Rotation: docs/security.md → "Pseudonym key".
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -33,6 +34,13 @@ def pseudonym_key(settings: Settings) -> bytes:
             raise ValueError("STIXBUS_PSEUDONYM_KEY is too short: give at least 32 hex digits")
         return key
     return _load_or_create(settings.home / "secrets" / "pseudonym.key")
+
+
+def connector_id_key(settings: Settings, org_id: str) -> bytes:
+    """The key an org's connectors mint deterministic ids with (blocklist id scheme 3):
+    derived from the bus secret, so no other member can compute those ids ahead of the org
+    and claim them first (docs/dedup.md → "Object ownership")."""
+    return hmac.new(pseudonym_key(settings), f"connector-ids|{org_id}".encode(), "sha256").digest()
 
 
 def _load_or_create(path: Path) -> bytes:

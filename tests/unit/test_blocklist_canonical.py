@@ -22,8 +22,14 @@ from connectors.blocklist import (
 )
 from stixbus.core.canonical import CanonicalError, canonical_observable
 from stixbus.kafka.client import Published
+from stixbus.secret_files import connector_id_key
 from stixbus.settings import Settings
 from tests.helpers.paths import FIXTURES, example_registry
+
+
+def KEY() -> bytes:
+    return connector_id_key(Settings(), "cert")
+
 
 # Inputs on which the connector's old canonicaliser and the core's disagreed, and others that
 # are easy to get wrong: dot segments, %2f, host-bit CIDRs, localhost, defanging, ports.
@@ -155,7 +161,7 @@ def test_messy_list_imports_the_good_lines(tmp_path: Path) -> None:
     )
     assert len(report.rejections) == len(BAD)
     assert {o["id"] for o in sent} == {
-        indicator_id("messy", kind, value) for kind, value, _ in GOOD
+        indicator_id("messy", kind, value, id_key=KEY()) for kind, value, _ in GOOD
     }
 
 
@@ -195,12 +201,12 @@ def test_new_id_scheme_revokes_every_old_id_and_republishes_the_live_entries(
     for obj in revoked.values():
         assert obj["created"] == first_seen and obj["modified"] > first_seen
     assert set(live) == {
-        indicator_id("messy", "url", "http://a.example/y"),
-        indicator_id("messy", "url", "http://b.example/"),
-        indicator_id("messy", "domain-name", "c.example"),
+        indicator_id("messy", "url", "http://a.example/y", id_key=KEY()),
+        indicator_id("messy", "url", "http://b.example/", id_key=KEY()),
+        indicator_id("messy", "domain-name", "c.example", id_key=KEY()),
     }
     assert not set(live) & old_ids
-    carried = live[indicator_id("messy", "url", "http://a.example/y")]
+    carried = live[indicator_id("messy", "url", "http://a.example/y", id_key=KEY())]
     assert carried["created"] == first_seen  # first seen kept across the scheme change
     assert report.revoked == 2 and not report.rejections
 

@@ -114,21 +114,52 @@ def test_ip_list_preset() -> None:
 
 
 def test_ids_are_deterministic_and_source_scoped() -> None:
-    a = indicator_id("src", "url", "http://x.example/")
-    assert a == indicator_id("src", "url", "http://x.example/")
-    assert a != indicator_id("other", "url", "http://x.example/")
-    assert a != indicator_id("src", "url", "http://x.example/", generation=2)
+    key = bytes(range(32))
+    a = indicator_id("src", "url", "http://x.example/", id_key=key)
+    assert a == indicator_id("src", "url", "http://x.example/", id_key=key)
+    assert a != indicator_id("other", "url", "http://x.example/", id_key=key)
+    assert a != indicator_id("src", "url", "http://x.example/", generation=2, id_key=key)
     config = bl(tlp="green", confidence=80, valid_for_days=30, labels=["phishing"])
-    one = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z")
-    two = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z")
+    one = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z", id_key=key)
+    two = make_indicator(config, "url", "http://x.example/", "2026-11-20T09:41:06.000Z", id_key=key)
     assert one == two
     assert one["valid_until"] == "2026-12-20T09:41:06.000Z"
     assert one["object_marking_refs"] == [TLP.GREEN.marking_id]
     revoked = make_indicator(
-        config, "url", "http://x.example/", one["created"], 1, "2026-11-21T00:00:00.000Z"
+        config,
+        "url",
+        "http://x.example/",
+        one["created"],
+        1,
+        "2026-11-21T00:00:00.000Z",
+        id_key=key,
     )
     assert revoked["id"] == one["id"] and revoked["revoked"] is True
     assert revoked["created"] == one["created"] and revoked["modified"] > one["modified"]
+
+
+def test_connector_ids_cannot_be_predicted_without_the_bus_secret() -> None:
+    """Scheme 3 (issue 12, finding 1): another member knows the source name, the value and the
+    public connector namespace, and tries every unkeyed scheme; none gives the CERT's id, so it
+    cannot publish the id first and own it."""
+    import uuid as uuid_module
+
+    from connectors.base import CONNECTOR_NAMESPACE
+
+    cert_key = bytes(range(32))
+    real = indicator_id("urlhaus", "url", "http://x.example/", id_key=cert_key)
+    guesses = {
+        f"indicator--{uuid_module.uuid5(CONNECTOR_NAMESPACE, name)}"
+        for name in (
+            "blocklist:urlhaus:url:http://x.example/",
+            "blocklist/v2:urlhaus:url:http://x.example/",
+            "blocklist/v3:urlhaus:url:http://x.example/",
+        )
+    }
+    assert real not in guesses
+    assert real != indicator_id("urlhaus", "url", "http://x.example/", id_key=bytes(32))
+    with pytest.raises(ValueError, match="connector id key"):
+        indicator_id("urlhaus", "url", "http://x.example/")
 
 
 def test_patterns_validate_with_the_oasis_validator() -> None:
