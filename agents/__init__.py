@@ -18,10 +18,10 @@ def register_all(app: faust.App, ctx: BusContext) -> None:
     health, observe."""
     from agents import agreements, health, ingest, markings, observe, ownership, route
 
-    store = agreements.register(app, ctx)
+    store, agreements_loaded = agreements.register(app, ctx)
     memory, markings_loaded = markings.register(app, ctx)
     ingest.register(app, ctx, memory, markings_loaded)
     ownership.register(app, ctx)
-    route.register(app, ctx, store)
+    route.register(app, ctx, store, agreements_loaded)
     health.register(app, ctx)
     observe.register(app, ctx)

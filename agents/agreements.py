@@ -7,6 +7,8 @@ The records are folded in by stixbus/core/agreement_store.py.
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -16,8 +18,10 @@ from stixbus.core.agreement_store import AgreementStore
 from stixbus.kafka.config import client_kwargs
 
 
-def register(app: faust.App, ctx: BusContext) -> AgreementStore:
-    store = AgreementStore(ctx.registry)
+def register(app: faust.App, ctx: BusContext) -> tuple[AgreementStore, asyncio.Event]:
+    """The store, and an event set once the topic has been replayed to its end (routing waits
+    for it: fail closed)."""
+    store, loaded = AgreementStore(ctx.registry), asyncio.Event()
 
     @app.task
     async def follow_agreements() -> None:
@@ -36,9 +40,9 @@ def register(app: faust.App, ctx: BusContext) -> AgreementStore:
                         metrics.retire_agreement(agreement_id)
                     else:
                         metrics.set_agreement_version(agreement_id, version)
-                if not store.loaded.is_set() and await consumer.position(partition) >= end:
-                    store.loaded.set()
+                if not loaded.is_set() and await consumer.position(partition) >= end:
+                    loaded.set()
         finally:
             await consumer.stop()
 
-    return store
+    return store, loaded

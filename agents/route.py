@@ -29,7 +29,9 @@ from stixbus.kafka.topics import DEDUP_TABLE
 TICK = Tick()
 
 
-def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
+def register(
+    app: faust.App, ctx: BusContext, store: AgreementStore, agreements_loaded: asyncio.Event
+) -> None:
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
@@ -44,7 +46,7 @@ def register(app: faust.App, ctx: BusContext, store: AgreementStore) -> None:
 
     @app.agent(app.topic(names.normalized, names.ticks), name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
-        await store.loaded.wait()  # fail closed: never route before the agreements are known
+        await agreements_loaded.wait()  # fail closed: never route before the agreements are known
         async for event in stream.events():
             key, now = bytes(event.key or b""), datetime.now(UTC)
             raw = table.get(key)

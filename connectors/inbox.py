@@ -47,7 +47,6 @@ from typing import Any, Literal
 import orjson
 import yaml
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -66,6 +65,7 @@ from schemas.yaml_file import read_yaml
 from stixbus.core.ids import stix_time, uuid5
 from stixbus.errors import ConfigError
 from stixbus.files import atomic_write
+from stixbus.kafka._compat import RequestHandler
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
 from stixbus.kafka.topics import TopicNames

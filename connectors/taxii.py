@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field
-from taxii2client.common import TokenAuth, _HTTPConnection
+from taxii2client.common import TokenAuth
 from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import Collection
 
@@ -35,6 +35,7 @@ from connectors.base import (
 )
 from schemas.envelope import Reason
 from stixbus.core.ids import stix_time
+from stixbus.kafka._compat import TaxiiHTTPConnection
 from stixbus.settings import Settings
 
 
@@ -65,7 +66,7 @@ class TaxiiConfig(PullConfig):
     timeout_seconds: float = Field(default=60, gt=0)
 
 
-def connection(config: TaxiiConfig) -> tuple[_HTTPConnection, dict[str, str]]:
+def connection(config: TaxiiConfig) -> tuple[TaxiiHTTPConnection, dict[str, str]]:
     """A taxii2-client connection with auth; returns it and a dict holding the last headers."""
     password = secret_from_env(config.password_env, f"taxii {config.name} password")
     api_key = secret_from_env(config.api_key_env, f"taxii {config.name} API key")
@@ -76,7 +77,7 @@ def connection(config: TaxiiConfig) -> tuple[_HTTPConnection, dict[str, str]]:
     auth: requests.auth.AuthBase | None = None
     if api_key and config.api_key_header.lower() == "authorization":
         auth = TokenAuth(api_key)
-    conn = _HTTPConnection(
+    conn = TaxiiHTTPConnection(
         user=config.username, password=password, verify=config.verify_tls, version="2.1", auth=auth
     )
     if api_key and config.api_key_header.lower() != "authorization":
@@ -125,7 +126,7 @@ async def run_once(
 async def _pull(
     config: TaxiiConfig,
     ref: CollectionRef,
-    conn: _HTTPConnection,
+    conn: TaxiiHTTPConnection,
     last_headers: dict[str, str],
     policy: RetryPolicy,
     store: StateFile,
@@ -189,7 +190,7 @@ async def _pull(
             break
 
 
-def _collection(url: str, conn: _HTTPConnection) -> Collection:
+def _collection(url: str, conn: TaxiiHTTPConnection) -> Collection:
     try:
         collection = Collection(url, conn=conn)
         collection.refresh()  # fetch its info now, inside `source_errors`

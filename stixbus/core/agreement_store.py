@@ -6,7 +6,6 @@ Key = agreement id, value = the agreement as JSON, an empty value (tombstone) re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 
@@ -24,8 +23,6 @@ class AgreementStore:
         self.registry = registry
         self.agreements: dict[str, Agreement] = {}
         self.index = AgreementIndex((), registry)
-        # Set once the topic has been replayed to its end: routing waits for it (fail closed).
-        self.loaded = asyncio.Event()
 
     def apply_batch(
         self, records: Iterable[tuple[bytes | None, bytes | None]]

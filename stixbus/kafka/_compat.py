@@ -10,6 +10,13 @@ shows it.
   middleware on the driver's `web_app` (an attribute of Faust's aiohttp driver, not a
   documented API) that answers 404 for every route whose path is not allowed: an allow list,
   so a view Faust adds in a future version is not served either.
+- `TaxiiHTTPConnection` (taxii2-client 2.3.0 `taxii2client.common._HTTPConnection`): the TAXII
+  pull connector builds one connection with our `requests` session (urllib3 `Retry`, TLS
+  settings) and hands it to the client's `Collection`; the public constructors only take a
+  user/password and build their own session.  Tested by tests/broker/test_connector_taxii.py.
+- `RequestHandler` (aiohttp `web_protocol.RequestHandler`): the TAXII inbox subclasses it for
+  the header deadline and the connection cap (connectors/inbox.py `GuardedHandler`), which
+  aiohttp's public settings do not offer.  Tested by tests/broker/test_connector_inbox.py.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import faust
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
+
+__all__ = ["RequestHandler", "TaxiiHTTPConnection", "serve_only"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
