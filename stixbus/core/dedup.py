@@ -294,12 +294,16 @@ def conflict_outcome(record: NormalizedObject) -> tuple[Receipt, DeadLetter]:
         rejected=1,
         rejections=[rejection],
     )
-    letter = DeadLetter(
+    return receipt, object_letter(record, rejection, "quarantine")
+
+
+def object_letter(record: NormalizedObject, rejection: Rejection, source: str) -> DeadLetter:
+    """The dead letter of one accepted object that a later stage (`source`) refused."""
+    return DeadLetter(
         submission_id=record.submission_id,
         publisher=record.publisher,
         received_at=record.received_at,
         reasons=[rejection],
         payload=orjson.dumps(record.object).decode(),
-        source_topic="quarantine",
+        source_topic=source,
     )
-    return receipt, letter

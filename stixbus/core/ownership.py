@@ -33,6 +33,7 @@ import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Rejection
 from schemas.org import Registry
+from stixbus.core.dedup import object_letter
 from stixbus.core.minting import minted_id
 
 BUS_OWNER = "@bus"
@@ -113,11 +114,4 @@ def foreign_letter(record: NormalizedObject) -> DeadLetter:
             f"{record.publisher} may not version it: publish your own object with a new id"
         ),
     )
-    return DeadLetter(
-        submission_id=record.submission_id,
-        publisher=record.publisher,
-        received_at=record.received_at,
-        reasons=[rejection],
-        payload=orjson.dumps(record.object).decode(),
-        source_topic="ownership",
-    )
+    return object_letter(record, rejection, "ownership")
