@@ -202,7 +202,8 @@ def token_cmd(
 ) -> None:
     """Create an inbox API token for ORG; prints it once (only its scrypt hash is stored)."""
     from connectors.base import resolve_org
-    from connectors.inbox import collection_id, create_token
+    from connectors.inbox import collection_id
+    from connectors.inbox_auth import create_token
 
     resolve_org(get_settings(), org)
     token = create_token(tokens, org, label)

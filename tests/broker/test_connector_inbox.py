@@ -27,7 +27,8 @@ import requests
 from taxii2client.common import TokenAuth
 from taxii2client.v21 import Collection, Server
 
-from connectors.inbox import Inbox, InboxConfig, TokenStore, collection_id, create_token, run
+from connectors.inbox import Inbox, InboxConfig, collection_id, run
+from connectors.inbox_auth import TokenStore, create_token
 from tests.helpers.bus import Bus, free_port
 from tests.helpers.connectors import delivered_patterns, sample_indicator, settings_for
 from tests.helpers.paths import REPO_ROOT

@@ -13,14 +13,9 @@ import pytest
 from pydantic import SecretStr
 
 from connectors.base import ConnectorError
-from connectors.inbox import (
-    AttemptLimiter,
-    Inbox,
-    InboxConfig,
-    RateLimited,
-    StatusEntry,
-    StatusStore,
-)
+from connectors.inbox import Inbox, InboxConfig
+from connectors.inbox_auth import AttemptLimiter, RateLimited
+from connectors.inbox_status import StatusEntry, StatusStore
 from schemas.envelope import Receipt
 from stixbus.settings import Settings
 from tests.helpers.paths import ORGS_YAML
