@@ -11,7 +11,6 @@ import faust
 from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.deadletter import bounded
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
@@ -40,9 +39,8 @@ def register(
             published_at = trusted_publish_time(
                 datetime.fromtimestamp(message.timestamp, UTC), received_at, skew
             )
-            raw = bytes(event.value or b"")
             outcome = normalise_submission(
-                raw,
+                bytes(event.value or b""),
                 publisher,
                 ctx.registry,
                 ctx.settings.limits,
@@ -54,23 +52,16 @@ def register(
             receipt = outcome.receipt
             metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)
             metrics.observe_rejections(publisher.id, (r.reason for r in receipt.rejections))
-            defined = [
-                r.object_id for r in outcome.accepted if r.object_type == "marking-definition"
-            ]
-            for marking_id in defined:
+            for marking_id in outcome.defined_markings:
                 await markings.send(key=marking_key(publisher.id, marking_id), value=b"1")
-            memory.remember(publisher.id, defined)
+            memory.remember(publisher.id, outcome.defined_markings)
             for record in outcome.accepted:
                 # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
                 await claims.send(
                     key=record.object_id.encode(), value=record.model_dump_json().encode()
                 )
             if outcome.dead_letter is not None:
-                # An input over the ingest limit keeps only its head, size and sha256: verbatim
-                # it may not fit any record, and the receipt below must still go out.
-                letter = bounded(
-                    outcome.dead_letter, raw, ctx.settings.limits.message_bytes
-                ).model_copy(
+                letter = outcome.dead_letter.model_copy(
                     update={
                         "source_topic": message.topic,
                         "source_partition": message.partition,

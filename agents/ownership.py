@@ -12,8 +12,7 @@ import faust
 from schemas.envelope import NormalizedObject
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.dedup import conflict_outcome, content_hash
-from stixbus.core.ownership import Ownership, Verdict, claim, foreign_letter, minted_ids
+from stixbus.core.ownership import claim_step
 from stixbus.kafka.topics import OWNERS_TABLE
 
 
@@ -30,22 +29,19 @@ def register(app: faust.App, ctx: BusContext) -> None:
         async for event in stream.events():
             record = NormalizedObject.model_validate_json(event.value)
             key = record.object_id.encode()
-            raw = owners.get(key)
-            held = Ownership.decode(raw) if raw else None
-            bus_minted = record.object_id in minted_ids(registry, record.dedup_key)
-            update, verdict = claim(held, record, content_hash(record.object), bus_minted)
-            if verdict is Verdict.OWNED:
+            step = claim_step(owners.get(key), record, registry)
+            if step.forward:
                 await normalized.send(key=record.key.encode(), value=event.value)
-            elif verdict is Verdict.CONFLICT:
-                receipt, letter = conflict_outcome(record)
-                await deadletter.send(key=key, value=letter.model_dump_json().encode())
+            if step.dead_letter is not None:
+                await deadletter.send(key=key, value=step.dead_letter.model_dump_json().encode())
+            if step.receipt is not None:
                 await receipts[record.publisher].send(
-                    key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
+                    key=record.submission_id.encode(), value=step.receipt.model_dump_json().encode()
                 )
-                metrics.observe_rejections(record.publisher, [r.reason for r in receipt.rejections])
-            elif verdict is Verdict.FOREIGN:
-                letter = foreign_letter(record)
-                await deadletter.send(key=key, value=letter.model_dump_json().encode())
+                metrics.observe_rejections(
+                    record.publisher, [r.reason for r in step.receipt.rejections]
+                )
+            if step.foreign:
                 metrics.observe_foreign_id(record.publisher)
-            if update is not None:
-                owners[key] = update.encode()
+            if step.update is not None:
+                owners[key] = step.update.encode()

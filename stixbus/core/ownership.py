@@ -31,9 +31,9 @@ from enum import StrEnum
 
 import orjson
 
-from schemas.envelope import DeadLetter, NormalizedObject, Reason, Rejection
+from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
 from schemas.org import Registry
-from stixbus.core.dedup import object_letter
+from stixbus.core.dedup import conflict_outcome, content_hash, object_letter
 from stixbus.core.minting import minted_id
 
 BUS_OWNER = "@bus"
@@ -115,3 +115,38 @@ def foreign_letter(record: NormalizedObject) -> DeadLetter:
         ),
     )
     return object_letter(record, rejection, "ownership")
+
+
+def is_bus_minted(registry: Registry, object_id: str, dedup_key: str | None) -> bool:
+    """Whether `object_id` is an indicator id the bus mints for `dedup_key`.  Minted ids are
+    UUIDv5: any other version (publishers' ids are mostly v4) is answered without hashing."""
+    uuid_part = object_id.partition("--")[2]
+    if dedup_key is None or len(uuid_part) != 36 or uuid_part[14] != "5":
+        return False
+    return object_id in minted_ids(registry, dedup_key)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimStep:
+    """What the ownership agent writes for one record."""
+
+    update: Ownership | None  # the new table value, None: unchanged
+    forward: bool  # send the record on to dedup and routing
+    dead_letter: DeadLetter | None = None
+    receipt: Receipt | None = None  # only ever to the id's owner
+    foreign: bool = False
+
+
+def claim_step(held_raw: bytes | None, record: NormalizedObject, registry: Registry) -> ClaimStep:
+    """Decode the table value, decide `record` (`claim`) and say what to write."""
+    held = Ownership.decode(held_raw) if held_raw else None
+    minted = is_bus_minted(registry, record.object_id, record.dedup_key)
+    update, verdict = claim(held, record, content_hash(record.object), minted)
+    if verdict is Verdict.OWNED:
+        return ClaimStep(update, forward=True)
+    if verdict is Verdict.CONFLICT:
+        receipt, letter = conflict_outcome(record)
+        return ClaimStep(update, forward=False, dead_letter=letter, receipt=receipt)
+    if verdict is Verdict.FOREIGN:
+        return ClaimStep(update, forward=False, dead_letter=foreign_letter(record), foreign=True)
+    return ClaimStep(update, forward=False)  # an echo of the owner's version

@@ -92,3 +92,22 @@ def test_minted_ids_belong_to_the_bus() -> None:
 def test_table_value_round_trips() -> None:
     value = Ownership("cert", "2026-11-01T00:00:00.000Z", "abc")
     assert Ownership.decode(value.encode()) == value
+
+
+def test_claim_step_says_what_to_write() -> None:
+    from stixbus.core.ownership import claim_step, is_bus_minted
+
+    registry = example_registry()
+    first = record("cert", "2026-11-01T00:00:00.000Z")
+    step = claim_step(None, first, registry)
+    assert step.forward and step.update is not None and step.dead_letter is None
+    held = step.update.encode()
+    foreign = claim_step(held, record("bank-a", "2026-11-02T00:00:00.000Z", revoked=True), registry)
+    assert not foreign.forward and foreign.foreign and foreign.receipt is None
+    assert foreign.dead_letter is not None and foreign.dead_letter.reasons[0].reason == "foreign_id"
+    conflict = claim_step(held, record("cert", "2026-11-01T00:00:00.000Z", name="y"), registry)
+    assert not conflict.forward and conflict.receipt is not None
+    assert conflict.receipt.rejections[0].reason == "version_conflict"
+    key = "2f0f5d8e-1c1a-5b7e-9f3d-000000000001"
+    assert is_bus_minted(registry, minted_id(registry, key, "bank-a"), key)
+    assert not is_bus_minted(registry, ID, key)  # a v4 id: no hashing needed

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from schemas.envelope import NormalizedObject, Reason, Rejection
 from schemas.org import Org, Registry
 from schemas.stix import IDENTIFIER_RE
+from stixbus.core.deadletter import bounded
 from stixbus.core.normalise.checks import check_object
 from stixbus.core.normalise.fast_path import accept_plain_indicator
 from stixbus.core.normalise.outcome import (
@@ -62,7 +64,7 @@ def normalise_submission(
     if collecting:
         gc.disable()
     try:
-        return _normalise(raw, submission, limits, remembered_markings)
+        outcome = _normalise(raw, submission, limits, remembered_markings)
     except Exception as exc:  # the promise is a receipt for every record, bugs included
         rejection = Rejection(
             reason=Reason.INTERNAL_ERROR,
@@ -73,12 +75,17 @@ def normalise_submission(
             ),
         )
         try:
-            return build_outcome(raw, submission, [], [rejection], rejected_count=1, warnings=[])
+            outcome = build_outcome(raw, submission, [], [rejection], rejected_count=1, warnings=[])
         except Exception:  # e.g. raw was not bytes: still hand back a receipt
-            return build_outcome(b"", submission, [], [rejection], rejected_count=1, warnings=[])
+            outcome = build_outcome(b"", submission, [], [rejection], rejected_count=1, warnings=[])
     finally:
         if collecting:
             gc.enable()
+    if outcome.dead_letter is None or not isinstance(raw, bytes):
+        return outcome
+    # An input over the ingest limit keeps only its head, size and sha256 in its dead letter:
+    # verbatim it may not fit any record, and its receipt must still go out.
+    return replace(outcome, dead_letter=bounded(outcome.dead_letter, raw, limits.message_bytes))
 
 
 # --- whole submission --------------------------------------------------------------------------

@@ -24,6 +24,11 @@ class NormaliseOutcome:
     dead_letter: DeadLetter | None = None
     rejections: list[Rejection] = field(default_factory=list)
 
+    @property
+    def defined_markings(self) -> list[str]:
+        """Ids of the marking-definitions this submission had accepted (for the memory)."""
+        return [r.object_id for r in self.accepted if r.object_type == "marking-definition"]
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
