@@ -11,9 +11,11 @@ import faust
 from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.core.guard import guarded_receipt
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
+from stixbus.warninglists import guard_index
 
 
 def register(
@@ -26,6 +28,8 @@ def register(
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
     skew = timedelta(seconds=ctx.settings.record_time_skew_seconds)
+    settings = ctx.settings
+    guard = guard_index(ctx.registry, settings.guard_lists) if settings.guard_enabled else None
 
     @app.agent(ingest, name="stixbus.core.normalise")
     async def normalise(stream: faust.StreamT[bytes]) -> None:
@@ -50,6 +54,12 @@ def register(
                 remembered_markings=memory.known(publisher.id),
             )
             receipt = outcome.receipt
+            if guard is not None and outcome.accepted:
+                warned = guarded_receipt(receipt, outcome.accepted, guard)
+                if warned is not None:
+                    receipt, hit_lists = warned
+                    for lists in hit_lists:
+                        metrics.observe_guard_hits(lists)
             metrics.observe_submission(publisher.id, receipt.accepted + receipt.rejected)
             metrics.observe_rejections(publisher.id, (r.reason for r in receipt.rejections))
             for marking_id in outcome.defined_markings:

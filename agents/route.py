@@ -20,11 +20,13 @@ from schemas.envelope import NormalizedObject
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.agreement_store import AgreementStore
+from stixbus.core.decay import DecayPolicy
 from stixbus.core.deliveries import RouteConfig
 from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka.topics import DEDUP_TABLE
+from stixbus.warninglists import guard_index
 
 TICK = Tick()
 
@@ -36,10 +38,12 @@ def register(
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
-    table = app.Table(
-        DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    table = app.Table(DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    config = RouteConfig(
+        settings.confidence_step,
+        guard=guard_index(registry, settings.guard_lists) if settings.guard_enabled else None,
+        decay=DecayPolicy.from_seconds(settings.decay_lifetimes),
     )
-    config = RouteConfig(settings.confidence_step)
     grace = settings.dedup_grace_seconds
     expiry = ExpiryIndex()
     expiry_timer.register(app, ctx, table, expiry)
@@ -92,6 +96,8 @@ def register(
             metrics.observe_delivery(
                 delivery.subscriber, delivery.agreement_id or "", latency, delivery.revocation
             )
+            if delivery.decay is not None:
+                metrics.observe_decayed(delivery.decay)
         for entry in step.audit:
             await audit.send(key=entry.object_id.encode(), value=entry.model_dump_json().encode())
             for reason in [] if entry.allow else entry.reasons:

@@ -14,7 +14,7 @@ Regenerate the committed JSON Schema with `python -m schemas.agreement`.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -48,6 +48,8 @@ CUSTOM_PROPERTY_PATTERN = r"^x_[a-z0-9_]{1,248}$"
 DROP_PROPERTY_PATTERN = r"^x_(\*|[a-z0-9_]{1,248})$"
 STIX_TYPE_PATTERN = r"^(\*|[a-z0-9][a-z0-9-]{1,248}[a-z0-9])$"
 TAG_PATTERN = r"^\S(.{0,254}\S)?$"
+WARNINGLIST_PATTERN = r"^(\*|[a-z0-9][a-z0-9_-]{0,78}[a-z0-9])$"
+MEMBER_LIST_PREFIX = "member-"  # stixbus.core.guard.MEMBER_PREFIX
 
 # Properties whose value the bus must not pseudonymise: identity, versioning, detection logic and
 # markings.  Creator references are governed by the attribution mode instead.
@@ -289,6 +291,40 @@ class Agreement(_Frozen):
     onward_sharing: bool = Field(
         description="May the subscriber share onward (within the TLP)? false adds a marking"
     )
+    # --- false-positive guard and decay (docs/feedback.md) ---------------------------------
+    warninglist_opt_out: tuple[Annotated[str, Field(pattern=WARNINGLIST_PATTERN)], ...] = Field(
+        default=(),
+        description="Warninglists whose hits this agreement still receives (e.g. for an "
+        "investigation); '*' means every maintained list. Members' own domains and networks "
+        "(member-<org>) cannot be opted out of",
+    )
+    max_age: timedelta | None = Field(
+        default=None,
+        description="Minted indicators expire for this agreement's subscribers this long after "
+        "the bus accepted the producer's latest version (ISO 8601 duration, e.g. P30D); "
+        "absent: only valid_until (or the bus default by observable type) applies",
+    )
+
+    @field_validator("warninglist_opt_out")
+    @classmethod
+    def _opt_outs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        _reject_duplicates(values, "warninglist_opt_out")
+        if ANY in values and len(values) > 1:
+            raise ValueError("warninglist_opt_out: '*' already means every list; list nothing else")
+        for value in values:
+            if value.startswith(MEMBER_LIST_PREFIX):
+                raise ValueError(
+                    f"warninglist_opt_out: {value!r} is an org's own domains and networks, which "
+                    "are never delivered to anyone; remove it"
+                )
+        return values
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError(f"max_age {value} is not positive: write e.g. P30D or PT1H")
+        return value
 
     @field_validator("publishers", "subscribers", "object_types", "observable_types")
     @classmethod

@@ -6,10 +6,12 @@ binding at ingest and agreement parties all derive from it.
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -18,6 +20,8 @@ from schemas.yaml_file import read_yaml
 from stixbus.errors import ConfigError, NotFound
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,38}[a-z0-9]$"
+# A DNS name as the registry writes it (lower case, no trailing dot; IDNs as A-labels).
+DOMAIN_PATTERN = r"^([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$"
 IDENTITY_ID_PATTERN = (
     r"^identity--[0-9a-f]{8}-[0-9a-f]{4}-[1-8][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
@@ -52,6 +56,27 @@ class Org(BaseModel):
         default=False,
         description="May publish objects created by identities outside the registry (OSINT relay)",
     )
+    # The false-positive guard (docs/feedback.md): indicators naming these are never delivered
+    # to anyone (warninglist `member-<id>`, which no agreement can opt out of).
+    domains: tuple[Annotated[str, Field(pattern=DOMAIN_PATTERN, max_length=253)], ...] = Field(
+        default=(), description="The org's own domains (subdomains included), never blocked"
+    )
+    networks: tuple[str, ...] = Field(
+        default=(), description="The org's own address ranges (CIDR), never blocked"
+    )
+
+    @field_validator("networks")
+    @classmethod
+    def _cidrs(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(
+                    f"network {value!r} is not a CIDR block ({exc}): write it as 192.0.2.0/24 "
+                    "with host bits zero"
+                ) from None
+        return values
 
     @field_validator("default_tlp", mode="before")
     @classmethod

@@ -107,6 +107,17 @@ REVOCATION_FANOUT = Histogram(
     "Publish timestamp of a revocation to the last subscriber's delivery produced",
     buckets=LATENCY_BUCKETS_SECONDS,
 )
+GUARD_HITS = Counter(
+    "stixbus_guard_hits_total",
+    "Accepted objects with an observable on a warninglist (the false-positive guard), per list",
+    ["list"],
+)
+DECAYED = Counter(
+    "stixbus_decayed_total",
+    "Revocations sent because an indicator expired for the subscriber: its valid_until (the "
+    "producer's or the bus default by observable type) or its agreement's max_age",
+    ["cause"],
+)
 AGREEMENT_VERSION = Gauge(
     "stixbus_agreement_version",
     "Version of each sharing agreement currently in force in the router",
@@ -145,6 +156,8 @@ ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     DENIALS,
     DELIVERY_LATENCY,
     REVOCATION_FANOUT,
+    GUARD_HITS,
+    DECAYED,
     AGREEMENT_VERSION,
     DEDUP_KEYS,
     SUBSCRIBER_LAG,
@@ -265,8 +278,23 @@ def observe_delivery(
 
 
 def observe_denial(reason: str) -> None:
-    """One (object, subscriber) pair denied, with the decision's reason code."""
-    DENIALS.labels(_reason(reason, _denials())).inc()
+    """One (object, subscriber) pair denied, with the decision's reason code
+    (`warninglist:<list>` counts as `warninglist`; per list see `observe_guard_hits`)."""
+    DENIALS.labels(_reason(str(reason).partition(":")[0], _denials())).inc()
+
+
+_GUARD_LIST_SHAPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,78}[a-z0-9]$")
+
+
+def observe_guard_hits(lists: Iterable[str]) -> None:
+    """One accepted object version whose observables are on these warninglists."""
+    for name in set(lists):
+        GUARD_HITS.labels(name if _GUARD_LIST_SHAPE.match(name) else OTHER_REASON).inc()
+
+
+def observe_decayed(cause: str) -> None:
+    """A revocation sent because the indicator expired (`valid_until` or `max_age`)."""
+    DECAYED.labels(cause).inc()
 
 
 def observe_revocation_fanout(latency_seconds: float) -> None:

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stixbus.core.decay import DEFAULT_LIFETIMES
+from stixbus.core.guard import CHOSEN_LISTS
 from stixbus.core.payload import InputLimits
 from stixbus.errors import ConfigError
 
@@ -88,6 +90,52 @@ class Settings(BaseSettings):
         description="Keep a fully revoked/expired key this long before removing its state",
     )
     limits: Limits = Field(default_factory=Limits)
+
+    # False-positive guard and decay (docs/feedback.md).
+    guard_enabled: bool = Field(
+        default=True, description="Deny warninglisted observables (warninglist:<list>)"
+    )
+    guard_lists: list[str] = Field(
+        default_factory=lambda: list(CHOSEN_LISTS),
+        description="MISP warninglists the guard loads (directory names in pymispwarninglists)",
+    )
+    decay_ip_seconds: float = Field(
+        default=DEFAULT_LIFETIMES["ipv4-addr"],
+        ge=0,
+        description="Default lifetime of IP indicators without valid_until (0: never)",
+    )
+    decay_domain_seconds: float = Field(
+        default=DEFAULT_LIFETIMES["domain-name"],
+        ge=0,
+        description="Default lifetime of domain indicators without valid_until (0: never)",
+    )
+    decay_url_seconds: float = Field(
+        default=DEFAULT_LIFETIMES["url"],
+        ge=0,
+        description="Default lifetime of URL indicators without valid_until (0: never)",
+    )
+    decay_email_seconds: float = Field(
+        default=DEFAULT_LIFETIMES["email-addr"],
+        ge=0,
+        description="Default lifetime of email-address indicators without valid_until (0: never)",
+    )
+    decay_hash_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="Default lifetime of file-hash indicators without valid_until (0: never)",
+    )
+
+    @property
+    def decay_lifetimes(self) -> dict[str, float]:
+        """Seconds per observable type for stixbus.core.decay.DecayPolicy.from_seconds."""
+        return {
+            "ipv4-addr": self.decay_ip_seconds,
+            "ipv6-addr": self.decay_ip_seconds,
+            "domain-name": self.decay_domain_seconds,
+            "url": self.decay_url_seconds,
+            "email-addr": self.decay_email_seconds,
+            "file": self.decay_hash_seconds,
+        }
 
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with

@@ -22,7 +22,7 @@ def audit_records(plan: Plan, now: datetime) -> list[AuditRecord]:
             attribution=decision.attribution,
             onward_sharing=decision.onward_sharing,
             reasons=[
-                AuditReason(code=r.code.value, message=r.message, agreement_id=r.agreement_id)
+                AuditReason(code=r.code_text, message=r.message, agreement_id=r.agreement_id)
                 for r in decision.reasons
             ],
             transformations=[

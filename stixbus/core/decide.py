@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from schemas.agreement import SECTOR_PREFIX, Agreement, AgreementSet, Attribution, MatchMode
+from schemas.agreement import ANY, SECTOR_PREFIX, Agreement, AgreementSet, Attribution, MatchMode
 from schemas.envelope import NormalizedObject
 from schemas.org import Org, Registry, Sector
 from schemas.tlp import MARKING_TLP, TLP
+from stixbus.core.guard import MEMBER_PREFIX, NO_HITS, Hits
 
 
 class ReasonCode(StrEnum):
@@ -52,6 +53,7 @@ class ReasonCode(StrEnum):
     LABELS_NOT_MATCHED = "labels_not_matched"
     CONFIDENCE_MISSING = "confidence_missing"
     CONFIDENCE_BELOW_MINIMUM = "confidence_below_minimum"
+    WARNINGLIST = "warninglist"  # written warninglist:<list> (Reason.code_text)
 
 
 class TransformKind(StrEnum):
@@ -68,9 +70,15 @@ class Reason:
     code: ReasonCode
     message: str
     agreement_id: str | None = None
+    detail: str | None = None  # the warninglist of a WARNINGLIST reason
+
+    @property
+    def code_text(self) -> str:
+        """The code as audit records, metrics and explain show it: `warninglist:<list>`."""
+        return self.code.value if self.detail is None else f"{self.code.value}:{self.detail}"
 
     def as_record(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message, "agreement_id": self.agreement_id}
+        return {"code": self.code_text, "message": self.message, "agreement_id": self.agreement_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +209,25 @@ class _Compiled:
     labels_not_matched: Reason
     confidence_missing: Reason
     confidence_below_minimum: Reason
+    # The false-positive guard: lists this agreement opts out of ("*": every maintained list).
+    opt_out: frozenset[str]
+    opt_out_all: bool
+    listed: dict[str, Reason]  # deny reason per warninglist, filled on first use
+
+    def listed_reason(self, name: str) -> Reason:
+        reason = self.listed.get(name)
+        if reason is None:
+            if name.startswith(MEMBER_PREFIX):
+                rule = "an org's own domains and networks, which no agreement may opt out of"
+            else:
+                rule = f"agreement {self.id} does not opt out of it (warninglist_opt_out)"
+            reason = self.listed[name] = Reason(
+                ReasonCode.WARNINGLIST,
+                f"an observable of the object is on warninglist {name}: {rule}",
+                self.id,
+                name,
+            )
+        return reason
 
 
 def _compile(agreement: Agreement) -> _Compiled:
@@ -289,6 +316,9 @@ def _compile(agreement: Agreement) -> _Compiled:
             f"the object's confidence is below agreement {aid}'s minimum "
             f"{agreement.min_confidence}",
         ),
+        opt_out=frozenset(agreement.warninglist_opt_out),
+        opt_out_all=ANY in agreement.warninglist_opt_out,
+        listed={},
     )
 
 
@@ -374,18 +404,19 @@ class AgreementIndex:
         publisher: Org,
         subscriber: Org,
         now: datetime,
+        listed: Hits = NO_HITS,
     ) -> Decision:
-        """`decide`, memoised per (profile, publisher, subscriber, term period).
+        """`decide`, memoised per (profile, publisher, subscriber, term period, list hits).
 
         For hot loops over many objects with few distinct profiles (the route stage decides
         every held source of a key for every subscriber on every event).  `publisher` and
         `subscriber` must be this index's registry entries."""
         if profile is None or now.tzinfo is None:
-            return self.decide(obj, publisher, subscriber, now)
-        key = (profile, publisher.id, subscriber.id, bisect_right(self._boundaries, now))
+            return self.decide(obj, publisher, subscriber, now, listed)
+        key = (profile, publisher.id, subscriber.id, bisect_right(self._boundaries, now), listed)
         found = self._memo.get(key)
         if found is None:
-            found = self.decide(obj, publisher, subscriber, now)
+            found = self.decide(obj, publisher, subscriber, now, listed)
             if shareable(found):
                 if len(self._memo) >= _MEMO_LIMIT:
                     self._memo.clear()
@@ -472,8 +503,16 @@ class AgreementIndex:
         return tuple(reasons)
 
     def decide(
-        self, obj: NormalizedObject, publisher: Org, subscriber: Org, now: datetime
+        self,
+        obj: NormalizedObject,
+        publisher: Org,
+        subscriber: Org,
+        now: datetime,
+        listed: Hits = NO_HITS,
     ) -> Decision:
+        """`listed`: the warninglists the object's observables are on
+        (`stixbus.core.guard.WarninglistIndex.names_for`); each candidate agreement that does
+        not opt out of one denies with `warninglist:<list>`."""
         pub_id, sub_id, object_id = publisher.id, subscriber.id, obj.object_id
         if now.tzinfo is None:
             raise ValueError("decide needs a timezone-aware `now` (agreement terms are in UTC)")
@@ -512,6 +551,10 @@ class AgreementIndex:
         tags: dict[tuple[str, ...], set[str]] = {}
         for c in pair.candidates:
             failures = _check(c, obj, tlp, sub_id, now, tags)
+            if listed:
+                for name in listed:
+                    if name.startswith(MEMBER_PREFIX) or not (c.opt_out_all or name in c.opt_out):
+                        failures.append(c.listed_reason(name))
             if failures:
                 denials.extend(failures)
                 continue
@@ -692,8 +735,9 @@ def decide(
     agreements: AgreementSet | Sequence[Agreement],
     now: datetime,
     registry: Registry,
+    listed: Hits = NO_HITS,
 ) -> Decision:
     """Allow or deny delivering `obj` from `publisher` to `subscriber` at `now` (pure).
 
     For hot loops build `AgreementIndex(agreements, registry)` once and call its `decide`."""
-    return index_for(agreements, registry).decide(obj, publisher, subscriber, now)
+    return index_for(agreements, registry).decide(obj, publisher, subscriber, now, listed)

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
+from stixbus.core.decay import DecayPolicy
 from stixbus.core.ids import parse_time
 
 # What `stixbus.core.decide` (markings, label fields, confidence) and minting
@@ -154,16 +155,25 @@ class KeyState:
         revocation: datetime | None = None
         live = False
         minted = self.canonical_pattern is not None
-        checked: set[tuple[str, ...]] = set()
+        checked: set[tuple[tuple[str, ...], object]] = set()
         for view in self.views.values():
             if view.revoked:
                 continue
             live = True
-            if not minted or view.source_ids in checked:
+            if not minted:
                 # forwarded objects carry their own validity; their revocations are events
                 continue
-            checked.add(view.source_ids)
+            # An agreement's max_age caps the body's valid_until below its sources' (decay.py).
+            body_until = view.body.get("valid_until") if view.body is not None else None
+            seen = (view.source_ids, body_until)
+            if seen in checked:
+                continue
+            checked.add(seen)
             end = _latest(ends, view.source_ids)
+            if isinstance(body_until, str):
+                cap = parse_time(body_until)
+                if end is None or cap < end:
+                    end = cap
             if end is not None and (revocation is None or end < revocation):
                 revocation = end
         settling = None
@@ -201,9 +211,15 @@ def content_hash(stix_object: dict[str, Any]) -> str:
 
 
 def merge_source(
-    state: KeyState | None, record: NormalizedObject, now: datetime
+    state: KeyState | None,
+    record: NormalizedObject,
+    now: datetime,
+    decay: DecayPolicy | None = None,
 ) -> tuple[KeyState, MergeOutcome]:
-    """Fold one accepted object version into its key's state."""
+    """Fold one accepted object version into its key's state.
+
+    `decay`: a minted key's source without `valid_until` gets the policy's default one
+    (stixbus/core/decay.py) in its planning record, so expiry revokes it like any other."""
     if state is None:
         state = KeyState(key=record.key, canonical_pattern=record.canonical_pattern)
     digest = content_hash(record.object)
@@ -221,7 +237,7 @@ def merge_source(
             ), outcome
         if outcome is not None:
             return state, outcome
-    kept = planning_record(record) if state.minted else record
+    kept = planning_record(record, decay) if state.minted else record
     version = SourceVersion(kept, digest, held.first_seen if held else now, now)
     sources = {**state.sources, record.object_id: version}
     updated = KeyState(state.key, state.canonical_pattern, sources, state.views, None)
@@ -266,10 +282,17 @@ def unchecked_record(values: dict[str, Any]) -> NormalizedObject:
     return rec
 
 
-def planning_record(record: NormalizedObject) -> NormalizedObject:
-    """`record` with its object cut down to PLANNING_PROPERTIES (what a minted key needs)."""
+def planning_record(record: NormalizedObject, decay: DecayPolicy | None = None) -> NormalizedObject:
+    """`record` with its object cut down to PLANNING_PROPERTIES (what a minted key needs),
+    with the decay policy's default `valid_until` when it has none."""
     obj = record.object
     slim = {name: obj[name] for name in PLANNING_PROPERTIES if name in obj}
+    if decay is not None and "valid_until" not in slim and not slim.get("revoked"):
+        until = decay.default_until(
+            record.observable_types, slim.get("valid_from"), record.published_at
+        )
+        if until is not None:
+            slim["valid_until"] = until
     values = dict(record.__dict__)
     values["object"] = slim
     return unchecked_record(values)

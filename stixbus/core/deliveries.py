@@ -14,9 +14,11 @@ from typing import Any
 
 from schemas.agreement import Agreement
 from schemas.org import Org, Registry
+from stixbus.core.decay import DecayPolicy
 from stixbus.core.decide import AgreementIndex, Decision
 from stixbus.core.dedup import KeyState, SubscriberView, with_views
-from stixbus.core.ids import Uuid5Prefix
+from stixbus.core.guard import WarninglistIndex
+from stixbus.core.ids import Uuid5Prefix, parse_time
 from stixbus.core.minting import (
     Minted,
     Summary,
@@ -41,6 +43,7 @@ class Delivery:
     agreement_id: str | None
     revocation: bool
     published_at: datetime | None
+    decay: str | None = None  # why a revocation was sent on expiry: valid_until or max_age
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class Plan:
 @dataclass(frozen=True)
 class RouteConfig:
     confidence_step: int = 10
+    guard: WarninglistIndex | None = None  # the false-positive guard (core/guard.py)
+    decay: DecayPolicy | None = None  # default valid_until by observable type (core/decay.py)
 
 
 def plan_key(
@@ -77,7 +82,7 @@ def plan_key(
     # Only sources that still vouch shape a minted indicator.
     candidates = [(sid, src.record) for sid, src in sources.items() if active[sid] or not minted]
     changed = sources[changed_source].record if changed_source is not None else None
-    routing = routing_for(index, registry, minted, candidates, changed, now)
+    routing = routing_for(index, registry, minted, candidates, changed, now, config.guard)
     ids = Uuid5Prefix(registry.bus.namespace, f"{state.key}/", "indicator--")
     built: dict[int, Minted] = {}
     shaped: dict[int, Minted] = {}
@@ -116,7 +121,12 @@ def plan_key(
                             agreement_version=group.agreement_version,
                         )
                     built[row.group] = found
-                delivery, view = _plan_minted(subscriber, found, previous, registry, config, ids)
+                if found.expired(now):  # past its agreement's max_age (core/decay.py)
+                    delivery, view = _plan_aged_out(subscriber, found, previous, ids, registry)
+                else:
+                    delivery, view = _plan_minted(
+                        subscriber, found, previous, registry, config, ids
+                    )
         else:
             allowed = {candidates[pos][0]: decision for pos, decision in row.allowed}
             delivery, view = _plan_forward(
@@ -173,7 +183,29 @@ def _plan_unvouched(
     stamp = vouching_ended(state, previous)
     view = _view(previous, previous.source_ids, next_modified(previous, stamp), True)
     revoked = minted_indicator(view, ids(subscriber.id), registry.bus.identity_id)
-    return _delivery(subscriber, revoked, [], previous.agreement_id, True, None), view
+    delivery = _delivery(subscriber, revoked, [], previous.agreement_id, True, None)
+    if not any(state.sources[s].revoked for s in previous.source_ids if s in state.sources):
+        delivery.decay = "valid_until"  # expired, not revoked by its producer
+    return delivery, view
+
+
+def _plan_aged_out(
+    subscriber: Org,
+    minted: Minted,
+    previous: SubscriberView | None,
+    ids: Uuid5Prefix,
+    registry: Registry,
+) -> tuple[Delivery | None, SubscriberView | None]:
+    """The body this subscriber would get has passed its agreement's max_age: revoke what it
+    holds (stamped with that moment, so a replay re-mints the same version), send nothing new."""
+    if previous is None:
+        return None, None
+    stamp = parse_time(str(minted.body["valid_until"]))
+    view = _view(previous, previous.source_ids, next_modified(previous, stamp), True)
+    revoked = minted_indicator(view, ids(subscriber.id), registry.bus.identity_id)
+    delivery = _delivery(subscriber, revoked, [], previous.agreement_id, True, None)
+    delivery.decay = "max_age"
+    return delivery, view
 
 
 def _plan_minted(

@@ -16,6 +16,7 @@ from schemas.agreement import Attribution
 from schemas.envelope import NormalizedObject
 from schemas.org import Registry
 from schemas.tlp import TLP
+from stixbus.core.decay import capped_until
 from stixbus.core.decide import Decision
 from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView
 from stixbus.core.ids import parse_time, stix_time, uuid5
@@ -62,6 +63,12 @@ class Minted(NamedTuple):
     stamp: datetime  # Kafka time of the newest source record behind it
     created: str  # the same as a STIX timestamp
 
+    def expired(self, now: datetime) -> bool:
+        """Past its valid_until: only an agreement's max_age does that (routing offers only
+        sources that still vouch), see stixbus/core/decay.py."""
+        until = self.body.get("valid_until")
+        return isinstance(until, str) and parse_time(until) <= now
+
 
 class Summary(NamedTuple):
     """The part of a minted body that depends on the sources only, not on the agreements."""
@@ -104,8 +111,11 @@ def build_minted(
             for pos, decision in ordered
         ],
     }
-    if summary.valid_until is not None:
-        body["valid_until"] = summary.valid_until
+    valid_until = summary.valid_until
+    if group.max_age is not None:
+        valid_until = capped_until(valid_until, summary.stamp, group.max_age)
+    if valid_until is not None:
+        body["valid_until"] = valid_until
     if summary.confidence is not None:
         body["confidence"] = summary.confidence
     if summary.indicator_types:

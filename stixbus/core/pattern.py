@@ -263,3 +263,27 @@ def parse_pattern(pattern: str, pattern_version: str = "2.1") -> ParsedPattern:
             "[url:value = 'https://example.org/x'] (see STIX 2.1 §9)"
         )
     return result
+
+
+def pattern_observables(pattern: str) -> tuple[tuple[str, str], ...]:
+    """(object type, canonical value) of every `value`/`name`/hash comparison in a pattern.
+
+    For the false-positive guard (stixbus/core/guard.py): it reads canonical patterns, but a
+    pattern outside the fast subset is scanned too (its values canonicalised here, those that
+    cannot be are skipped).  Over-reporting errs on the safe side: a hit only withholds."""
+    found: list[tuple[str, str]] = []
+    for match in _COMPARISON.finditer(pattern):
+        object_type, prop, value = match.group("type", "prop", "value")
+        if "\\" in value:
+            value = _UNESCAPE.sub(r"\1", value)
+        if prop is None:
+            hash_name = match.group("qhash") or match.group("hash")
+            path: tuple[str, ...] = ("hashes", hash_name)
+        else:
+            path = (prop,)
+        try:
+            canonical = canonical_observable(object_type, path, value)
+        except CanonicalError:
+            continue
+        found.append((object_type, canonical.value))
+    return tuple(found)

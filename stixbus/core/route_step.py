@@ -85,7 +85,7 @@ def route_step(
         plan = plan_key(state, None, registry, index, now, config)
         outcome = None
     else:
-        state, outcome = merge_source(state, event, now)
+        state, outcome = merge_source(state, event, now, config.decay)
         if outcome is MergeOutcome.CONFLICT:
             receipt, letter = conflict_outcome(event)
             return StepResult(
