@@ -73,7 +73,7 @@ def records(org: str, count: int, tag: str) -> list[NormalizedObject]:
             "created": "2026-05-01T00:00:00.000Z",
             "modified": "2026-05-01T00:00:00.000Z",
             "name": "Phishing page",
-            "pattern": f"[url:value = 'http://bench-{tag}-{n}.example.com/login']",
+            "pattern": f"[url:value = 'http://bench-{tag}-{n}.example/login']",
             "pattern_type": "stix",
             "valid_from": "2026-05-01T00:00:00Z",
             "valid_until": "2026-09-01T00:00:00Z",

@@ -1,10 +1,11 @@
 """Indicator decay (pure): a default `valid_until` by observable type, and per-agreement
 maximum age (docs/feedback.md, "Decay").
 
-Both apply to bus-minted indicators (keys with a canonical pattern) and both count from
-`published_at`, the Kafka time at which the bus accepted the producer's latest version: it is
-the same on every replay (deterministic re-minting) and a producer re-asserting an indicator
-(a new version) restarts the clock.  Forwarded objects keep the producer's validity.
+Both apply to bus-minted indicators (keys with a canonical pattern) and both count from SINCE,
+the Kafka time at which the bus accepted the source's first version (kept in its planning
+record, stixbus/core/dedup.py): the same on every replay (deterministic re-minting), and a new
+version that changes nothing material does not re-deliver.  A producer that wants an indicator
+to live longer gives it a `valid_until`.  Forwarded objects keep the producer's validity.
 
 - `DecayPolicy.default_until`: a source without `valid_until` stops vouching after the default
   lifetime of its observable type (the shortest, when a pattern mixes types; types without a
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from stixbus.core.ids import parse_time, stix_time
 
@@ -65,15 +67,23 @@ class DecayPolicy:
 
 
 NO_DECAY = DecayPolicy()
+# The planning-record property holding when the bus first accepted a source (a STIX timestamp).
+SINCE = "x_stixbus_since"
+
+
+def accepted_since(planning_object: dict[str, Any], published_at: datetime) -> datetime:
+    since = planning_object.get(SINCE)
+    return parse_time(since) if isinstance(since, str) else published_at
 
 
 def capped_until(
-    valid_until: str | None, newest_published_at: datetime, max_age: timedelta | None
+    valid_until: str | None, since: datetime, max_age: timedelta | None
 ) -> str | None:
-    """`valid_until` of a minted body under an agreement's `max_age` (None: open-ended)."""
+    """`valid_until` of a minted body under an agreement's `max_age`, counted from `since`
+    (the newest of its sources' SINCE); None: open-ended."""
     if max_age is None:
         return valid_until
-    cap = newest_published_at + max_age
+    cap = since + max_age
     if valid_until is not None and parse_time(valid_until) <= cap:
         return valid_until
     return stix_time(cap)

@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
-from stixbus.core.decay import DecayPolicy
-from stixbus.core.ids import parse_time
+from stixbus.core.decay import SINCE, DecayPolicy
+from stixbus.core.ids import parse_time, stix_time
 
 # What `stixbus.core.decide` (markings, label fields, confidence) and minting
 # (`stixbus.core.minting`) read from a source object of a minted key.  Everything else
@@ -237,7 +237,11 @@ def merge_source(
             ), outcome
         if outcome is not None:
             return state, outcome
-    kept = planning_record(record, decay) if state.minted else record
+    if state.minted:
+        since = held.record.object.get(SINCE) if held is not None else None
+        kept = planning_record(record, decay, since if isinstance(since, str) else None)
+    else:
+        kept = record
     version = SourceVersion(kept, digest, held.first_seen if held else now, now)
     sources = {**state.sources, record.object_id: version}
     updated = KeyState(state.key, state.canonical_pattern, sources, state.views, None)
@@ -282,17 +286,26 @@ def unchecked_record(values: dict[str, Any]) -> NormalizedObject:
     return rec
 
 
-def planning_record(record: NormalizedObject, decay: DecayPolicy | None = None) -> NormalizedObject:
-    """`record` with its object cut down to PLANNING_PROPERTIES (what a minted key needs),
-    with the decay policy's default `valid_until` when it has none."""
+def planning_record(
+    record: NormalizedObject, decay: DecayPolicy | None = None, since: str | None = None
+) -> NormalizedObject:
+    """`record` with its object cut down to PLANNING_PROPERTIES (what a minted key needs).
+
+    With a decay policy (stixbus/core/decay.py) it also records SINCE, when the bus accepted
+    the source's first version (`since`, carried over from the version held, or this record's
+    Kafka time), and gives a source without `valid_until` the policy's default one."""
     obj = record.object
     slim = {name: obj[name] for name in PLANNING_PROPERTIES if name in obj}
-    if decay is not None and "valid_until" not in slim and not slim.get("revoked"):
-        until = decay.default_until(
-            record.observable_types, slim.get("valid_from"), record.published_at
-        )
-        if until is not None:
-            slim["valid_until"] = until
+    if decay is not None:
+        if since is None:
+            since = stix_time(record.published_at)
+        slim[SINCE] = since
+        if "valid_until" not in slim and not slim.get("revoked"):
+            until = decay.default_until(
+                record.observable_types, slim.get("valid_from"), parse_time(since)
+            )
+            if until is not None:
+                slim["valid_until"] = until
     values = dict(record.__dict__)
     values["object"] = slim
     return unchecked_record(values)

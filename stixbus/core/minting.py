@@ -16,7 +16,7 @@ from schemas.agreement import Attribution
 from schemas.envelope import NormalizedObject
 from schemas.org import Registry
 from schemas.tlp import TLP
-from stixbus.core.decay import capped_until
+from stixbus.core.decay import accepted_since, capped_until
 from stixbus.core.decide import Decision
 from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView
 from stixbus.core.ids import parse_time, stix_time, uuid5
@@ -113,7 +113,11 @@ def build_minted(
     }
     valid_until = summary.valid_until
     if group.max_age is not None:
-        valid_until = capped_until(valid_until, summary.stamp, group.max_age)
+        since = max(
+            accepted_since(state.sources[s].record.object, state.sources[s].record.published_at)
+            for s in source_ids
+        )
+        valid_until = capped_until(valid_until, since, group.max_age)
     if valid_until is not None:
         body["valid_until"] = valid_until
     if summary.confidence is not None:

@@ -36,7 +36,7 @@ def dbus(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
 
 def url() -> tuple[str, str]:
     """A fresh phishing URL: (pattern as published, canonical pattern)."""
-    host = f"login-{uuid.uuid4().hex[:10]}.example.com"
+    host = f"login-{uuid.uuid4().hex[:10]}.example"
     return f"[url:value = 'http://{host}/verify']", f"[url:value = 'http://{host}/verify']"
 
 
@@ -74,7 +74,7 @@ def revoked(objects: list[Obj]) -> bool:
 
 
 def test_cross_producer_duplicates_and_variants_land_on_one_key(dbus: Bus) -> None:
-    host = f"pay-{uuid.uuid4().hex[:8]}.example.com"
+    host = f"pay-{uuid.uuid4().hex[:8]}.example"
     canonical = f"[url:value = 'http://{host}/login']"
     cert_a = indicator(f"[url:value = 'hxxp://{host.upper().replace('.', '[.]')}/login']")
     cert_b = indicator(f"[url:value = 'HTTP://{host}/login']")
@@ -177,7 +177,7 @@ def test_kill_9_mid_stream_loses_nothing(bootstrap: str, tmp_path: Path) -> None
     try:
         bus.start()
         run = uuid.uuid4().hex[:8]
-        patterns = [f"[url:value = 'http://k9-{run}-{n}.example.com/x']" for n in range(300)]
+        patterns = [f"[url:value = 'http://k9-{run}-{n}.example/x']" for n in range(300)]
         batches = [patterns[i : i + 50] for i in range(0, len(patterns), 50)]
         bundles = [
             {"type": "bundle", "id": f"bundle--{uuid.uuid4()}",

@@ -32,7 +32,7 @@ def obus(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
 
 
 def cert_indicator(modified: str = "2026-11-01T08:00:00.000Z", **props: Any) -> Obj:
-    host = f"login-{uuid.uuid4().hex[:10]}.example.com"
+    host = f"login-{uuid.uuid4().hex[:10]}.example"
     return {
         "type": "indicator",
         "spec_version": "2.1",
@@ -160,7 +160,7 @@ def test_same_version_other_content_in_a_later_submission_is_quarantined(obus: B
     first = cert_indicator()
     obus.publish("cert", first)
     wait_until(lambda: indicators(obus, "isp-one", first["pattern"]), "first delivery")
-    host = f"other-{uuid.uuid4().hex[:10]}.example.com"
+    host = f"other-{uuid.uuid4().hex[:10]}.example"
     rewrite = {**first, "pattern": f"[url:value = 'http://{host}/verify']"}
     submission = obus.publish("cert", rewrite)
     conflicts = wait_until(

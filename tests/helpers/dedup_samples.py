@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-URL = "[url:value = 'http://login-bank.example.com/verify']"
+URL = "[url:value = 'http://login-bank.example/verify']"
 
 
 def indicator(pattern: str = URL, **props: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def new_id(object_type: str) -> str:
 
 
 def indicator(
-    pattern: str = "[domain-name:value = 'evil.example.com']", **extra: Any
+    pattern: str = "[domain-name:value = 'evil.example']", **extra: Any
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "type": "indicator",

@@ -85,7 +85,8 @@ def test_new_source_is_minted_for_each_allowed_subscriber_and_every_decision_aud
     result = table.step(rec)
     assert result.outcome is MergeOutcome.NEW_SOURCE and not result.suppressed
     assert result.table is TableWrite.PUT and result.quarantine is None
-    assert result.deadline is None  # open-ended indicator: no tick needed
+    # open-ended indicator: the only tick due is the ISP blocking agreement's max_age (P30D)
+    assert result.deadline == T0 + timedelta(days=30)
     delivered = by_subscriber(result)
     assert set(delivered) == CERT_RECIPIENTS
     for subscriber, stix in delivered.items():
