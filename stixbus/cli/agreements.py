@@ -16,7 +16,9 @@ from rich.table import Table
 
 from schemas.agreement import Agreement, AgreementSet, load_agreements
 from schemas.org import load_registry
+from stixbus.core.decay import DecayPolicy, expires_at
 from stixbus.core.decide import AgreementIndex
+from stixbus.core.ids import stix_time
 from stixbus.core.lint import Severity, check_agreements
 from stixbus.core.normalise import normalise_submission
 from stixbus.errors import NotFound, UserError
@@ -24,6 +26,7 @@ from stixbus.kafka.client import read_topic, run_on_broker
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
+from stixbus.warninglists import guard_index
 
 app = typer.Typer(no_args_is_help=True, help="Sharing agreements: lint, apply (hot reload), list.")
 out = Console()
@@ -194,22 +197,45 @@ def explain(
             f"{escape(rejection.message)}"
         )
     index = AgreementIndex(tuple(agreements), registry)
+    guard = guard_index(registry, settings.guard_lists) if settings.guard_enabled else None
+    decay = DecayPolicy.from_seconds(settings.decay_lifetimes)
+    by_id = {a.id: a for a in agreements}
     for record in outcome.accepted:
-        decision = index.decide(record, publisher, subscriber, now)
+        hits = guard.object_hits(record) if guard is not None else ()
+        listed = tuple(sorted({h.list_name for h in hits}))
+        decision = index.decide(record, publisher, subscriber, now, listed)
         verdict = "ALLOW" if decision.allow else "DENY"
         by = f"{decision.agreement_id} v{decision.agreement_version}" if decision.allow else "-"
         out.print(
             f"[bold]{verdict}[/] {record.object_id} {as_org} → {to} (agreement {by}, "
             f"TLP {record.tlp.label})"
         )
+        for hit in hits:
+            title = guard.lists[hit.list_name].title if guard is not None else ""
+            out.print(
+                f"  ! on warninglist {hit.list_name} ({escape(title)}): {hit.observable_type} "
+                f"{escape(repr(hit.value))}"
+            )
         for reason in decision.reasons:
             out.print(
-                f"  - {reason.code.value}: {escape(reason.message)}"
+                f"  - {reason.code_text}: {escape(reason.message)}"
                 # escaped: rich would take "[agreement-id]" for a style tag and drop it
                 + (escape(f" [{reason.agreement_id}]") if reason.agreement_id else "")
             )
         for t in decision.transformations:
             out.print(f"  * {t.kind.value}: {escape(t.detail)}")
+        agreement = by_id.get(decision.agreement_id or "")
+        if decision.allow and agreement is not None and record.canonical_pattern is not None:
+            at, why = expires_at(
+                record.object.get("valid_until"),
+                record.observable_types,
+                record.object.get("valid_from"),
+                now,
+                decay,
+                agreement.max_age,
+            )
+            when = "never" if at is None else f"at {stix_time(at)}"
+            out.print(f"  expires for {to}: {when} ({escape(why)}), if published now")
 
 
 def audit(

@@ -54,6 +54,25 @@ def _int(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
 
+TOP_GUARD_LISTS = 5
+
+
+def print_guard(snapshot: Snapshot) -> None:
+    """The warninglists most hit (the false-positive guard) and the decayed indicators."""
+    hits = {k: v for k, v in snapshot.by("stixbus_guard_hits_total", "list").items() if v > 0}
+    decayed = snapshot.by("stixbus_decayed_total", "cause")
+    if not hits and not any(decayed.values()):
+        return
+    table = Table(title="False-positive guard: top warninglist hits")
+    table.add_column("warninglist")
+    table.add_column("objects", justify="right")
+    for name, count in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_GUARD_LISTS]:
+        table.add_row(name, _int(count))
+    for cause, count in sorted(decayed.items()):
+        table.add_row(f"(decayed: {cause})", _int(count))
+    out.print(table)
+
+
 def status(
     url: Annotated[
         str | None,
@@ -199,5 +218,6 @@ def status(
         for reason, count in sorted(denials.items(), key=lambda kv: -kv[1]):
             denied.add_row(reason, _int(count))
         out.print(denied)
+    print_guard(second)
     if worker_error:
         sys.exit(1)

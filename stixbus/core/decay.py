@@ -76,9 +76,7 @@ def accepted_since(planning_object: dict[str, Any], published_at: datetime) -> d
     return parse_time(since) if isinstance(since, str) else published_at
 
 
-def capped_until(
-    valid_until: str | None, since: datetime, max_age: timedelta | None
-) -> str | None:
+def capped_until(valid_until: str | None, since: datetime, max_age: timedelta | None) -> str | None:
     """`valid_until` of a minted body under an agreement's `max_age`, counted from `since`
     (the newest of its sources' SINCE); None: open-ended."""
     if max_age is None:
@@ -87,6 +85,17 @@ def capped_until(
     if valid_until is not None and parse_time(valid_until) <= cap:
         return valid_until
     return stix_time(cap)
+
+
+def describe(duration: timedelta | None) -> str:
+    """'30 days', '90 s': durations as explain shows them."""
+    if duration is None:
+        return "none"
+    seconds = duration.total_seconds()
+    for unit, size in (("days", DAY), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:g} s"
 
 
 def expires_at(
@@ -106,10 +115,12 @@ def expires_at(
     else:
         until = policy.default_until(types, valid_from, published_at)
         lifetime = policy.lifetime(types)
-        why = f"the bus default lifetime {lifetime} for {', '.join(types)} (no valid_until)"
+        why = (
+            f"the bus default lifetime {describe(lifetime)} for {', '.join(types)} (no valid_until)"
+        )
     capped = capped_until(until, published_at, max_age)
     if capped is not None and capped != until:
-        why = f"the agreement's max_age {max_age}"
+        why = f"the agreement's max_age {describe(max_age)}"
     if capped is None:
         return None, "never: no valid_until and no default lifetime or max_age applies"
     return parse_time(capped), why
