@@ -103,7 +103,8 @@ def test_metric_names_follow_conventions() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds")
         labels = set(metric._labelnames)
-        assert labels <= {"publisher", "subscriber", "agreement", "reason"}
+        # list: a warninglist the guard loads (bounded by the index), cause: valid_until|max_age
+        assert labels <= {"publisher", "subscriber", "agreement", "reason", "list", "cause"}
 
 
 def test_labels_are_bounded() -> None:
@@ -115,6 +116,9 @@ def test_labels_are_bounded() -> None:
     assert set(reasons) <= {r.value for r in metrics.Reason} | {metrics.OTHER_REASON}
     assert reasons[metrics.OTHER_REASON] >= 2
     assert "no such reason code at all" not in text
+    metrics.observe_guard_hits(["rfc5735", "Not A List Name!" + "x" * 500])
+    lists = parse_metrics(generate_latest().decode()).by("stixbus_guard_hits_total", "list")
+    assert lists["rfc5735"] >= 1 and set(lists) <= {"rfc5735", metrics.OTHER_REASON}
 
 
 def test_agreement_version_retire() -> None:
