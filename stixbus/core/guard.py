@@ -200,7 +200,13 @@ class WarninglistIndex:
         if "/" not in text:
             try:
                 if ":" in text:
-                    return self._ipv6.at(int.from_bytes(socket.inet_pton(_AF6, text), "big"))
+                    value = int.from_bytes(socket.inet_pton(_AF6, text), "big")
+                    embedded = _embedded_ipv4(value)
+                    if embedded is not None:  # ::ffff:8.8.8.8 reaches 8.8.8.8
+                        v4 = self._ipv4.at(embedded)
+                        v6 = self._ipv6.at(value)
+                        return v4 if not v6 else tuple(sorted({*v4, *v6}))
+                    return self._ipv6.at(value)
                 return self._ipv4.at(int.from_bytes(socket.inet_pton(_AF4, text), "big"))
             except OSError:
                 return NO_HITS
@@ -220,7 +226,10 @@ class WarninglistIndex:
             host = _url_host(value)
             if host is None:
                 return NO_HITS
-            return self.address(host) if _looks_like_ip(host) else self.domain(host)
+            if ":" in host:
+                return self.address(host)
+            numeric = _url_ipv4(host)
+            return self.domain(host) if numeric is None else self.address(numeric)
         if observable_type == "file":
             return self._exact.get(value.lower(), NO_HITS)
         return NO_HITS
@@ -273,8 +282,47 @@ _PATTERN_CACHE_LIMIT = 65536
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 
 
-def _looks_like_ip(host: str) -> bool:
-    return ":" in host or host.replace(".", "").isdigit()
+_MAPPED = 0xFFFF << 32  # ::ffff:0:0/96, IPv4-mapped
+_NAT64 = 0x64FF9B << 96  # 64:ff9b::/96, the NAT64 well-known prefix (RFC 6052)
+
+
+def _embedded_ipv4(value: int) -> int | None:
+    """The IPv4 address an IPv6 address carries to the same host, if any."""
+    prefix = value >> 32
+    if prefix == _MAPPED >> 32 or prefix == _NAT64 >> 32:
+        return value & 0xFFFFFFFF
+    return None
+
+
+def _url_ipv4(host: str) -> str | None:
+    """The dotted quad a URL host stands for when it is an IPv4 address in any form a browser
+    accepts (WHATWG URL: 1-4 parts, each decimal, 0x-hex or 0-led octal; the last part fills
+    the remaining bytes), e.g. 134744072, 0x08080808, 010.010.010.010, 8.8.2056; else None."""
+    if not host or not (host[-1].isdigit() or host[-1] in "abcdefx"):
+        return None
+    parts = host.rstrip(".").split(".")
+    if len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        try:
+            if part[:2] in ("0x", "0X"):
+                numbers.append(int(part[2:] or "0", 16))
+            elif len(part) > 1 and part[0] == "0":
+                numbers.append(int(part, 8))
+            elif part.isdigit():
+                numbers.append(int(part))
+            else:
+                return None
+        except ValueError:
+            return None
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for position, number in enumerate(head):
+        value += number << (8 * (3 - position))
+    return socket.inet_ntop(_AF4, value.to_bytes(4, "big"))
 
 
 def _url_host(url: str) -> str | None:

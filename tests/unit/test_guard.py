@@ -258,3 +258,28 @@ def test_no_listed_value_reaches_a_subscriber_whose_agreement_does_not_opt_out(
         opted = set(agreement.warninglist_opt_out)
         assert not any(h.startswith("member-") for h in hits), (value, delivery.subscriber)
         assert "*" in opted or hits <= opted, (value, hits, delivery.subscriber, opted)
+
+
+# --- the attacker: spellings that must not slip past the guard --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("[ipv4-addr:value = '8[.]8[.]8[.]8']", "public-dns-v4"),  # defanged
+        ("[ipv4-addr:value = '8.8.8.8/32']", "public-dns-v4"),  # host CIDR
+        ("[domain-name:value = 'GOOGLE.COM.']", "tranco10k"),  # case, trailing dot
+        ("[url:value = 'hxxp://user@GOOGLE[.]com:8080/x']", "tranco10k"),  # userinfo, port
+        ("[ipv4-addr:value = '1.2.3.4'] OR [ipv4-addr:value = '8.8.8.8']", "public-dns-v4"),
+        ("[ipv6-addr:value = '::ffff:8.8.8.8']", "public-dns-v4"),  # IPv4-mapped IPv6
+        ("[ipv6-addr:value = '64:ff9b::808:808']", "public-dns-v4"),  # NAT64 (RFC 6052)
+        ("[url:value = 'http://134744072/']", "public-dns-v4"),  # 8.8.8.8 as one number
+        ("[url:value = 'http://0x08080808/x']", "public-dns-v4"),  # ... in hex
+        ("[url:value = 'http://8.8.2056/']", "public-dns-v4"),  # ... with a short form
+        ("[url:value = 'http://[::ffff:8.8.8.8]/']", "public-dns-v4"),
+        ("[file:hashes.'MD5' = 'D41D8CD98F00B204E9800998ECF8427E']", "empty-hashes"),
+    ],
+)
+def test_other_spellings_of_a_listed_value_still_hit(pattern: str, expected: str) -> None:
+    rec = record(pattern)
+    assert expected in GUARD.names_for(rec), (pattern, rec.canonical_pattern)
