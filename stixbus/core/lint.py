@@ -12,10 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from itertools import combinations
 
-from schemas.agreement import SECTOR_PREFIX, Agreement, AgreementSet, LabelMatch, MatchMode
+from schemas.agreement import ANY, SECTOR_PREFIX, Agreement, AgreementSet, LabelMatch, MatchMode
 from schemas.org import Registry, Role, Sector
 from schemas.tlp import TLP
 from stixbus.core.decide import permissiveness, resolve_parties
+from stixbus.core.guard import CHOSEN_LISTS
 
 
 class Severity(StrEnum):
@@ -34,6 +35,7 @@ class FindingCode(StrEnum):
     OVERLAP = "overlap"
     SUBSCRIBER_WITHOUT_AGREEMENT = "subscriber_without_agreement"
     TERM_ENDED = "term_ended"
+    UNKNOWN_WARNINGLIST = "unknown_warninglist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,18 @@ def check_agreements(
     for agreement in items:
         findings.extend(_party_findings(agreement, registry))
         findings.extend(_tlp_findings(agreement))
+        for name in agreement.warninglist_opt_out:
+            if name != ANY and name not in CHOSEN_LISTS:
+                findings.append(
+                    Finding(
+                        Severity.WARNING,
+                        agreement.id,
+                        FindingCode.UNKNOWN_WARNINGLIST,
+                        f"warninglist_opt_out names {name!r}, which is not a list the guard "
+                        f"loads by default ({', '.join(sorted(CHOSEN_LISTS))}): the opt-out "
+                        "does nothing unless STIXBUS_GUARD_LISTS adds it",
+                    )
+                )
         if agreement.term.valid_until <= now:
             findings.append(
                 Finding(

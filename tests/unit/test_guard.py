@@ -191,9 +191,7 @@ def test_route_step_audits_the_guard_and_delivers_only_under_opt_out() -> None:
 def test_the_receipt_warns_the_producer() -> None:
     rec = record("[domain-name:value = 'google.com']")
     clean = record("[domain-name:value = 'evil-pay.example']")
-    receipt = Receipt(
-        submission_id="s", publisher="cert", received_at=T0, accepted=2, rejected=0
-    )
+    receipt = Receipt(submission_id="s", publisher="cert", received_at=T0, accepted=2, rejected=0)
     warned = guarded_receipt(receipt, [rec, clean], GUARD)
     assert warned is not None
     updated, lists = warned
@@ -283,3 +281,17 @@ def test_no_listed_value_reaches_a_subscriber_whose_agreement_does_not_opt_out(
 def test_other_spellings_of_a_listed_value_still_hit(pattern: str, expected: str) -> None:
     rec = record(pattern)
     assert expected in GUARD.names_for(rec), (pattern, rec.canonical_pattern)
+
+
+def test_the_linter_flags_an_opt_out_of_a_list_the_guard_does_not_load() -> None:
+    from stixbus.core.lint import FindingCode, check_agreements
+
+    raw = AGREEMENTS.get("cert-to-prosecution-fiu").model_dump(mode="json")
+    typo = Agreement.model_validate({**raw, "warninglist_opt_out": ["tranco-10k", "rfc5735"]})
+    codes = [f for f in check_agreements([typo], REGISTRY, T0) if f.agreement_id == typo.id]
+    flagged = [f for f in codes if f.code is FindingCode.UNKNOWN_WARNINGLIST]
+    assert len(flagged) == 1 and "'tranco-10k'" in flagged[0].message
+    assert not any(
+        f.code is FindingCode.UNKNOWN_WARNINGLIST
+        for f in check_agreements(AGREEMENTS, REGISTRY, T0)
+    )
