@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -295,3 +295,21 @@ def test_the_linter_flags_an_opt_out_of_a_list_the_guard_does_not_load() -> None
         f.code is FindingCode.UNKNOWN_WARNINGLIST
         for f in check_agreements(AGREEMENTS, REGISTRY, T0)
     )
+
+
+def test_a_tick_on_a_decoded_state_still_applies_the_guard() -> None:
+    from stixbus.core.route_step import Tick
+    from stixbus.core.state_codec import decode_state, encode_state
+
+    rec = record("[ipv4-addr:value = '8.8.8.8']")
+    config = RouteConfig(guard=GUARD)
+    first = route_step(rec, None, REGISTRY, INDEX, T0, config, 60.0)
+    assert first.state is not None
+    state = decode_state(encode_state(first.state))  # as the route table gives it back
+    later = T0 + timedelta(days=1)
+    again = route_step(Tick(), state, REGISTRY, AgreementIndex(AGREEMENTS, REGISTRY), later,
+                       config, 60.0)  # fmt: skip
+    assert not {"isp-one", "isp-two", "bank-a"} & {d.subscriber for d in again.deliveries}
+    # without the guard the tick would deliver to them: the test can fail
+    unguarded = route_step(Tick(), state, REGISTRY, INDEX, later, RouteConfig(), 60.0)
+    assert "isp-one" in {d.subscriber for d in unguarded.deliveries}
