@@ -13,9 +13,13 @@ from stixbus.kafka.topics import TopicSpec
 
 
 async def ensure_topics(
-    conn: dict[str, Any], specs: list[TopicSpec], replication: int = 1
+    conn: dict[str, Any],
+    specs: list[TopicSpec],
+    replication: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create missing topics; returns the names created.  Existing topics are left as they are."""
+    """Create missing topics with `replication` copies and (when given) `min.insync.replicas`;
+    returns the names created.  Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -28,7 +32,7 @@ async def ensure_topics(
                 name=s.name,
                 num_partitions=s.partitions,
                 replication_factor=replication,
-                topic_configs=_topic_configs(s),
+                topic_configs=topic_configs(s, min_insync_replicas),
             )
             for s in missing
         ]
@@ -42,10 +46,14 @@ async def ensure_topics(
         await admin.close()
 
 
-def _topic_configs(spec: TopicSpec) -> dict[str, str]:
+def topic_configs(spec: TopicSpec, min_insync_replicas: int | None = None) -> dict[str, str]:
+    """The per-topic configs a spec implies (also what `stixbus security k8s` writes into the
+    KafkaTopic resources, so both deployments create the same topics)."""
     configs = {"cleanup.policy": "compact"} if spec.compacted else {}
     if spec.max_message_bytes is not None:
         configs["max.message.bytes"] = str(spec.max_message_bytes)
+    if min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(min_insync_replicas)
     return configs
 
 
