@@ -255,6 +255,7 @@ PROPS
     cat <<PROPS
 default.replication.factor=$rf
 min.insync.replicas=$isr
+num.recovery.threads.per.data.dir=4
 PROPS
   fi
   cat <<PROPS

@@ -9,7 +9,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stixbus.kafka.topics import TopicSpec
+from stixbus.kafka.topics import TopicSpec, topic_configs
 
 
 async def ensure_topics(
@@ -44,17 +44,6 @@ async def ensure_topics(
         return [s.name for s in missing]
     finally:
         await admin.close()
-
-
-def topic_configs(spec: TopicSpec, min_insync_replicas: int | None = None) -> dict[str, str]:
-    """The per-topic configs a spec implies (also what `stixbus security k8s` writes into the
-    KafkaTopic resources, so both deployments create the same topics)."""
-    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
-    if spec.max_message_bytes is not None:
-        configs["max.message.bytes"] = str(spec.max_message_bytes)
-    if min_insync_replicas is not None:
-        configs["min.insync.replicas"] = str(min_insync_replicas)
-    return configs
 
 
 async def _wait_for_leaders(
