@@ -42,6 +42,8 @@
 #   client.env               STIXBUS_* connection settings the CLI and worker read
 #   compose-server.properties, compose-admin.properties   (compose-secrets only) the broker's and
 #                            the admin CLI's config with the paths and names inside the containers
+#   compose-format.args      (compose-secrets only) the broker container's StorageTool arguments
+#                            (java @file: the admin SCRAM credential stays off every command line)
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
 #
@@ -300,9 +302,18 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$compose_secdir/ca.pem
 PROPS
   )
-  chmod 600 "$secdir/compose-server.properties" "$secdir/compose-admin.properties"
+  # The broker container formats its storage from this java @argument file (main class and
+  # all), so the admin password is never an argument `ps` shows.  A fresh random cluster id
+  # each time (ignored once the data volume is formatted); openssl makes it, no Java needed.
+  local cid
+  cid="$(openssl rand 16 | openssl base64 -A | tr '+/' '-_' | tr -d '=')"
+  ( umask 077
+    printf '%s\n' kafka.tools.StorageTool format --ignore-formatted \
+      -c "$compose_secdir/compose-server.properties" -t "$cid" \
+      --add-scram "\"SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]\"" >"$secdir/compose-format.args" )
+  chmod 600 "$secdir/compose-server.properties" "$secdir/compose-admin.properties" "$secdir/compose-format.args"
   write_client_env
-  echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: docker compose up -d"
+  echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: STIXBUS_UID=\$(id -u) STIXBUS_GID=\$(id -g) docker compose up -d --build"
 }
 
 make_private() {

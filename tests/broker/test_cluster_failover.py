@@ -177,8 +177,24 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
         {r.partition for r in ingest if any(t.encode() + b".multi" in r.value for t in tag)}
     )
     in_norm = sum(1 for r in normalized if any(t.encode() + b".multi" in r.value for t in tag))
+    ids = {
+        str(r.json()["object_id"])  # type: ignore[index]
+        for r in normalized
+        if any(t.encode() + b".multi" in r.value for t in tag)
+    }
+    audit = [a.json() for a in asyncio.run(read(bus.names.audit))]
+    verdicts = sorted(
+        {
+            (a["subscriber"], a["allow"], a["delivered"], a["reasons"][0]["code"])
+            for a in audit
+            if a.get("object_id") in ids
+        }
+    )
     tails = "\n".join(f"-- worker {i + 1}:\n{w.log_tail(25)}" for i, w in enumerate(workers))
-    return f"ingest partitions {parts}; {in_norm}/{len(lost)} reached normalized\n{tails}"
+    return (
+        f"ingest partitions {parts}; {in_norm}/{len(lost)} reached normalized; "
+        f"audit of their ids {sorted(ids)[:3]}: {verdicts}\n{tails}"
+    )
 
 
 def test_cluster_survives_a_broker_and_a_worker_kill(cluster: Cluster, tmp_path: Path) -> None:
@@ -190,7 +206,7 @@ def test_cluster_survives_a_broker_and_a_worker_kill(cluster: Cluster, tmp_path:
         STIXBUS_PARTITIONS="2",
         STIXBUS_REPLICATION_FACTOR="3",
         STIXBUS_MIN_INSYNC_REPLICAS="2",
-        STIXBUS_TABLE_STANDBY_REPLICAS="1",
+        STIXBUS_TABLE_STANDBY_REPLICAS=os.environ.get("T_STANDBY", "1"),
         STIXBUS_SECURITY_PROTOCOL="PLAINTEXT",
         BROKER_SESSION_TIMEOUT="10",  # Faust's own variable (faust/types/settings/settings.py)
         BROKER_HEARTBEAT_INTERVAL="1",
@@ -215,13 +231,12 @@ def test_cluster_survives_a_broker_and_a_worker_kill(cluster: Cluster, tmp_path:
         time.sleep(DOWN_FOR)
         second.launch()
         restarted: list[float] = []
-        broker = threading.Thread(
-            target=lambda: (
-                cluster.sh("start", str(coordinator), timeout=200),
-                restarted.append(time.time()),
-            ),
-            daemon=True,
-        )
+
+        def bring_back() -> None:
+            cluster.sh("start", str(coordinator), timeout=200)
+            restarted.append(time.time())
+
+        broker = threading.Thread(target=bring_back, daemon=True)
         broker.start()
         publisher.join(STREAM_SECONDS + 60)
         broker.join(200)
