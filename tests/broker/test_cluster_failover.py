@@ -140,6 +140,30 @@ async def _coordinator(bootstrap: str, group: str) -> int:
         await admin.close()
 
 
+def _wait_stable(bootstrap: str, group: str, members: int, timeout: float = 90.0) -> None:
+    """Until the workers' group is Stable with `members` members (the start-up rebalances are
+    over), so what the test measures is the failover, not the group forming."""
+
+    async def state() -> tuple[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (response,) = await admin.describe_consumer_groups([group])
+            (described,) = response.groups
+            return str(described[2]), len(described[5])
+        finally:
+            await admin.close()
+
+    deadline = time.monotonic() + timeout
+    seen: tuple[str, int] = ("", 0)
+    while time.monotonic() < deadline:
+        seen = asyncio.run(state())
+        if seen == ("Stable", members):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"group {group} not stable with {members} members: {seen}")
+
+
 def _deliveries(bus: Bus, org: str) -> list[tuple[float, dict[str, Any]]]:
     async def read() -> list[tuple[float, dict[str, Any]]]:
         return [
@@ -218,6 +242,9 @@ def test_cluster_survives_a_broker_and_a_worker_kill(cluster: Cluster, tmp_path:
     try:
         for w in workers:
             w.launch()
+        for w in workers:
+            w.wait_ready()
+        _wait_stable(cluster.bootstrap, first.env["STIXBUS_APP_ID"], len(workers))
         for w in workers:
             w.wait_ready()
         coordinator = asyncio.run(_coordinator(cluster.bootstrap, first.env["STIXBUS_APP_ID"]))
