@@ -28,6 +28,9 @@ def build_app(ctx: BusContext) -> faust.App:
         datadir=str(settings.worker_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
+        # Other workers of the group keep warm copies of each table partition (docs/operations.md,
+        # "Cluster"): a failover then needs only the changelog tail, not a cold rebuild.
+        table_standby_replicas=settings.table_standby_replicas,
         key_serializer="raw",
         value_serializer="raw",
         web_port=settings.web_port,

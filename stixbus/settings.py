@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus.core.decay import DEFAULT_LIFETIMES
@@ -34,7 +34,30 @@ class Settings(BaseSettings):
     bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
     topic_prefix: str = Field(default="stixbus", description="Prefix of every stixbus topic name")
     partitions: int = Field(default=4, ge=1, description="Partitions of the pipeline topics")
-    replication_factor: int = Field(default=1, ge=1, description="Replication of created topics")
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "Replication factor of the topics `stixbus topics` creates: 1 for the single local "
+            "broker, 3 on a cluster (kafka.sh cluster writes 3 into client.env)"
+        ),
+    )
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "min.insync.replicas of created topics (with the producers' acks=all: how many "
+            "copies a write needs); unset: 1 below replication factor 3, else 2"
+        ),
+    )
+    table_standby_replicas: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Standby copies of each worker table partition kept warm by the other workers of the "
+            "group (Faust table_standby_replicas), so a failover need not replay the changelog"
+        ),
+    )
     app_id: str = Field(default="stixbus", description="Faust app id (worker consumer group)")
     deploy_dir: Path = Field(
         default=Path("deploy"),
@@ -159,6 +182,25 @@ class Settings(BaseSettings):
         default=None,
         description='JSON {"users": {principal: password}} (mode 600), written by the local stack',
     )
+
+    @model_validator(mode="after")
+    def _insync_fits_replication(self) -> Settings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas={self.min_insync_replicas} is above replication_factor="
+                f"{self.replication_factor}: no write could ever succeed; lower "
+                "STIXBUS_MIN_INSYNC_REPLICAS or raise STIXBUS_REPLICATION_FACTOR"
+            )
+        return self
+
+    @property
+    def insync_replicas(self) -> int:
+        """The min.insync.replicas topics are created with (see `min_insync_replicas`)."""
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 1 if self.replication_factor < 3 else 2
 
     @property
     def worker_dir(self) -> Path:

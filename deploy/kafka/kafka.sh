@@ -9,6 +9,11 @@
 #   deploy/kafka/kafka.sh compose-secrets
 #                                  the secrets and broker config docker-compose.yml mounts (no
 #                                  Java or Docker needed; idempotent; see docs/security.md)
+#   deploy/kafka/kafka.sh cluster up|down|status|reset|logs N|kill N|stop N|start N
+#                                  a 3-broker KRaft cluster on loopback (docs/operations.md,
+#                                  "Cluster"): every node broker+controller, replication 3,
+#                                  min.insync.replicas 2, the same security as the single broker;
+#                                  kill N is kill -9 of node N (chaos tests), start N brings it back
 #
 # Environment (defaults in brackets):
 #   STIXBUS_HOME        state folder for data, logs, pid            [<repo>/.stixbus]
@@ -17,6 +22,11 @@
 #   KAFKA_HEAP          JVM heap                                    [-Xms256m -Xmx1g]
 #   KAFKA_START_TIMEOUT seconds to wait for readiness               [90]
 #   STIXBUS_KAFKA_SECURITY  sasl_ssl | sasl_plaintext | plaintext   [sasl_ssl]
+# Cluster mode only:
+#   KAFKA_CLUSTER_NODES     number of nodes (replication min(3, N))  [3]
+#   KAFKA_CLUSTER_PORTS     client ports, comma-separated            [KAFKA_PORT, +2, +4, ...]
+#   KAFKA_CLUSTER_CONTROLLER_PORTS  controller ports                 [KAFKA_PORT+1, +3, +5, ...]
+#   KAFKA_CLUSTER_HEAP      JVM heap of each node                    [-Xms256m -Xmx512m]
 #
 # Security (docs/security.md).  sasl_ssl (the default): the client listener speaks SASL_SSL with
 # SCRAM-SHA-512; the controller listener speaks SASL_PLAINTEXT with PLAIN (SCRAM cannot work
@@ -32,6 +42,8 @@
 #   client.env               STIXBUS_* connection settings the CLI and worker read
 #   compose-server.properties, compose-admin.properties   (compose-secrets only) the broker's and
 #                            the admin CLI's config with the paths and names inside the containers
+#   compose-format.args      (compose-secrets only) the broker container's StorageTool arguments
+#                            (java @file: the admin SCRAM credential stays off every command line)
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
 #
@@ -156,6 +168,7 @@ write_client_env() {
       echo "STIXBUS_CREDENTIALS_FILE=$secdir/credentials.json"
     fi
     if [ "$mode" = sasl_ssl ]; then echo "STIXBUS_SSL_CAFILE=$secdir/ca.pem"; fi
+    if [ -n "${client_extra:-}" ]; then printf '%s\n' "$client_extra"; fi
   } >"$secdir/client.env"
 }
 
@@ -173,8 +186,8 @@ server_props() {
 $generated
 # Security mode: plaintext (no authentication, no ACLs) - quick local demos only.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$controller
+node.id=${node_id:-1}
+controller.quorum.voters=${voters:-1@$controller}
 listeners=PLAINTEXT://$bind,CONTROLLER://$controller
 advertised.listeners=PLAINTEXT://$adv
 controller.listener.names=CONTROLLER
@@ -190,8 +203,8 @@ PROPS
 $generated
 # Security mode: $smode (SCRAM-SHA-512 clients, PLAIN controller, StandardAuthorizer).
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$controller
+node.id=${node_id:-1}
+controller.quorum.voters=${voters:-1@$controller}
 listeners=$listeners,CONTROLLER://$controller
 advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
@@ -229,15 +242,25 @@ ssl.endpoint.identification.algorithm=https
 PROPS
     fi
   fi
+  local rf="${replication:-1}" isr="${min_isr:-1}"
   cat <<PROPS
 log.dirs=$data
 num.partitions=1
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+PROPS
+  if [ "$rf" != 1 ]; then
+    cat <<PROPS
+default.replication.factor=$rf
+min.insync.replicas=$isr
+num.recovery.threads.per.data.dir=4
+PROPS
+  fi
+  cat <<PROPS
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
@@ -279,9 +302,18 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$compose_secdir/ca.pem
 PROPS
   )
-  chmod 600 "$secdir/compose-server.properties" "$secdir/compose-admin.properties"
+  # The broker container formats its storage from this java @argument file (main class and
+  # all), so the admin password is never an argument `ps` shows.  A fresh random cluster id
+  # each time (ignored once the data volume is formatted); openssl makes it, no Java needed.
+  local cid
+  cid="$(openssl rand 16 | openssl base64 -A | tr '+/' '-_' | tr -d '=')"
+  ( umask 077
+    printf '%s\n' kafka.tools.StorageTool format --ignore-formatted \
+      -c "$compose_secdir/compose-server.properties" -t "$cid" \
+      --add-scram "\"SCRAM-SHA-512=[name=admin,password=$ADMIN_PASSWORD]\"" >"$secdir/compose-format.args" )
+  chmod 600 "$secdir/compose-server.properties" "$secdir/compose-admin.properties" "$secdir/compose-format.args"
   write_client_env
-  echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: docker compose up -d"
+  echo "kafka.sh: docker-compose secrets ready in $secdir (mounted at $compose_secdir); next: STIXBUS_UID=\$(id -u) STIXBUS_GID=\$(id -g) docker compose up -d --build"
 }
 
 make_private() {
@@ -297,11 +329,15 @@ make_private() {
 clean_env=(env -i "PATH=$PATH" "HOME=${HOME:-/}" "LANG=${LANG:-C.UTF-8}")
 if [ -n "${JAVA_HOME:-}" ]; then clean_env+=("JAVA_HOME=$JAVA_HOME"); fi
 
+new_cluster_id() {
+  "${clean_env[@]}" java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1
+}
+
 format_storage() {
   # The admin SCRAM credential goes to the StorageTool in a java @argument file (mode 0600,
   # deleted right after), never on a command line `ps` shows.
-  local cluster_id argfile="$kdir/format.args"
-  cluster_id="$("${clean_env[@]}" java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+  local cluster_id="${1:-}" argfile="$kdir/format.args"
+  if [ -z "$cluster_id" ]; then cluster_id="$(new_cluster_id)"; fi
   rm -f "$argfile"
   {
     printf '%s\n' kafka.tools.StorageTool format -t "$cluster_id" -c "$props"
@@ -351,7 +387,15 @@ up() {
     format_storage
     echo "$mode" >"$modefile"
   fi
-  echo "kafka.sh: starting Kafka $(ls "$lib" | sed -n 's/^kafka_2.13-\(.*\)\.jar$/\1/p') on 127.0.0.1:$port, security $mode (logs: $logdir/server.log)"
+  echo "kafka.sh: starting Kafka $(kafka_version) on 127.0.0.1:$port, security $mode (logs: $logdir/server.log)"
+  start_jvm
+  wait_started
+}
+
+kafka_version() { ls "$lib" | sed -n 's/^kafka_2.13-\(.*\)\.jar$/\1/p'; }
+
+start_jvm() {
+  # One JVM for the node the globals describe ($props, $logdir, $pidfile), in the background.
   # A fresh stdout.log per start, so ready() only sees this start's messages.
   : >"$logdir/stdout.log"; mv -f "$logdir/server.log" "$logdir/server.log.prev" 2>/dev/null || true
   # shellcheck disable=SC2086
@@ -359,27 +403,30 @@ up() {
     -Dkafka.logs.dir="$logdir" -Dlog4j2.configurationFile="$here/log4j2.properties" \
     -cp "$lib/*" kafka.Kafka "$props" >"$logdir/stdout.log" 2>&1 &
   echo $! >"$pidfile"
+}
+
+wait_started() {
   local waited=0
   until ready; do
     if ! running; then
-      echo "kafka.sh: broker exited during start; last log lines:" >&2
+      echo "kafka.sh: broker ${node_id:-1} exited during start; last log lines:" >&2
       tail -n 40 "$logdir/server.log" "$logdir/stdout.log" >&2 2>/dev/null || true
       rm -f "$pidfile"
       exit 1
     fi
     if [ "$waited" -ge "$timeout" ]; then
-      echo "kafka.sh: broker not ready after ${timeout}s; last log lines:" >&2
+      echo "kafka.sh: broker ${node_id:-1} not ready after ${timeout}s; last log lines:" >&2
       tail -n 40 "$logdir/server.log" >&2 2>/dev/null || true
       exit 1
     fi
     sleep 1; waited=$((waited + 1))
   done
-  echo "kafka.sh: broker ready after ${waited}s"
+  echo "kafka.sh: broker ${node_id:-1} ready after ${waited}s"
 }
 
 down() {
   if ! running; then
-    echo "kafka.sh: broker not running"
+    echo "kafka.sh: broker ${node_id:-1} not running"
     rm -f "$pidfile"
     return 0
   fi
@@ -391,7 +438,159 @@ down() {
   done
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$pidfile"
-  echo "kafka.sh: broker stopped"
+  echo "kafka.sh: broker ${node_id:-1} stopped"
+}
+
+# -- cluster mode --------------------------------------------------------------------------------
+# N nodes on loopback, each broker+controller (a static 3-voter KRaft quorum survives one lost
+# node), under $STIXBUS_HOME/kafka-cluster/node<i>.  Same secrets, CA, certificate (SAN
+# 127.0.0.1) and admin credential as the single broker; topics default to replication
+# min(3, N) and min.insync.replicas 2, so a write with acks=all survives the loss of one broker.
+chome="$home/kafka-cluster"
+cnodes="${KAFKA_CLUSTER_NODES:-3}"
+case "$cnodes" in ''|*[!0-9]*) die "KAFKA_CLUSTER_NODES=$cnodes is not a number (3 is the usual)" ;; esac
+
+cluster_list() {
+  # $1 explicit comma list (or empty), $2 first port of the default sequence: print N ports.
+  local explicit="$1" first="$2" i
+  if [ -n "$explicit" ]; then
+    tr ',' '\n' <<<"$explicit"
+  else
+    for i in $(seq 1 "$cnodes"); do echo $((first + 2 * (i - 1))); done
+  fi
+}
+
+cluster_init() {
+  [ "$cnodes" -ge 1 ] || die "KAFKA_CLUSTER_NODES must be at least 1"
+  mapfile -t cports < <(cluster_list "${KAFKA_CLUSTER_PORTS:-}" "$port")
+  mapfile -t ccports < <(cluster_list "${KAFKA_CLUSTER_CONTROLLER_PORTS:-}" $((port + 1)))
+  [ "${#cports[@]}" = "$cnodes" ] || die "KAFKA_CLUSTER_PORTS has ${#cports[@]} ports for $cnodes nodes"
+  [ "${#ccports[@]}" = "$cnodes" ] || die "KAFKA_CLUSTER_CONTROLLER_PORTS has ${#ccports[@]} ports for $cnodes nodes"
+  local i v=""
+  for i in $(seq 1 "$cnodes"); do v="${v:+$v,}$i@127.0.0.1:${ccports[$((i - 1))]}"; done
+  voters="$v"
+  replication=$(( cnodes < 3 ? cnodes : 3 ))
+  min_isr=$(( replication >= 3 ? 2 : 1 ))
+  heap="${KAFKA_CLUSTER_HEAP:--Xms256m -Xmx512m}"
+  modefile="$chome/security.mode"
+  local b=""
+  for i in $(seq 1 "$cnodes"); do b="${b:+$b,}127.0.0.1:${cports[$((i - 1))]}"; done
+  bootstrap="$b"
+  client_extra="STIXBUS_BOOTSTRAP_SERVERS=$bootstrap
+STIXBUS_REPLICATION_FACTOR=$replication
+STIXBUS_MIN_INSYNC_REPLICAS=$min_isr"
+}
+
+select_node() {
+  # Point the single-broker globals at node $1.
+  local i="$1"
+  case "$i" in ''|*[!0-9]*) die "node '$i' is not a number: use 1..$cnodes" ;; esac
+  [ "$i" -ge 1 ] && [ "$i" -le "$cnodes" ] || die "node $i does not exist: use 1..$cnodes"
+  node_id="$i"
+  kdir="$chome/node$i"
+  port="${cports[$((i - 1))]}"
+  cport="${ccports[$((i - 1))]}"
+  pidfile="$kdir/kafka.pid"
+  logdir="$kdir/logs"
+  props="$kdir/server.properties"
+}
+
+cluster_prepare_node() {
+  mkdir -p "$kdir" "$logdir"
+  ( umask 077
+    server_props "$mode" "$secdir" "$kdir/data" "127.0.0.1:$cport" "127.0.0.1:$port" "127.0.0.1:$port" >"$props" )
+  chmod 600 "$props"
+}
+
+cluster_up() {
+  need_tools
+  mkdir -p "$chome"
+  make_private "$home"
+  fetch_jars
+  local i formatted
+  if [ -f "$chome/node1/data/meta.properties" ]; then
+    formatted="$(cat "$modefile" 2>/dev/null || echo plaintext)"
+    if [ "$formatted" != "$mode" ]; then
+      die "the cluster data in $chome was formatted for security mode '$formatted', not '$mode': set STIXBUS_KAFKA_SECURITY=$formatted, or wipe it with 'deploy/kafka/kafka.sh cluster reset'"
+    fi
+  fi
+  if [ "$mode" = plaintext ]; then
+    echo "kafka.sh: WARNING: security mode 'plaintext': no TLS, no authentication, no ACLs - quick local tests only." >&2
+  else
+    make_secrets
+  fi
+  for i in $(seq 1 "$cnodes"); do
+    select_node "$i"
+    if ! running && port_open "$port"; then
+      die "port $port (node $i) is taken by a process this script did not start; stop it or set KAFKA_CLUSTER_PORTS"
+    fi
+    if ! running && port_open "$cport"; then
+      die "controller port $cport (node $i) is taken; stop that process or set KAFKA_CLUSTER_CONTROLLER_PORTS"
+    fi
+    cluster_prepare_node
+  done
+  write_client_env
+  if [ ! -f "$chome/node1/data/meta.properties" ]; then
+    local cid; cid="$(new_cluster_id)"
+    for i in $(seq 1 "$cnodes"); do select_node "$i"; format_storage "$cid"; done
+    echo "$mode" >"$modefile"
+  fi
+  echo "kafka.sh: starting a $cnodes-node Kafka $(kafka_version) cluster on $bootstrap, security $mode, replication $replication, min.insync.replicas $min_isr"
+  # Every node first (a quorum needs a majority of voters up), then wait for each.
+  for i in $(seq 1 "$cnodes"); do
+    select_node "$i"
+    if running; then echo "kafka.sh: node $i already running (pid $(cat "$pidfile"))"; else start_jvm; fi
+  done
+  for i in $(seq 1 "$cnodes"); do select_node "$i"; wait_started; done
+  echo "kafka.sh: cluster ready; clients: STIXBUS_BOOTSTRAP_SERVERS=$bootstrap (also in $secdir/client.env)"
+}
+
+cluster_start_node() {
+  need_tools
+  select_node "$1"
+  [ -f "$kdir/data/meta.properties" ] || die "node $1 has no data in $kdir: run 'deploy/kafka/kafka.sh cluster up' first"
+  if running; then echo "kafka.sh: node $1 already running (pid $(cat "$pidfile"))"; return 0; fi
+  if [ "$mode" != plaintext ]; then make_passwords; fi
+  cluster_prepare_node
+  start_jvm
+  wait_started
+}
+
+cluster_kill_node() {
+  select_node "$1"
+  if running; then
+    kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    echo "kafka.sh: node $1 killed (kill -9 pid $(cat "$pidfile"))"
+  else
+    echo "kafka.sh: node $1 not running"
+  fi
+  rm -f "$pidfile"
+}
+
+cluster_status() {
+  local i up=0
+  for i in $(seq 1 "$cnodes"); do
+    select_node "$i"
+    if running && ready; then echo "kafka.sh: node $i running on 127.0.0.1:$port"; up=$((up + 1)); else echo "kafka.sh: node $i not running"; fi
+  done
+  [ "$up" = "$cnodes" ]
+}
+
+cluster() {
+  cluster_init
+  local i
+  case "${1:-}" in
+    up) cluster_up ;;
+    down) for i in $(seq "$cnodes" -1 1); do select_node "$i"; down; done ;;
+    status) cluster_status ;;
+    reset) for i in $(seq "$cnodes" -1 1); do select_node "$i"; down; done
+           rm -rf "$chome"; echo "kafka.sh: cluster data removed (secrets in $secdir kept)" ;;
+    logs) select_node "${2:-1}"; tail -n "${3:-100}" "$logdir/server.log" ;;
+    kill) cluster_kill_node "${2:-}" ;;
+    stop) select_node "${2:-}"; down ;;
+    start) cluster_start_node "${2:-}" ;;
+    *) echo "usage: $0 cluster up|down|status|reset|logs N [LINES]|kill N|stop N|start N" >&2; exit 2 ;;
+  esac
 }
 
 case "${1:-}" in
@@ -401,5 +600,6 @@ case "${1:-}" in
   logs) tail -n "${2:-100}" "$logdir/server.log" ;;
   reset) down; rm -rf "$kdir/data" "$modefile"; echo "kafka.sh: data removed (secrets in $secdir kept)" ;;
   compose-secrets) compose_secrets ;;
-  *) echo "usage: $0 up|down|status|logs [N]|reset|compose-secrets" >&2; exit 2 ;;
+  cluster) shift; cluster "$@" ;;
+  *) echo "usage: $0 up|down|status|logs [N]|reset|compose-secrets|cluster ..." >&2; exit 2 ;;
 esac

@@ -102,3 +102,65 @@ def plan_cmd(registry: RegistryOpt = None) -> None:
     bindings = derive_acls(reg, settings.topic_prefix, settings.app_id)
     out.print(_table(f"ACLs derived from {settings.registry_path}", bindings, {}))
     out.print(f"principals: {', '.join(users(reg))}")
+
+
+@app.command("k8s")
+def k8s_cmd(
+    registry: RegistryOpt = None,
+    cluster: Annotated[
+        str, typer.Option("--cluster", help="Name of the Strimzi `Kafka` resource")
+    ] = "stixbus",
+    namespace: Annotated[str, typer.Option("--namespace", help="Kubernetes namespace")] = "stixbus",
+    image: Annotated[str, typer.Option("--image", help="Worker image (Dockerfile)")] = (
+        "stixbus:latest"
+    ),
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker replicas")] = 2,
+    replication: Annotated[
+        int, typer.Option("--replication", min=1, help="Replicas of every topic")
+    ] = 3,
+    min_insync: Annotated[
+        int, typer.Option("--min-insync-replicas", min=1, help="min.insync.replicas of topics")
+    ] = 2,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the YAML here (default: stdout)")
+    ] = None,
+) -> None:
+    """Print Strimzi KafkaTopic and KafkaUser resources (the ACLs of `security apply`) and the
+    worker's ConfigMap, Deployment and NetworkPolicy, from the registry (no broker needed)."""
+    from stixbus.kafka.strimzi import K8sTarget, manifests, to_yaml, topic_specs
+
+    settings = _settings(registry)
+    reg = load_registry(settings.registry_path)
+    target = K8sTarget(
+        cluster=cluster,
+        namespace=namespace,
+        image=image,
+        workers=workers,
+        replication=replication,
+        min_insync_replicas=min_insync,
+        standby_replicas=settings.table_standby_replicas,
+    )
+    specs = topic_specs(
+        reg,
+        settings.topic_prefix,
+        settings.app_id,
+        settings.partitions,
+        settings.max_record_bytes,
+        settings.limits.message_bytes,
+    )
+    docs = manifests(
+        reg,
+        settings.topic_prefix,
+        settings.app_id,
+        specs,
+        settings.registry_path.read_text(encoding="utf-8"),
+        settings.agreements_path.read_text(encoding="utf-8"),
+        settings.partitions,
+        target,
+    )
+    text = to_yaml(docs, str(settings.registry_path))
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"{len(docs)} resources written to {output}")

@@ -73,7 +73,10 @@ def _topic_specs(settings: Settings) -> list[TopicSpec]:
 def _create_topics(settings: Settings) -> list[str]:
     """Create every missing topic as admin (the worker may not: docs/security.md)."""
     conn = client_kwargs(settings, ADMIN)
-    return run_on_broker(ensure_topics(conn, _topic_specs(settings), settings.replication_factor))
+    specs = _topic_specs(settings)
+    return run_on_broker(
+        ensure_topics(conn, specs, settings.replication_factor, settings.insync_replicas)
+    )
 
 
 def _check_topics(settings: Settings) -> None:

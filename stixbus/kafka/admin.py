@@ -9,13 +9,17 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from stixbus.kafka.topics import TopicSpec
+from stixbus.kafka.topics import TopicSpec, topic_configs
 
 
 async def ensure_topics(
-    conn: dict[str, Any], specs: list[TopicSpec], replication: int = 1
+    conn: dict[str, Any],
+    specs: list[TopicSpec],
+    replication: int = 1,
+    min_insync_replicas: int | None = None,
 ) -> list[str]:
-    """Create missing topics; returns the names created.  Existing topics are left as they are."""
+    """Create missing topics with `replication` copies and (when given) `min.insync.replicas`;
+    returns the names created.  Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -28,7 +32,7 @@ async def ensure_topics(
                 name=s.name,
                 num_partitions=s.partitions,
                 replication_factor=replication,
-                topic_configs=_topic_configs(s),
+                topic_configs=topic_configs(s, min_insync_replicas),
             )
             for s in missing
         ]
@@ -40,13 +44,6 @@ async def ensure_topics(
         return [s.name for s in missing]
     finally:
         await admin.close()
-
-
-def _topic_configs(spec: TopicSpec) -> dict[str, str]:
-    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
-    if spec.max_message_bytes is not None:
-        configs["max.message.bytes"] = str(spec.max_message_bytes)
-    return configs
 
 
 async def _wait_for_leaders(

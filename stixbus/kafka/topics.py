@@ -35,6 +35,17 @@ class TopicSpec:
     max_message_bytes: int | None = None
 
 
+def topic_configs(spec: TopicSpec, min_insync_replicas: int | None = None) -> dict[str, str]:
+    """The per-topic configs a spec implies: what `stixbus topics` creates and what
+    `stixbus security k8s` writes into the KafkaTopic resources, so both deployments agree."""
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.max_message_bytes is not None:
+        configs["max.message.bytes"] = str(spec.max_message_bytes)
+    if min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(min_insync_replicas)
+    return configs
+
+
 @dataclass(frozen=True)
 class TopicNames:
     prefix: str = "stixbus"

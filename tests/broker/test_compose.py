@@ -164,11 +164,11 @@ def _settings(env: dict[str, str]) -> Settings:
     return Settings(_env_prefix="STIXBUS_TEST_NOTHING_", _env_file=None, **fields)
 
 
-def _shell_steps(command: str) -> list[str]:
-    """`sh -c "a && b && c"` -> ["a", "b", "c"]."""
-    argv = shlex.split(command)
-    assert argv[:2] == ["sh", "-c"], command
-    return [step.strip() for step in argv[2].split("&&")]
+def _shell_steps(service: str) -> list[str]:
+    """The steps of a service whose entrypoint is `/bin/sh -c` and command `a && b && c`."""
+    svc = SERVICES[service]
+    assert svc["entrypoint"] == ["/bin/sh", "-c"], svc
+    return [step.strip() for step in svc["command"].split("&&")]
 
 
 def test_every_stixbus_container_speaks_sasl_ssl_with_mounted_secrets() -> None:
@@ -193,7 +193,7 @@ def test_every_stixbus_container_speaks_sasl_ssl_with_mounted_secrets() -> None:
 
 def test_setup_applies_acls_then_agreements_before_the_worker() -> None:
     setup, worker = SERVICES["setup"], SERVICES["worker"]
-    steps = _shell_steps(setup["command"])
+    steps = _shell_steps("setup")
     stixbus_steps = [s for s in steps if s.startswith("stixbus ")]
     assert stixbus_steps[0] == "stixbus security apply"
     assert stixbus_steps.index("stixbus topics") < next(
@@ -201,7 +201,8 @@ def test_setup_applies_acls_then_agreements_before_the_worker() -> None:
     ), "the agreements topic must exist before agreements are published"
     assert setup["depends_on"] == {"kafka": {"condition": "service_healthy"}}
     assert worker["depends_on"] == {"setup": {"condition": "service_completed_successfully"}}
-    assert _shell_steps(worker["command"])[-1] == "stixbus worker"
+    # The image's entrypoint is `stixbus` (Dockerfile), so the worker's command is `worker`.
+    assert worker["command"] == ["worker"]
 
 
 def test_broker_command_formats_with_admin_scram_and_starts_generated_config() -> None:
@@ -209,9 +210,11 @@ def test_broker_command_formats_with_admin_scram_and_starts_generated_config() -
     (script,) = kafka["command"]
     props = "$$s/compose-server.properties"  # $$: a literal $ for compose, the shell's $s
     assert f"s={SECRETS_MOUNT}" in script
-    assert "kafka-storage.sh format --ignore-formatted" in script
-    assert f'-c "{props}"' in script
-    assert '--add-scram "SCRAM-SHA-512=[name=admin,password=$$ADMIN_PASSWORD]"' in script
+    # Formats from a java @argument file: the admin password is on no command line (`ps`
+    # inside the container or on the Docker host would show it), unlike the former
+    # `kafka-storage.sh format --add-scram "...password=$ADMIN_PASSWORD"`.
+    assert "java -cp '/opt/kafka/libs/*' \"@$$s/compose-format.args\"" in script
+    assert "ADMIN_PASSWORD" not in script and "--add-scram" not in script
     assert f'exec /opt/kafka/bin/kafka-server-start.sh "{props}"' in script
     health = " ".join(kafka["healthcheck"]["test"])
     assert f"--command-config {SECRETS_MOUNT}/compose-admin.properties" in health
@@ -312,6 +315,8 @@ def compose_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose
     server_props.write_text(broker.localise(_local_listeners(server_props.read_text(), listeners)))
     admin_props = secrets / "compose-admin.properties"
     admin_props.write_text(broker.localise(admin_props.read_text()))
+    format_args = secrets / "compose-format.args"
+    format_args.write_text(broker.localise(format_args.read_text()))
 
     # The broker service's command, with /opt/kafka/bin/* played by the local jars.
     bin_dir, logs = root / "bin", root / "logs"
@@ -329,7 +334,11 @@ def compose_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     (script,) = SERVICES["kafka"]["command"]
-    script = broker.localise(script.replace("$$", "$").replace("/opt/kafka/bin", str(bin_dir)))
+    script = broker.localise(
+        script.replace("$$", "$")
+        .replace("/opt/kafka/bin", str(bin_dir))
+        .replace("/opt/kafka/libs", str(LIB))
+    )
     with (logs / "stdout.log").open("wb") as out:
         proc = subprocess.Popen(
             ["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -411,7 +420,7 @@ def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeB
     setup_env = compose_broker.env("setup")
     runner_env: dict[str, str | None] = {k: setup_env.get(k) for k in SETTINGS_ENV}
     runner_env |= {"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"}
-    for step in _shell_steps(SERVICES["setup"]["command"]):
+    for step in _shell_steps("setup"):
         if not step.startswith("stixbus "):
             continue
         get_settings.cache_clear()
@@ -501,3 +510,31 @@ def test_healthcheck_admin_config_works_with_the_java_client(
         timeout=60,
     )
     assert listed.returncode == 0, listed.stderr[-3000:]
+
+
+def test_compose_format_arguments_carry_the_admin_credential_in_a_private_file(
+    compose_broker: ComposeBroker,
+) -> None:
+    args = compose_broker.secrets / "compose-format.args"
+    assert args.stat().st_mode & 0o777 == 0o600
+    lines = args.read_text().splitlines()
+    assert lines[:3] == ["kafka.tools.StorageTool", "format", "--ignore-formatted"]
+    admin = _properties((compose_broker.secrets / "broker.secrets").read_text())["ADMIN_PASSWORD"]
+    assert f'"SCRAM-SHA-512=[name=admin,password={admin}]"' in lines
+    # and the broker formatted from it accepts admin over SASL_SSL (the setup test runs as admin)
+
+
+def test_stixbus_services_run_the_image_without_installing_anything() -> None:
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    assert "pip install" not in text and "uv sync" not in text
+    setup, worker = SERVICES["setup"], SERVICES["worker"]
+    assert setup["image"] == worker["image"] and setup["build"] == "."
+    assert all(not str(v).startswith(".:") for svc in (setup, worker) for v in svc["volumes"])
+    # The worker: non-root (the image's uid unless told the secrets' owner), read-only root.
+    assert worker["user"] == "${STIXBUS_UID:-10001}:${STIXBUS_GID:-10001}"
+    assert worker["read_only"] is True and worker["tmpfs"] == ["/tmp"]
+    assert worker["cap_drop"] == ["ALL"]
+    home = worker["environment"]["STIXBUS_HOME"]
+    assert f"worker-data:{home}" in worker["volumes"]
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "ENV PATH=/app/.venv/bin:$PATH" in dockerfile and "USER 10001:10001" in dockerfile

@@ -357,3 +357,20 @@ def test_readyz_reports_a_lost_broker_and_recovers(secure_bus: SecureBus) -> Non
     while _readyz(port)[0] != 200:
         assert time.monotonic() < deadline, "worker never became ready again after the broker"
         time.sleep(0.5)
+
+
+def test_strimzi_kafka_users_carry_exactly_the_broker_acls(secure_bus: SecureBus) -> None:
+    """`stixbus security k8s` gives a Strimzi cluster the ACLs `security apply` gave this broker:
+    the bindings the broker enforces now (read back from it) equal those of the generated
+    KafkaUser resources for the same registry, prefix and app id."""
+    from stixbus.kafka.strimzi import K8sTarget, acl_from_strimzi, kafka_users
+
+    enforced, _ = show(secure_bus.settings)
+    docs = kafka_users(load_registry(REGISTRY), "stixbus", "stixbus", K8sTarget())
+    generated = sorted(
+        binding
+        for doc in docs
+        for acl in doc["spec"]["authorization"]["acls"]
+        for binding in acl_from_strimzi(doc["metadata"]["name"], acl)
+    )
+    assert generated == sorted(b for b in enforced if b.user != ADMIN)

@@ -108,6 +108,11 @@ class Bus:
         return apply_file(self.settings, path, prune)
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the worker process without waiting for it (several workers start together)."""
         log = (self.home / "worker.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", "warning"],
@@ -117,7 +122,6 @@ class Bus:
             cwd=REPO_ROOT,
             start_new_session=True,
         )
-        self.wait_ready()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         import urllib.error
@@ -183,6 +187,10 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
                 ),
                 app_id=full_env["STIXBUS_APP_ID"],
             ),
+            int(full_env.get("STIXBUS_REPLICATION_FACTOR", "1")),
+            int(full_env["STIXBUS_MIN_INSYNC_REPLICAS"])
+            if full_env.get("STIXBUS_MIN_INSYNC_REPLICAS")
+            else None,
         )
     )
     bus = Bus(bootstrap, prefix, tmp, full_env, registry, names)
