@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 
-class OasisValidatorDeferred(Exception):  # noqa: N818 (control flow, not an error)
+class OasisValidatorDeferred(Exception):
     """A check in deferring mode (`Submission.defer_heavy`) needs the validator: the caller runs
     the submission again where slow work is allowed (agents/validation_pool.py)."""
 

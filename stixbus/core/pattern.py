@@ -36,7 +36,7 @@ class PatternTooComplex(PatternError):
     """The pattern may be valid but nests too deeply or is too long for the bus to check."""
 
 
-class OfficialGrammarDeferred(Exception):  # noqa: N818 (control flow, not an error)
+class OfficialGrammarDeferred(Exception):
     """`parse_pattern(..., official=False)` needs the official grammar: the caller runs the
     check elsewhere (off the event loop, agents/validation_pool.py) and asks again there."""
 

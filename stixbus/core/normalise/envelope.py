@@ -15,8 +15,6 @@ from schemas.stix import IDENTIFIER_RE
 from stixbus.core.deadletter import bounded
 from stixbus.core.normalise.checks import check_object
 from stixbus.core.normalise.fast_path import accept_plain_indicator
-from stixbus.core.oasis import OasisValidatorDeferred
-from stixbus.core.pattern import OfficialGrammarDeferred
 from stixbus.core.normalise.outcome import (
     Accepted,
     NormaliseOutcome,
@@ -26,6 +24,8 @@ from stixbus.core.normalise.outcome import (
     normalized_object,
     reject_whole,
 )
+from stixbus.core.oasis import OasisValidatorDeferred
+from stixbus.core.pattern import OfficialGrammarDeferred
 from stixbus.core.payload import InputLimits, PayloadProblem, decode_payload
 
 
