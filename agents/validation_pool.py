@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import sys
 import threading
 from collections import defaultdict
@@ -45,11 +46,13 @@ from stixbus.core.payload import InputLimits
 log = logging.getLogger(__name__)
 
 CHILD_RECURSION_LIMIT = 50_000
+CHILD_NICENESS = 10
 CHILD_STACK_BYTES = 512 * 1024 * 1024  # virtual: only the touched pages are ever allocated
 
 
 def _init_child() -> None:
     """Pool process start: import the heavy modules once, allow deep recursion."""
+    os.nice(CHILD_NICENESS)  # the worker's event loop (receipts, /healthz) comes first
     sys.setrecursionlimit(CHILD_RECURSION_LIMIT)
     threading.stack_size(CHILD_STACK_BYTES)
     from stixbus.core.oasis import oasis_errors
@@ -67,7 +70,6 @@ WARM_TS = "2024-01-01T00:00:00.000Z"
 
 
 def _warm() -> int:
-    import os
     import time
 
     time.sleep(0.05)  # hold this process so the pool starts the others for their warm task
