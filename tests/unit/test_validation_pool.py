@@ -70,7 +70,7 @@ def test_a_long_valid_pattern_is_parsed_in_the_pool_and_refused_with_advice_in_p
 
 
 def test_past_the_budget_the_submission_is_rejected_and_the_others_still_get_checked() -> None:
-    pool = ValidationPool(workers=2, budget_seconds=1.0, in_flight_per_publisher=1)
+    pool = ValidationPool(workers=2, budget_seconds=3.0, in_flight_per_publisher=1)
     slow = bundle(*(indicator(f"[process:pid = {i} AND process:name = 'x']") for i in range(3000)))
     other = bundle(malware())
 
@@ -87,8 +87,8 @@ def test_past_the_budget_the_submission_is_rejected_and_the_others_still_get_che
 
     timed_out, shared, after, elapsed = asyncio.run(go())
     assert [r.reason for r in timed_out.rejections] == [Reason.VALIDATION_TIMEOUT]
-    assert "1-second budget" in timed_out.rejections[0].message
+    assert "3-second budget" in timed_out.rejections[0].message
     assert timed_out.dead_letter is not None and timed_out.receipt.rejected == 1
-    assert elapsed < 10
+    assert elapsed < 30  # the budget, a restart and the retry: not the slow bundle's own time
     assert pool.stats.timed_out == 1 and pool.stats.restarts >= 1
     assert shared.receipt.accepted == 1 and after.receipt.accepted == 1
