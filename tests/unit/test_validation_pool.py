@@ -71,7 +71,7 @@ def test_a_long_valid_pattern_is_parsed_in_the_pool_and_refused_with_advice_in_p
 
 def test_past_the_budget_the_submission_is_rejected_and_the_others_still_get_checked() -> None:
     pool = ValidationPool(workers=2, budget_seconds=3.0, in_flight_per_publisher=1)
-    slow = bundle(*(indicator(f"[process:pid = {i} AND process:name = 'x']") for i in range(3000)))
+    slow = bundle(*(indicator(f"[process:pid = {i} AND process:name = 'x']") for i in range(6000)))
     other = bundle(malware())
 
     async def go() -> tuple[NormaliseOutcome, NormaliseOutcome, NormaliseOutcome, float]:
