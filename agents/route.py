@@ -36,7 +36,9 @@ def register(
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
-    table = app.Table(DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    table = app.Table(
+        DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
     config = RouteConfig(settings.confidence_step)
     grace = settings.dedup_grace_seconds
     expiry = ExpiryIndex()

@@ -45,6 +45,8 @@ def make_private(root: Path) -> None:
                 path.chmod(FILE_MODE)
 
 
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` atomically: a temp file in the same directory, written and
     fsync'ed, given `mode` (default: owner only), then `os.replace`d over `path`, and the

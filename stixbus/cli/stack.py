@@ -231,6 +231,7 @@ def topics() -> None:
             out.print(name)
 
 
+
 def settings() -> None:
     """Print the effective settings (from STIXBUS_* environment variables)."""
     out.print_json(get_settings().model_dump_json())

@@ -27,6 +27,7 @@ from stixbus.supervisor import http_probe
 out = Console()
 
 
+
 def _scrape(base: str) -> Snapshot:
     _, body = http_probe(base + "/metrics")
     return parse_metrics(body.decode("utf-8", "replace"))
