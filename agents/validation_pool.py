@@ -164,9 +164,15 @@ class ValidationPool:
                         published_at=published_at,
                         budget_seconds=self.budget_seconds,
                     )
-                except BrokenProcessPool:
+                except (BrokenProcessPool, asyncio.CancelledError) as exc:
+                    task = asyncio.current_task()
+                    if isinstance(exc, asyncio.CancelledError) and not (
+                        future.cancelled() and task is not None and not task.cancelling()
+                    ):
+                        raise  # this coroutine is being cancelled, not the pool's work
                     # Another submission's timeout killed the pool under this one (or a pool
-                    # process died): check it once more in a fresh pool.
+                    # process died, or the shutdown cancelled it while queued): check it once
+                    # more in a fresh pool.
                     self._kill(executor)
                     self.stats.retried += 1
                     if attempt == 2:
