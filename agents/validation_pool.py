@@ -27,11 +27,13 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from schemas.org import Org, Registry
@@ -52,7 +54,6 @@ CHILD_STACK_BYTES = 512 * 1024 * 1024  # virtual: only the touched pages are eve
 
 def _init_child() -> None:
     """Pool process start: import the heavy modules once, allow deep recursion."""
-    os.nice(CHILD_NICENESS)  # the worker's event loop (receipts, /healthz) comes first
     sys.setrecursionlimit(CHILD_RECURSION_LIMIT)
     threading.stack_size(CHILD_STACK_BYTES)
     from stixbus.core.oasis import oasis_errors
@@ -63,6 +64,9 @@ def _init_child() -> None:
     parse_pattern("[process:pid = 4 AND process:name = 'x']")
     oasis_errors({"type": "x-warm", "spec_version": "2.1", "id": WARM_ID, "created": WARM_TS,
                   "modified": WARM_TS})  # fmt: skip
+    # Started at full priority (a heavy submission waits for the pool), then checks yield
+    # the CPU to the worker's event loop (receipts, /healthz).
+    os.nice(CHILD_NICENESS)
 
 
 WARM_ID = "x-warm--00000000-0000-4000-8000-000000000000"
@@ -70,8 +74,6 @@ WARM_TS = "2024-01-01T00:00:00.000Z"
 
 
 def _warm() -> int:
-    import time
-
     time.sleep(0.05)  # hold this process so the pool starts the others for their warm task
     return os.getpid()
 
@@ -83,6 +85,11 @@ def _check_in_child(arguments: dict[str, Any]) -> NormaliseOutcome:
     thread.start()
     thread.join()
     return result[0]
+
+
+def _log_ready(started: float, ready: asyncio.Future[Any]) -> None:
+    if not ready.cancelled() and ready.exception() is None:
+        log.info("validation pool ready in %.1fs", time.monotonic() - started)
 
 
 @dataclass
@@ -191,6 +198,7 @@ class ValidationPool:
             self._ready = asyncio.ensure_future(
                 asyncio.gather(*(asyncio.wrap_future(f) for f in warm))
             )
+            self._ready.add_done_callback(partial(_log_ready, time.monotonic()))
         executor, ready = self._executor, self._ready
         assert ready is not None
         try:
