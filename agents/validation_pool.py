@@ -48,7 +48,7 @@ from stixbus.core.payload import InputLimits
 log = logging.getLogger(__name__)
 
 CHILD_RECURSION_LIMIT = 50_000
-CHILD_NICENESS = 5
+CHILD_NICENESS = 10
 CHILD_STACK_BYTES = 512 * 1024 * 1024  # virtual: only the touched pages are ever allocated
 
 

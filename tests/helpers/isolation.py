@@ -59,6 +59,11 @@ def plain_bundle() -> bytes:
     return _bundle([_indicator(f"[domain-name:value = 'x{uuid.uuid4().hex[:12]}.example']")])
 
 
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
 @dataclass
 class Probe:
     """Latencies (s) and statuses of GETs on the worker's health endpoints, every `interval`."""
@@ -112,7 +117,8 @@ class Report:
             f"max {max(light):.2f}s; heavy org receipts: {len(self.heavy_seconds)}/"
             f"{self.heavy_sent}, delay max {max(self.heavy_seconds, default=0):.1f}s; /healthz "
             f"{len(health)} probes, max {max(health):.3f}s, {self.probe.failures['/healthz']} "
-            f"non-200; /readyz max {max(ready):.3f}s, {self.probe.failures['/readyz']} non-200"
+            f"non-200; /readyz p95 {percentile(ready, 95):.3f}s, max {max(ready):.3f}s, "
+            f"{self.probe.failures['/readyz']} non-200"
         )
 
 
