@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench
+.PHONY: up down test lint bench chaos-isolation
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -19,3 +19,7 @@ lint:
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
 	@for b in normalise route guard dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
+
+chaos-isolation: ## the long ingest-isolation scenario (heavy org vs plain org; needs a broker: `make up` first)
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.isolation

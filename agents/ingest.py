@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import faust
 
+from agents import validation_pool
 from schemas.envelope import SUBMISSION_HEADER
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.guard import guarded_receipt
 from stixbus.core.marking_memory import MarkingMemory, marking_key
-from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
 from stixbus.warninglists import guard_index
 
@@ -30,10 +30,14 @@ def register(
     skew = timedelta(seconds=ctx.settings.record_time_skew_seconds)
     settings = ctx.settings
     guard = guard_index(ctx.registry, settings.guard_lists) if settings.guard_enabled else None
+    pool = validation_pool.from_settings(ctx.settings)
 
-    @app.agent(ingest, name="stixbus.core.normalise")
+    # One actor per ingest partition: a publisher's heavy submission (checked off the event
+    # loop by the pool) holds up only its own partition, in order, never another publisher's.
+    @app.agent(ingest, name="stixbus.core.normalise", isolated_partitions=True)
     async def normalise(stream: faust.StreamT[bytes]) -> None:
         await markings_loaded.wait()
+        pool.start()
         async for event in stream.events():
             message = event.message
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
@@ -43,7 +47,7 @@ def register(
             published_at = trusted_publish_time(
                 datetime.fromtimestamp(message.timestamp, UTC), received_at, skew
             )
-            outcome = normalise_submission(
+            outcome = await pool.normalise(
                 bytes(event.value or b""),
                 publisher,
                 ctx.registry,

@@ -48,6 +48,11 @@ class Reason(StrEnum):
     DUPLICATE_OBJECT = "duplicate_object"
     FOREIGN_ID = "foreign_id"
     REDEFINED_TLP = "redefined_tlp"
+    NESTED_BUNDLE = "nested_bundle"
+    DUPLICATE_KEY = "duplicate_key"
+    WRONG_REF_TYPE = "wrong_ref_type"
+    PATTERN_TOO_COMPLEX = "pattern_too_complex"
+    VALIDATION_TIMEOUT = "validation_timeout"
 
 
 class Rejection(BaseModel):

@@ -15,9 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+# Lower-case hex only (stricter than the OASIS validator, which accepts upper case): one object
+# must have one id, or 'indicator--ABC…' and 'indicator--abc…' would be two owners' objects.
 IDENTIFIER_PATTERN = (
-    r"^[a-z][a-z0-9-]+[a-z0-9]--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}"
-    r"-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+    r"^[a-z][a-z0-9-]+[a-z0-9]--[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}"
+    r"-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 IDENTIFIER_RE = re.compile(IDENTIFIER_PATTERN)
 TYPE_NAME_RE = re.compile(r"^([a-z][a-z0-9]*)+(-[a-z0-9]+)*-?$")

@@ -89,6 +89,25 @@ class Settings(BaseSettings):
             "the receive time (a backdated timestamp would become the minted created)"
         ),
     )
+    # Ingest isolation (docs/normalise.md, "Isolation"): the CPU-heavy checks run in a pool.
+    validation_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Processes checking submissions with the official pattern grammar or the "
+        "OASIS validator (off the worker's event loop)",
+    )
+    validation_budget_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="CPU-heavy checks of one submission past this are stopped and the "
+        "submission rejected (validation_timeout)",
+    )
+    validation_in_flight_per_publisher: int = Field(
+        default=1,
+        ge=1,
+        description="Heavy submissions of one publisher checked at the same time (the rest "
+        "wait), so one publisher cannot take every validation process",
+    )
     web_port: int = Field(default=6066, description="Worker HTTP port (/metrics, /healthz)")
     web_host: str = Field(
         default="127.0.0.1", description="Worker HTTP bind address (0.0.0.0 inside containers)"

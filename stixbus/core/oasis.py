@@ -11,6 +11,11 @@ from functools import lru_cache
 from typing import Any
 
 
+class OasisValidatorDeferred(Exception):
+    """A check in deferring mode (`Submission.defer_heavy`) needs the validator: the caller runs
+    the submission again where slow work is allowed (agents/validation_pool.py)."""
+
+
 @lru_cache(maxsize=1)
 def _options() -> Any:
     from stix2validator import ValidationOptions

@@ -32,6 +32,22 @@ class PatternError(ValueError):
     """The pattern is not valid; the message says which rule it broke and what to do."""
 
 
+class PatternTooComplex(PatternError):
+    """The pattern may be valid but nests too deeply or is too long for the bus to check."""
+
+
+class OfficialGrammarDeferred(Exception):
+    """`parse_pattern(..., official=False)` needs the official grammar: the caller runs the
+    check elsewhere (off the event loop, agents/validation_pool.py) and asks again there."""
+
+
+# Bounds on what goes to the official grammar (its ANTLR parser recurses once a bracket level
+# and a comparison, and takes seconds for thousands of comparisons): a pattern past them is
+# rejected with advice rather than parsed.  Both are far above what real indicators use.
+MAX_PATTERN_NESTING = 100
+MAX_PATTERN_COMPARISONS = 2000
+
+
 class ParsedPattern(NamedTuple):  # a NamedTuple: built per pattern on the hot path, cheaper
     canonical: str
     observable_types: tuple[str, ...]
@@ -203,6 +219,8 @@ def _official_check(pattern: str, pattern_version: str) -> ParsedPattern | str:
     }
     try:
         errors = [str(e) for e in validator_pattern_check(instance, ValidationOptions())]
+    except RecursionError:
+        return _TOO_DEEP_FOR_THIS_PROCESS
     except Exception as exc:  # the ANTLR runtime can raise on pathological input
         return f"the pattern grammar could not parse it ({type(exc).__name__})"
     if errors:
@@ -213,20 +231,28 @@ def _official_check(pattern: str, pattern_version: str) -> ParsedPattern | str:
             if pattern_version == "2.1"
             else ()
         )
+    except RecursionError:
+        return _TOO_DEEP_FOR_THIS_PROCESS
     except Exception:
         types = ()
     return ParsedPattern(canonical=pattern.strip(), observable_types=types, fast=False)
 
 
+_TOO_DEEP_FOR_THIS_PROCESS = "\x00too deep"  # a sentinel: no error text starts with NUL
+
+
 _BRACKET_PAIRS = {"]": "[", ")": "("}
 
 
-def _unbalanced(pattern: str) -> str | None:
-    """Why the pattern cannot be valid lexically (an unterminated quote, unbalanced brackets),
-    or None.  Sound for both grammar versions: brackets only appear unbalanced inside quoted
-    literals, which this scan skips.  Saves the ANTLR parser (~3 ms) on broken input."""
+def _unbalanced(pattern: str) -> tuple[str | None, int, int]:
+    """(why the pattern cannot be valid lexically, or None; deepest bracket nesting; number of
+    comparisons).  Sound for both grammar versions: brackets only appear unbalanced inside
+    quoted literals, which this scan skips, and outside them a ':' only separates a
+    comparison's object type from its property.  Saves the ANTLR parser (~3 ms) on broken
+    input, and bounds what reaches it."""
     open_brackets: list[str] = []
     in_quote = False
+    deepest = comparisons = 0
     position, length = 0, len(pattern)
     while position < length:
         char = pattern[position]
@@ -239,24 +265,50 @@ def _unbalanced(pattern: str) -> str | None:
             in_quote = True
         elif char in "[(":
             open_brackets.append(char)
+            deepest = max(deepest, len(open_brackets))
         elif char in "])" and (not open_brackets or open_brackets.pop() != _BRACKET_PAIRS[char]):
-            return f"'{char}' at position {position} closes nothing"
+            return f"'{char}' at position {position} closes nothing", deepest, comparisons
+        elif char == ":":
+            comparisons += 1
         position += 1
     if in_quote:
-        return "a quoted string is not terminated"
+        return "a quoted string is not terminated", deepest, comparisons
     if open_brackets:
-        return f"'{open_brackets[-1]}' is never closed"
-    return None
+        return f"'{open_brackets[-1]}' is never closed", deepest, comparisons
+    return None, deepest, comparisons
 
 
-def parse_pattern(pattern: str, pattern_version: str = "2.1") -> ParsedPattern:
-    """Validate a STIX pattern and give its canonical form; raises PatternError when invalid."""
+def _too_complex(pattern: str, detail: str) -> PatternTooComplex:
+    return PatternTooComplex(
+        f"STIX pattern {pattern[:200]!r} is too complex for the bus to check: {detail}. Split "
+        f"it into several indicators (at most {MAX_PATTERN_COMPARISONS} comparisons and "
+        f"{MAX_PATTERN_NESTING} levels of brackets each), e.g. one indicator per observation"
+    )
+
+
+def parse_pattern(
+    pattern: str, pattern_version: str = "2.1", *, official: bool = True
+) -> ParsedPattern:
+    """Validate a STIX pattern and give its canonical form; raises PatternError when invalid
+    (PatternTooComplex when it is past the bounds above or the grammar's recursion).
+
+    `official=False`: raise OfficialGrammarDeferred instead of running the official grammar
+    (milliseconds to seconds of CPU) when the fast parser cannot decide."""
     if pattern_version == "2.1":
         parsed = _fast_parse(pattern)
         if parsed is not None:
             return parsed
-    lexical_problem = _unbalanced(pattern)
+    lexical_problem, nesting, comparisons = _unbalanced(pattern)
+    if lexical_problem is None:
+        if nesting > MAX_PATTERN_NESTING:
+            raise _too_complex(pattern, f"it nests brackets {nesting} levels deep")
+        if comparisons > MAX_PATTERN_COMPARISONS:
+            raise _too_complex(pattern, f"it has {comparisons} comparisons")
+        if not official:
+            raise OfficialGrammarDeferred(pattern)
     result = lexical_problem or _official_check(pattern, pattern_version)
+    if result == _TOO_DEEP_FOR_THIS_PROCESS:
+        raise _too_complex(pattern, "the pattern grammar ran out of recursion depth on it")
     if isinstance(result, str):
         raise PatternError(
             f"STIX pattern {pattern[:200]!r} is not valid: {result}. Write it as e.g. "

@@ -59,6 +59,36 @@ def decode_payload(raw: bytes, limits: InputLimits) -> Any | PayloadProblem:
     return problem if problem is not None else document
 
 
+def _duplicate_key(raw: bytes) -> PayloadProblem | None:
+    """The first object (in document order) that repeats a key, found by a second, exact parse
+    (the standard library's, which reports every pair); None when no key repeats."""
+    import json
+
+    found: list[tuple[str, int]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append((key, len(items)))
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None  # orjson parsed it: a disagreement here is no duplicate to report
+    if not found:
+        return None
+    key = found[0][0]
+    return PayloadProblem(
+        Reason.DUPLICATE_KEY,
+        "",
+        f"the JSON repeats the key {key!r} within one object: JSON parsers disagree on which "
+        "value wins (this one kept the last), so the bus refuses it; send each key once",
+    )
+
+
 def _classify_decode_error(
     raw: bytes, exc: orjson.JSONDecodeError, limits: InputLimits
 ) -> PayloadProblem:
@@ -97,26 +127,36 @@ def _check_shape_quickly(document: Any, raw: bytes, limits: InputLimits) -> Payl
     refuses).  On any doubt, or a problem, it runs `_check_shape_limits`, so the problem reported
     (and its pointer) is the one the full walk names."""
     if b"\\u0000" in raw or not _CONTAINER_TYPE(type(document)):
-        return _check_shape_limits(document, limits)
+        return _check_shape_limits(document, limits) or _duplicate_key(raw)
     max_chars = limits.string_chars
     check_strings = len(raw) > max_chars  # a string has at least one byte a character
+    # Duplicate keys, counted: outside strings a ':' only follows a key, so the raw bytes have
+    # one ':' per key written plus the ':'s inside strings, which the parsed strings still hold
+    # (unless escaped as \u003a: then the exact check decides).  The parse keeps one key per
+    # name, so fewer keys parsed than written means a key was repeated.
+    parsed_keys = 0
+    string_colons = 0
     level = [document]
     depth = 1
     while level:
         if depth > limits.nesting_depth:
             return _check_shape_limits(document, limits)
-        if check_strings:
-            keys = chain.from_iterable([c for c in level if type(c) is dict])
-            if max(map(len, keys), default=0) > max_chars:
-                return _check_shape_limits(document, limits)
+        objects = [c for c in level if type(c) is dict]
+        parsed_keys += sum(map(len, objects))
+        keys = list(chain.from_iterable(objects))
+        string_colons += "".join(keys).count(":")
+        if check_strings and max(map(len, keys), default=0) > max_chars:
+            return _check_shape_limits(document, limits)
         items = list(chain.from_iterable([c.values() if type(c) is dict else c for c in level]))
         types = list(map(type, items))
-        if check_strings and (
-            max(map(len, compress(items, map(_STRING_TYPE, types))), default=0) > max_chars
-        ):
+        strings = list(compress(items, map(_STRING_TYPE, types)))
+        string_colons += "".join(strings).count(":")
+        if check_strings and max(map(len, strings), default=0) > max_chars:
             return _check_shape_limits(document, limits)
         level = list(compress(items, map(_CONTAINER_TYPE, types)))
         depth += 1
+    if raw.count(b":") - string_colons != parsed_keys or b"\\u003" in raw:
+        return _duplicate_key(raw)
     return None
 
 

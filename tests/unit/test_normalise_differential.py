@@ -220,6 +220,8 @@ def deliberate_difference(
         return "STIX 2.0 objects are upgraded"
     if Reason.UPGRADE_NOT_LOSSLESS in reasons:
         return "STIX 2.0 objects that cannot be upgraded losslessly"
+    if Reason.INVALID_ID in reasons and any(c.isupper() for c in label.partition("--")[2]):
+        return "identifiers must be lower case (one object, one id)"
     return None
 
 

@@ -34,7 +34,7 @@ PROPERTY_NAMES = st.sampled_from(
 
 WHOLE_SUBMISSION = {Reason.TOO_LARGE, Reason.TOO_MANY_OBJECTS, Reason.STRING_TOO_LONG, Reason.TOO_DEEP,
                     Reason.NUL_CHARACTER, Reason.INVALID_JSON, Reason.INVALID_UTF8,
-                    Reason.NOT_A_PUBLISHER, Reason.INTERNAL_ERROR}  # fmt: skip
+                    Reason.NOT_A_PUBLISHER, Reason.INTERNAL_ERROR, Reason.DUPLICATE_KEY}  # fmt: skip
 
 
 def is_whole_submission_rejection(outcome) -> bool:

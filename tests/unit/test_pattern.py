@@ -167,11 +167,11 @@ def test_lexical_pre_check_only_rejects_what_the_grammar_rejects() -> None:
     ]
     flagged = 0
     for seed in seeds:
-        assert _unbalanced(seed) is None
+        assert _unbalanced(seed)[0] is None
         for position in range(len(seed) + 1):
             for edit in ("'", "[", "]", "(", ")", "\\"):
                 mutated = seed[:position] + edit + seed[position:]
-                if _unbalanced(mutated) is not None:
+                if _unbalanced(mutated)[0] is not None:
                     flagged += 1
                     assert not official_validate(mutated, stix_version="2.1"), mutated
     assert flagged > 100

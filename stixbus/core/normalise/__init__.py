@@ -17,7 +17,7 @@ Modules:
 """
 
 from stixbus.core.normalise.checks import FAST_PATH_TYPES, OFFICIALLY_CHECKED_PROPERTIES
-from stixbus.core.normalise.envelope import normalise_submission
+from stixbus.core.normalise.envelope import normalise_in_process, normalise_submission, over_budget
 from stixbus.core.normalise.outcome import NormaliseOutcome, Submission
 
 __all__ = [
@@ -25,5 +25,7 @@ __all__ = [
     "OFFICIALLY_CHECKED_PROPERTIES",
     "NormaliseOutcome",
     "Submission",
+    "normalise_in_process",
     "normalise_submission",
+    "over_budget",
 ]

@@ -45,7 +45,7 @@ from stixbus.core.normalise.outcome import (
     Submission,
     reject,
 )
-from stixbus.core.pattern import PatternError, parse_pattern
+from stixbus.core.pattern import PatternError, PatternTooComplex, parse_pattern
 from stixbus.core.payload import json_pointer
 from stixbus.core.upgrade import NotLossless, is_stix20_object, upgrade_object
 
@@ -117,6 +117,7 @@ def accept_object(
     )
     _check_spec_version(obj, label, pointer, is_sco)
     _check_top_level_values(obj, label, pointer)
+    _check_refs(obj, label, pointer)
     if not is_sco and object_type not in MODEL_BY_TYPE:
         _check_created_modified(obj, label, pointer)  # the models check these themselves
     model = validate_model(obj, label, pointer)
@@ -127,11 +128,16 @@ def accept_object(
     parsed_pattern = None
     if isinstance(model, Indicator) and model.pattern_type == "stix":
         try:
-            parsed_pattern = parse_pattern(model.pattern, model.pattern_version or "2.1")
+            parsed_pattern = parse_pattern(
+                model.pattern, model.pattern_version or "2.1", official=not submission.defer_heavy
+            )
         except PatternError as exc:
-            raise reject(
-                object_id, Reason.INVALID_PATTERN, f"{pointer}/pattern", f"{label}: {exc}"
-            ) from None
+            reason = (
+                Reason.PATTERN_TOO_COMPLEX
+                if isinstance(exc, PatternTooComplex)
+                else Reason.INVALID_PATTERN
+            )
+            raise reject(object_id, reason, f"{pointer}/pattern", f"{label}: {exc}") from None
         warnings.extend(f"{pointer or '/'}/pattern: {w}" for w in parsed_pattern.warnings)
 
     obj, forged = strip_bus_properties(obj, label, pointer)
@@ -166,7 +172,7 @@ def accept_object(
         if submission.collector_paused:
             gc.enable()
         try:
-            _check_with_oasis_validator(obj, label, pointer)
+            _check_with_oasis_validator(obj, label, pointer, submission)
         finally:
             if submission.collector_paused:
                 gc.disable()
@@ -208,6 +214,18 @@ def _check_identity_of_object(obj: Any, pointer: str) -> dict[str, Any]:
             f"the object at {pointer or '/'} has type {object_type!r}: a STIX type is 3-250 "
             "lower-case letters, digits and hyphens (e.g. 'indicator')",
         )
+    if object_type == "bundle":
+        # A bundle is a transport envelope, not an object: inside another one its objects would
+        # skip every per-object check (identity, markings, patterns) and leave at the
+        # publisher's default TLP.
+        raise reject(
+            object_id,
+            Reason.NESTED_BUNDLE,
+            pointer,
+            f"the item at {pointer or '/'} is a bundle inside the bundle: the bus checks and "
+            "routes objects one by one, so put its objects directly in the outer bundle's "
+            "'objects' (or send it as its own submission)",
+        )
     if object_id is None:
         raise reject(
             None,
@@ -220,8 +238,8 @@ def _check_identity_of_object(obj: Any, pointer: str) -> dict[str, Any]:
             object_id,
             Reason.INVALID_ID,
             f"{pointer}/id",
-            f"{object_type} id {object_id!r} is not '<type>--<RFC 4122 UUID>': "
-            f"use e.g. '{object_type}--' followed by a random (version 4) UUID",
+            f"{object_type} id {object_id!r} is not '<type>--<RFC 4122 UUID in lower case>': "
+            f"use e.g. '{object_type}--' followed by a random (version 4) UUID, lower-case hex",
         )
     if object_id.partition("--")[0] != object_type:
         raise reject(
@@ -275,6 +293,53 @@ def _check_top_level_values(obj: dict[str, Any], label: str, pointer: str) -> No
                 f"{label}: property name {name!r} is reserved by STIX 2.1 and may not be used; "
                 f"rename it (custom properties start with x_)",
             )
+
+
+# What the common reference properties may point at (STIX 2.1 §3.2, §5, §7); the validator
+# checks some of these only as plain identifiers.
+_REF_TARGET_TYPES: dict[str, frozenset[str]] = {
+    "created_by_ref": frozenset({"identity"}),
+    "object_marking_refs": frozenset({"marking-definition"}),
+    "where_sighted_refs": frozenset({"identity", "location"}),
+    "observed_data_refs": frozenset({"observed-data"}),
+}
+
+
+def _check_refs(obj: dict[str, Any], label: str, pointer: str) -> None:
+    """Every top-level `*_ref` is an identifier (lower case) and every `*_refs` a list of them,
+    of the type the property allows when STIX says which."""
+    for name, value in obj.items():
+        if name.endswith("_ref"):
+            refs: list[tuple[str, Any]] = [(f"/{json_pointer(name)[1:]}", value)]
+        elif name.endswith("_refs"):
+            if not isinstance(value, list):
+                raise reject(
+                    obj["id"],
+                    Reason.INVALID_PROPERTY,
+                    f"{pointer}/{json_pointer(name)[1:]}",
+                    f"{label}: {name!r} must be a list of STIX identifiers",
+                )
+            refs = [(f"/{json_pointer(name)[1:]}/{i}", ref) for i, ref in enumerate(value)]
+        else:
+            continue
+        allowed = _REF_TARGET_TYPES.get(name)
+        for suffix, ref in refs:
+            if not isinstance(ref, str) or not IDENTIFIER_RE.match(ref):
+                raise reject(
+                    obj["id"],
+                    Reason.INVALID_ID,
+                    pointer + suffix,
+                    f"{label}: {name} {ref!r} is not a STIX identifier "
+                    "'<type>--<RFC 4122 UUID in lower case>': fix the reference",
+                )
+            if allowed is not None and ref.partition("--")[0] not in allowed:
+                raise reject(
+                    obj["id"],
+                    Reason.WRONG_REF_TYPE,
+                    pointer + suffix,
+                    f"{label}: {name} points at {ref!r}, but it may only reference "
+                    f"{' or '.join(sorted(allowed))} objects: fix the reference",
+                )
 
 
 def _check_created_modified(obj: dict[str, Any], label: str, pointer: str) -> None:
@@ -454,6 +519,14 @@ def bind_creator(
         return {**obj, "created_by_ref": publisher.identity_id}
     if creator == publisher.identity_id:
         return obj
+    if not isinstance(creator, str) or not creator.startswith("identity--"):
+        raise reject(
+            obj["id"],
+            Reason.WRONG_REF_TYPE,
+            f"{pointer}/created_by_ref",
+            f"{label}: created_by_ref {creator!r} is not an identity: it must reference the "
+            f"identity that created the object (omit it, or use {publisher.identity_id})",
+        )
     owner = registry.by_identity.get(creator)
     if owner is not None or creator == registry.bus.identity_id:
         name = "the bus" if owner is None else f"member {owner.id!r}"
@@ -515,9 +588,13 @@ def _needs_official_validation(obj: dict[str, Any], object_type: str) -> bool:
     return bool(obj.get("granular_markings"))
 
 
-def _check_with_oasis_validator(obj: dict[str, Any], label: str, pointer: str) -> None:
-    from stixbus.core.oasis import oasis_errors
+def _check_with_oasis_validator(
+    obj: dict[str, Any], label: str, pointer: str, submission: Submission
+) -> None:
+    from stixbus.core.oasis import OasisValidatorDeferred, oasis_errors
 
+    if submission.defer_heavy:
+        raise OasisValidatorDeferred(obj["id"])
     errors = oasis_errors(obj)
     if errors:
         raise Rejected(

@@ -24,6 +24,8 @@ from stixbus.core.normalise.outcome import (
     normalized_object,
     reject_whole,
 )
+from stixbus.core.oasis import OasisValidatorDeferred
+from stixbus.core.pattern import OfficialGrammarDeferred
 from stixbus.core.payload import InputLimits, PayloadProblem, decode_payload
 
 
@@ -42,6 +44,87 @@ def normalise_submission(
 
     `remembered_markings`: ids of marking-definitions this publisher had accepted before
     (stixbus/core/marking_memory.py), which its objects may reference without repeating them."""
+    outcome = _normalise_guarded(
+        raw,
+        publisher,
+        registry,
+        limits,
+        submission_id,
+        received_at,
+        published_at,
+        remembered_markings,
+        defer_heavy=False,
+    )
+    assert outcome is not None
+    return outcome
+
+
+def normalise_in_process(
+    raw: bytes,
+    publisher: Org,
+    registry: Registry,
+    limits: InputLimits,
+    *,
+    submission_id: str,
+    received_at: datetime,
+    published_at: datetime,
+    remembered_markings: frozenset[str] = frozenset(),
+) -> NormaliseOutcome | None:
+    """`normalise_submission`, or None when the submission needs the official pattern grammar
+    or the OASIS validator (CPU-heavy: the caller runs `normalise_submission` off its event
+    loop, under a time budget).  Plain indicators never need them."""
+    return _normalise_guarded(
+        raw,
+        publisher,
+        registry,
+        limits,
+        submission_id,
+        received_at,
+        published_at,
+        remembered_markings,
+        defer_heavy=True,
+    )
+
+
+def over_budget(
+    raw: bytes,
+    publisher: Org,
+    registry: Registry,
+    limits: InputLimits,
+    *,
+    submission_id: str,
+    received_at: datetime,
+    published_at: datetime,
+    budget_seconds: float,
+) -> NormaliseOutcome:
+    """The receipt and dead letter of a submission whose checks ran past the time budget."""
+    submission = Submission(publisher, registry, submission_id, received_at, published_at)
+    outcome = reject_whole(
+        raw,
+        submission,
+        Reason.VALIDATION_TIMEOUT,
+        "",
+        f"checking this submission (the official STIX pattern grammar or the OASIS validator) "
+        f"took longer than the bus's {budget_seconds:g}-second budget, so nothing was accepted: "
+        "split it into smaller bundles or simplify its patterns (fewer comparisons, less "
+        "nesting), then resend",
+    )
+    assert outcome.dead_letter is not None
+    return replace(outcome, dead_letter=bounded(outcome.dead_letter, raw, limits.message_bytes))
+
+
+def _normalise_guarded(
+    raw: bytes,
+    publisher: Org,
+    registry: Registry,
+    limits: InputLimits,
+    submission_id: str,
+    received_at: datetime,
+    published_at: datetime,
+    remembered_markings: frozenset[str],
+    *,
+    defer_heavy: bool,
+) -> NormaliseOutcome | None:
     collecting = gc.isenabled()
     submission = Submission(
         publisher,
@@ -56,6 +139,7 @@ def normalise_submission(
             and type(published_at) is datetime
             and type(publisher.id) is str
         ),
+        defer_heavy=defer_heavy,
     )
     # The cyclic garbage collector is paused for the call (it is CPU-bound, synchronous and
     # bounded by the input limits): its generation-0/1/2 passes over the thousands of young
@@ -65,6 +149,10 @@ def normalise_submission(
         gc.disable()
     try:
         outcome = _normalise(raw, submission, limits, remembered_markings)
+    except (OfficialGrammarDeferred, OasisValidatorDeferred):
+        if defer_heavy:
+            return None
+        raise  # cannot happen: only deferring checks raise them
     except Exception as exc:  # the promise is a receipt for every record, bugs included
         rejection = Rejection(
             reason=Reason.INTERNAL_ERROR,

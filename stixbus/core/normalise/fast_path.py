@@ -49,9 +49,7 @@ _PLAIN_INDICATOR_OPTIONAL: dict[str, int] = {
 # newline, which pydantic's pattern check does not).  Matching the whole pattern costs more: its
 # `[a-z0-9-]+` first swallows the UUID and then backtracks.
 _ID_TYPE_RE = re.compile(r"[a-z][a-z0-9-]+[a-z0-9]")
-_ID_UUID_RE = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[1-5][0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
-)
+_ID_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 assert f"^{_ID_TYPE_RE.pattern}--{_ID_UUID_RE.pattern}$" == IDENTIFIER_PATTERN
 _INDICATOR_PREFIX_LENGTH = len("indicator--")
 _MARKING_PREFIX_LENGTH = len("marking-definition--")
@@ -151,7 +149,9 @@ def accept_plain_indicator(
     warnings: tuple[str, ...] = ()
     if pattern_type == "stix":
         try:
-            parsed_pattern = parse_pattern(pattern, get("pattern_version") or "2.1")
+            parsed_pattern = parse_pattern(
+                pattern, get("pattern_version") or "2.1", official=not submission.defer_heavy
+            )
         except PatternError:
             return None  # `accept_object` reports it
         if parsed_pattern.warnings:
