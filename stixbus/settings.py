@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus.core.payload import InputLimits
@@ -89,6 +89,43 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits)
 
+    # Recovery after a crash (docs/runbook.md, docs/performance.md "State, memory and recovery").
+    static_membership: bool = Field(
+        default=True,
+        description=(
+            "Join the consumer group as a static member (Kafka group.instance.id): a worker "
+            "restarted after a crash takes its partitions back at once instead of waiting out "
+            "the dead member's session"
+        ),
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        description=(
+            "The worker's static member id, unique per worker; unset: generated at first start "
+            "and kept in <home>/worker/instance-id (one home per worker)"
+        ),
+    )
+    session_timeout_seconds: float = Field(
+        default=20.0,
+        ge=6,
+        le=90,
+        description=(
+            "Consumer group session: how long a worker that stops heartbeating (lost, not "
+            "restarted) keeps its partitions before the others take them over"
+        ),
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Consumer group heartbeat (under a third of the session)"
+    )
+    recovery_buffer_records: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Changelog records a table applies to its local store in one write batch while it "
+            "rebuilds (Faust recovery_buffer_size; Faust's default is 1,000)"
+        ),
+    )
+
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with
     # the first four of these; real STIXBUS_* environment variables override that file.
@@ -111,6 +148,15 @@ class Settings(BaseSettings):
         default=None,
         description='JSON {"users": {principal: password}} (mode 600), written by the local stack',
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_session(self) -> Settings:
+        if self.heartbeat_interval_seconds * 3 > self.session_timeout_seconds:
+            raise ValueError(
+                f"heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) must be at most a "
+                f"third of session_timeout_seconds ({self.session_timeout_seconds})"
+            )
+        return self
 
     @property
     def worker_dir(self) -> Path:

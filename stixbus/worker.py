@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import uuid
+
 import faust
 
 from stixbus.app import build_app
 from stixbus.context import BusContext
-from stixbus.files import make_private, private_files
+from stixbus.files import atomic_write, make_private, private_files
 from stixbus.settings import Settings
+
+INSTANCE_ID_FILE = "instance-id"
+
+
+def instance_id(settings: Settings) -> str:
+    """This worker's static group member id: `settings.group_instance_id`, else the one kept in
+    <home>/worker/instance-id (generated at first start).  It follows the worker's home, like
+    its local table state, so a restarted worker is recognised as the member that died."""
+    if settings.group_instance_id:
+        return settings.group_instance_id
+    path = settings.worker_dir / INSTANCE_ID_FILE
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = ""
+    if kept:
+        return kept
+    fresh = f"{settings.app_id}-{uuid.uuid4().hex[:12]}"
+    atomic_write(path, (fresh + "\n").encode(), 0o600)
+    return fresh
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     private_files()  # RocksDB state and logs: owner only (docs/security.md, "Files")
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
     make_private(settings.worker_dir)
+    if settings.static_membership:
+        settings = settings.model_copy(update={"group_instance_id": instance_id(settings)})
     app = build_app(BusContext.from_settings(settings))
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

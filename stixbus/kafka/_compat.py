@@ -17,18 +17,31 @@ shows it.
 - `RequestHandler` (aiohttp `web_protocol.RequestHandler`): the TAXII inbox subclasses it for
   the header deadline and the connection cap (connectors/inbox.py `GuardedHandler`), which
   aiohttp's public settings do not offer.  Tested by tests/broker/test_connector_inbox.py.
+- `leave_group_when_stopped` (aiokafka 0.14 `GroupCoordinator._maybe_leave_group`): a static
+  group member (group.instance.id, stixbus/app.py) sends no LeaveGroup when it closes (KIP-345),
+  so a worker stopped on purpose would hold its partitions for the whole session before the
+  other workers take them.  The wrapper sends the LeaveGroup (v1, by member id, which the
+  broker accepts for static members) on a clean stop; a crash sends nothing, so a restarted
+  worker still takes its partitions back at once.  Tested by tests/broker/test_recovery.py
+  (kill -9 restart) and tests/broker/test_multi_worker.py (SIGTERM hand-over).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
+import logging
+from typing import Any
+
 import faust
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
-__all__ = ["RequestHandler", "TaxiiHTTPConnection", "serve_only"]
+__all__ = ["RequestHandler", "TaxiiHTTPConnection", "leave_group_when_stopped", "serve_only"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,3 +67,24 @@ def serve_only(app: faust.App, paths: Iterable[str]) -> None:
             "list (stixbus/kafka/_compat.py) needs updating for this faust version"
         )
     web_app.middlewares.append(allow_list)
+
+
+_log = logging.getLogger(__name__)
+
+
+def leave_group_when_stopped() -> None:
+    """Make a static member leave its group on a clean stop (idempotent; see the module doc)."""
+    original: Any = GroupCoordinator._maybe_leave_group
+    if getattr(original, "_stixbus_leaves", False):
+        return
+
+    async def maybe_leave_group(self: Any) -> None:
+        if self.generation > 0 and self._group_instance_id is not None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except KafkaError as exc:
+                _log.warning("leaving the consumer group on stop failed: %s", exc)
+        await original(self)
+
+    maybe_leave_group._stixbus_leaves = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]
