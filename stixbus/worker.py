@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import faust
 
 from stixbus.app import build_app
 from stixbus.context import BusContext
 from stixbus.files import atomic_write, make_private, private_files
+from stixbus.kafka import local_state
 from stixbus.settings import Settings
 
 INSTANCE_ID_FILE = "instance-id"
@@ -39,5 +41,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if settings.static_membership:
         settings = settings.model_copy(update={"group_instance_id": instance_id(settings)})
     app = build_app(BusContext.from_settings(settings))
+    if settings.store.startswith("rocksdb:"):
+        # A reset broker or recreated changelogs leave local state Faust would refuse
+        # (ConsistencyError) or trust wrongly: check it first, rebuild when stale.
+        changelogs = {t.name: t.changelog_topic.get_topic_name() for t in app.tables.values()}
+        local_state.check(Path(app.conf.tabledir), changelogs, settings)
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

@@ -24,13 +24,19 @@ shows it.
   broker accepts for static members) on a clean stop; a crash sends nothing, so a restarted
   worker still takes its partitions back at once.  Tested by tests/broker/test_recovery.py
   (kill -9 restart) and tests/broker/test_multi_worker.py (SIGTERM hand-over).
+- `faust_persisted_offsets` (faust-streaming 0.15 `stores/rocksdb.py`): each table partition is
+  a RocksDB folder `<tabledir>/<table>-<partition>.db` (rocksdict, raw keys) holding the last
+  applied changelog offset under `__faust\0offset__`.  Read before the worker starts to tell
+  stale local state from a reset broker (stixbus/kafka/local_state.py).  Tested by
+  tests/broker/test_runbook.py (reset broker) and tests/unit/test_local_state.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-
 import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -87,4 +93,39 @@ def leave_group_when_stopped() -> None:
         await original(self)
 
     maybe_leave_group._stixbus_leaves = True  # type: ignore[attr-defined]
-    GroupCoordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group
+
+
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+_TABLE_DB = re.compile(r"(?P<table>.+)-(?P<partition>[0-9]+)\.db")
+
+
+def faust_persisted_offsets(
+    tables_dir: Path,
+) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
+    """((table, partition) -> last changelog offset applied to the local RocksDB store, for
+    every partition folder in `tables_dir` that has one; folder name -> error for those that
+    cannot be opened, e.g. corrupt).  Opened read-only; the worker is not running yet."""
+    from rocksdict import AccessType, Options, Rdict
+
+    found: dict[tuple[str, int], int] = {}
+    broken: dict[str, str] = {}
+    for path in sorted(tables_dir.glob("*.db")) if tables_dir.is_dir() else ():
+        match = _TABLE_DB.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        try:
+            db = Rdict(
+                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
+            )
+            try:
+                raw = db.get(FAUST_OFFSET_KEY)
+            finally:
+                db.close()
+            offset = None if raw is None else int(raw)
+        except Exception as exc:  # rocksdict raises plain Exceptions ("Corruption: ...")
+            broken[path.name] = " ".join(str(exc).split())[:200]
+            continue
+        if offset is not None:
+            found[(match["table"], int(match["partition"]))] = offset
+    return found, broken

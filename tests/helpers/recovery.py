@@ -23,12 +23,13 @@ DOMAIN = "recovery.example"
 
 
 def indicator(tag: str) -> bytes:
-    """A TLP:GREEN phishing URL indicator as cert publishes it (bank-a receives it)."""
+    """A TLP:GREEN phishing URL indicator as cert publishes it (bank-a receives it); the same
+    tag gives the same object (id derived from it), so sending it twice is a duplicate."""
     return orjson.dumps(
         {
             "type": "indicator",
             "spec_version": "2.1",
-            "id": f"indicator--{uuid.uuid4()}",
+            "id": f"indicator--{uuid.uuid5(uuid.NAMESPACE_URL, tag)}",
             "created": "2026-11-01T08:00:00.000Z",
             "modified": "2026-11-01T08:00:00.000Z",
             "name": "Phishing page",
