@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(
         default=2.0, gt=0, description="Consumer group heartbeat (under a third of the session)"
     )
+    broker_error_log_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "While the broker is unreachable the worker logs one plain 'broker unreachable' "
+            "line at most this often, instead of every Kafka client error"
+        ),
+    )
     recovery_buffer_records: int = Field(
         default=10_000,
         ge=1,

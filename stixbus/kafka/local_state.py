@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stixbus.files import atomic_write
 from stixbus.kafka import _compat
 from stixbus.kafka.acls import WORKER
-from stixbus.kafka.client import run_on_broker
+from stixbus.kafka.client import run_on_broker, start_client
 from stixbus.kafka.config import client_kwargs, confluent_config
 from stixbus.settings import Settings
 
@@ -74,7 +74,7 @@ def judge(
 
 async def _end_offsets(conn: dict[str, Any], topics: list[str]) -> dict[tuple[str, int], int]:
     consumer = AIOKafkaConsumer(**conn, enable_auto_commit=False)
-    await consumer.start()
+    await start_client(consumer)
     try:
         await consumer._client.force_metadata_update()
         tps = [
