@@ -21,10 +21,10 @@ def _record(msg: str, *args: object, level: int = logging.ERROR) -> logging.LogR
     return logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, args, None)
 
 
-NOISE = [
-    ("Unable connect to node with id %s: %s", 1, "[Errno 111] Connect call failed"),
-    ("Unable to update metadata from %s", [1]),
-    ("Failed fetch messages from %s: %s", 1, "NodeNotReadyError: Attempt to send a request"),
+NOISE: list[tuple[str, tuple[object, ...]]] = [
+    ("Unable connect to node with id %s: %s", (1, "[Errno 111] Connect call failed")),
+    ("Unable to update metadata from %s", ([1],)),
+    ("Failed fetch messages from %s: %s", (1, "NodeNotReadyError: Attempt to send a request")),
 ]
 
 
@@ -34,7 +34,7 @@ def test_an_outage_is_one_plain_line_per_interval() -> None:
     passed: list[str] = []
     for second in range(65):  # 65 s of the ~700 lines/s aiokafka writes, 3 per second here
         clock.now = 1000.0 + second
-        for msg, *args in NOISE:
+        for msg, args in NOISE:
             record = _record(msg, *args)
             if outage.filter(record):
                 passed.append(record.getMessage())
