@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench
+.PHONY: up down test lint bench chaos bench-recovery bench-state
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -19,3 +19,14 @@ lint:
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
 	@for b in normalise route dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
+
+chaos:         ## long crash/outage scenarios (docs/runbook.md) against a real broker, on demand
+	@bash deploy/test.sh -m chaos
+
+bench-recovery: ## kill -9 → first delivery (median of restarts) and a crash loop; needs a broker
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.recovery && .venv/bin/python -m bench.recovery --crash-loop 10 --duration 120
+
+bench-state:   ## dedup state of 1M and 10M keys: disk, worker RSS, cold rebuild; needs a broker
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.state --keys 1000000 && .venv/bin/python -m bench.state --keys 10000000
