@@ -125,6 +125,15 @@ class Settings(BaseSettings):
             "line at most this often, instead of every Kafka client error"
         ),
     )
+    bulk_restore_min_records: int = Field(
+        default=20_000,
+        ge=0,
+        description=(
+            "Before Faust starts, a table partition whose local store is more than this many "
+            "changelog records behind is restored with librdkafka in large batches "
+            "(much faster than Faust's own recovery); 0 restores every gap this way"
+        ),
+    )
     recovery_buffer_records: int = Field(
         default=10_000,
         ge=1,

@@ -12,7 +12,7 @@ from stixbus import broker_log
 from stixbus.app import build_app
 from stixbus.context import BusContext
 from stixbus.files import atomic_write, make_private, private_files
-from stixbus.kafka import local_state
+from stixbus.kafka import bulk_restore, local_state
 from stixbus.settings import Settings
 
 INSTANCE_ID_FILE = "instance-id"
@@ -62,5 +62,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         changelogs = {t.name: t.changelog_topic.get_topic_name() for t in app.tables.values()}
         _log_before_faust(local_state.log)
         local_state.check(Path(app.conf.tabledir), changelogs, settings)
+        bulk_restore.restore(
+            Path(app.conf.tabledir), changelogs, settings, settings.bulk_restore_min_records
+        )
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

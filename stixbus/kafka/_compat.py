@@ -27,8 +27,10 @@ shows it.
 - `faust_persisted_offsets` (faust-streaming 0.15 `stores/rocksdb.py`): each table partition is
   a RocksDB folder `<tabledir>/<table>-<partition>.db` (rocksdict, raw keys) holding the last
   applied changelog offset under `__faust\0offset__`.  Read before the worker starts to tell
-  stale local state from a reset broker (stixbus/kafka/local_state.py).  Tested by
-  tests/broker/test_runbook.py (reset broker) and tests/unit/test_local_state.py.
+  stale local state from a reset broker (stixbus/kafka/local_state.py), and written in the
+  same layout by `FaustStoreWriter` for the bulk restore (stixbus/kafka/bulk_restore.py).
+  Tested by tests/broker/test_runbook.py (reset broker, rebuilt store read back by the
+  worker) and tests/unit/test_local_state.py.
 """
 
 from __future__ import annotations
@@ -129,3 +131,42 @@ def faust_persisted_offsets(
         if offset is not None:
             found[(match["table"], int(match["partition"]))] = offset
     return found, broken
+
+
+class FaustStoreWriter:
+    """Writes changelog records into one table partition's local store the way Faust's
+    `RocksDBStore.apply_changelog_batch` does (raw key -> raw value, None deletes, then the
+    highest applied offset under FAUST_OFFSET_KEY), in large batches without the write-ahead
+    log; `close` flushes the memtables to disk."""
+
+    def __init__(self, tables_dir: Path, table: str, partition: int) -> None:
+        from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(tables_dir / f"{table}-{partition}.db"), options=options)
+        self._new_batch = lambda: WriteBatch(raw_mode=True)
+        self._batch = self._new_batch()
+        self._write = WriteOptions()
+        self._write.disable_wal = True  # type: ignore[method-assign,assignment]  # a property
+        self._offset: int | None = None
+
+    def apply(self, key: bytes, value: bytes | None, offset: int) -> None:
+        if value is None:
+            self._batch.delete(key)
+        else:
+            self._batch.put(key, value)
+        self._offset = offset if self._offset is None else max(offset, self._offset)
+
+    def flush(self) -> None:
+        if self._offset is None:
+            return
+        self._batch.put(FAUST_OFFSET_KEY, str(self._offset).encode())
+        self._db.write(self._batch, self._write)
+        self._batch = self._new_batch()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.flush()
+        self._db.close()
