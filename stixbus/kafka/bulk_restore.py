@@ -53,11 +53,11 @@ def restore(
         "enable.partition.eof": True,
         "max.partition.fetch.bytes": settings.max_record_bytes,
         "fetch.max.bytes": max(64 << 20, settings.max_record_bytes),
-        "queued.max.messages.kbytes": 256 << 10,
+        "queued.max.messages.kbytes": 32 << 10,  # per partition: bounds the RSS while restoring
         "log_level": 4,
     }
     consumer = Consumer(config)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     todo: dict[tuple[str, int], tuple[str, int]] = {}  # (topic, partition) -> (table, end)
     try:
         assign = []
@@ -88,13 +88,16 @@ def restore(
         records = _copy(consumer, tables_dir, todo, KafkaError._PARTITION_EOF)
     finally:
         consumer.close()
-    took = time.monotonic() - started
+    took, cpu = time.monotonic() - started, time.process_time() - cpu
     log.warning(
-        "restored %d changelog records into %d local table partition(s) in %.1f s (%.0f/s)",
+        "restored %d changelog records into %d local table partition(s) in %.1f s (%.0f/s; "
+        "%.1f CPU s, %.0f records per CPU s)",
         records,
         len(todo),
         took,
         records / took if took else 0.0,
+        cpu,
+        records / cpu if cpu else 0.0,
     )
     return Restored(len(todo), records, took)
 
