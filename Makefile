@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench chaos-isolation
+.PHONY: up down test lint bench chaos chaos-isolation bench-recovery bench-state
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -23,3 +23,14 @@ bench:         ## every benchmark, printing numbers (not CI); dedup/connectors n
 chaos-isolation: ## the long ingest-isolation scenario (heavy org vs plain org; needs a broker: `make up` first)
 	@bash deploy/bootstrap.sh
 	@.venv/bin/python -m bench.isolation
+
+chaos:         ## long crash/outage scenarios (docs/runbook.md) against a real broker, on demand
+	@bash deploy/test.sh -m chaos
+
+bench-recovery: ## kill -9 → first delivery (median of restarts) and a crash loop; needs a broker
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.recovery && .venv/bin/python -m bench.recovery --crash-loop 10 --duration 120
+
+bench-state:   ## dedup state of 1M and 10M keys: disk, worker RSS, cold rebuild; needs a broker
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.state --keys 1000000 && .venv/bin/python -m bench.state --keys 10000000

@@ -21,8 +21,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
     normalized, deadletter = app.topic(names.normalized), app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
     owners = app.Table(
-        OWNERS_TABLE, partitions=ctx.settings.partitions, key_type=bytes, value_type=bytes
-    )
+        OWNERS_TABLE, partitions=ctx.settings.partitions, key_type=bytes, value_type=bytes,
+        recovery_buffer_size=ctx.settings.recovery_buffer_records,
+    )  # fmt: skip
 
     @app.agent(app.topic(names.claims), name="stixbus.ownership")
     async def ownership(stream: faust.StreamT[bytes]) -> None:

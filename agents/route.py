@@ -39,8 +39,9 @@ def register(
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in registry.publishers}
     table = app.Table(
-        DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
+        DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+        recovery_buffer_size=settings.recovery_buffer_records,
+    )  # fmt: skip
     config = RouteConfig(
         settings.confidence_step,
         guard=guard_index(registry, settings.guard_lists) if settings.guard_enabled else None,

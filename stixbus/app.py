@@ -57,6 +57,14 @@ def build_app(ctx: BusContext) -> faust.App:
         # 1 MiB default; topics are created with the same limit (stixbus/kafka/admin.py).
         producer_max_request_size=settings.max_record_bytes,
         consumer_max_fetch_size=settings.max_record_bytes,
+        # Crash recovery in seconds (docs/runbook.md): a static member (group.instance.id) that
+        # restarts within its session gets its partitions back without waiting for the dead
+        # member to time out; the session bounds the failover to other workers when it does not.
+        consumer_group_instance_id=(
+            settings.group_instance_id if settings.static_membership else None
+        ),
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)
@@ -66,4 +74,5 @@ def build_app(ctx: BusContext) -> faust.App:
 
     register_all(app, ctx)
     _compat.serve_only(app, WEB_PATHS)
+    _compat.leave_group_when_stopped()
     return app

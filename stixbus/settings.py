@@ -179,6 +179,60 @@ class Settings(BaseSettings):
             "file": self.decay_hash_seconds,
         }
 
+    # Recovery after a crash (docs/runbook.md, docs/performance.md "State, memory and recovery").
+    static_membership: bool = Field(
+        default=True,
+        description=(
+            "Join the consumer group as a static member (Kafka group.instance.id): a worker "
+            "restarted after a crash takes its partitions back at once instead of waiting out "
+            "the dead member's session"
+        ),
+    )
+    group_instance_id: str | None = Field(
+        default=None,
+        description=(
+            "The worker's static member id, unique per worker; unset: generated at first start "
+            "and kept in <home>/worker/instance-id (one home per worker)"
+        ),
+    )
+    session_timeout_seconds: float = Field(
+        default=20.0,
+        ge=6,
+        le=90,
+        description=(
+            "Consumer group session: how long a worker that stops heartbeating (lost, not "
+            "restarted) keeps its partitions before the others take them over"
+        ),
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Consumer group heartbeat (under a third of the session)"
+    )
+    broker_error_log_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "While the broker is unreachable the worker logs one plain 'broker unreachable' "
+            "line at most this often, instead of every Kafka client error"
+        ),
+    )
+    bulk_restore_min_records: int = Field(
+        default=20_000,
+        ge=0,
+        description=(
+            "Before Faust starts, a table partition whose local store is more than this many "
+            "changelog records behind is restored with librdkafka in large batches "
+            "(much faster than Faust's own recovery); 0 restores every gap this way"
+        ),
+    )
+    recovery_buffer_records: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Changelog records a table applies to its local store in one write batch while it "
+            "rebuilds (Faust recovery_buffer_size; Faust's default is 1,000)"
+        ),
+    )
+
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with
     # the first four of these; real STIXBUS_* environment variables override that file.
@@ -220,6 +274,14 @@ class Settings(BaseSettings):
         if self.min_insync_replicas is not None:
             return self.min_insync_replicas
         return 1 if self.replication_factor < 3 else 2
+
+    def _heartbeat_within_session(self) -> Settings:
+        if self.heartbeat_interval_seconds * 3 > self.session_timeout_seconds:
+            raise ValueError(
+                f"heartbeat_interval_seconds ({self.heartbeat_interval_seconds}) must be at most a "
+                f"third of session_timeout_seconds ({self.session_timeout_seconds})"
+            )
+        return self
 
     @property
     def worker_dir(self) -> Path:

@@ -5,7 +5,8 @@
 #   deploy/kafka/kafka.sh down     stop by PID (fine when already stopped)
 #   deploy/kafka/kafka.sh status   exit 0 when the broker answers
 #   deploy/kafka/kafka.sh logs     tail the broker log
-#   deploy/kafka/kafka.sh reset    stop and delete the Kafka data (secrets kept)
+#   deploy/kafka/kafka.sh reset    stop and delete the Kafka data and the worker's local table state
+#                                  (it was built from that data); secrets kept
 #   deploy/kafka/kafka.sh compose-secrets
 #                                  the secrets and broker config docker-compose.yml mounts (no
 #                                  Java or Docker needed; idempotent; see docs/security.md)
@@ -424,6 +425,19 @@ wait_started() {
   echo "kafka.sh: broker ${node_id:-1} ready after ${waited}s"
 }
 
+# The worker's RocksDB tables under $home/worker are built from the changelog topics this
+# deletes: kept, a restarted worker would stop with Faust's ConsistencyError (docs/runbook.md).
+reset() {
+  local wpid
+  wpid="$(cat "$home/worker.pid" 2>/dev/null || true)"
+  if [ -n "$wpid" ] && kill -0 "$wpid" 2>/dev/null; then
+    die "a worker is running (pid $wpid): stop it first with 'stixbus down' (or 'make down'), then reset"
+  fi
+  down
+  rm -rf "$kdir/data" "$modefile" "$home/worker"
+  echo "kafka.sh: Kafka data and worker state ($home/worker) removed (secrets in $secdir kept)"
+}
+
 down() {
   if ! running; then
     echo "kafka.sh: broker ${node_id:-1} not running"
@@ -598,7 +612,7 @@ case "${1:-}" in
   down) down ;;
   status) if running && ready; then echo "kafka.sh: running on 127.0.0.1:$port"; else echo "kafka.sh: not running"; exit 1; fi ;;
   logs) tail -n "${2:-100}" "$logdir/server.log" ;;
-  reset) down; rm -rf "$kdir/data" "$modefile"; echo "kafka.sh: data removed (secrets in $secdir kept)" ;;
+  reset) reset ;;
   compose-secrets) compose_secrets ;;
   cluster) shift; cluster "$@" ;;
   *) echo "usage: $0 up|down|status|logs [N]|reset|compose-secrets|cluster ..." >&2; exit 2 ;;

@@ -22,7 +22,7 @@ from stixbus.core.ids import stix_time
 from stixbus.core.lint import Severity, check_agreements
 from stixbus.core.normalise import normalise_submission
 from stixbus.errors import NotFound, UserError
-from stixbus.kafka.client import read_topic, run_on_broker
+from stixbus.kafka.client import read_topic, run_on_broker, start_client
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings, get_settings
@@ -58,7 +58,7 @@ async def agreements_in_force(settings: Settings) -> dict[str, dict[str, Any]]:
 async def write_agreements(settings: Settings, updates: list[Agreement], retire: list[str]) -> None:
     topic = TopicNames(settings.topic_prefix).agreements
     producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True)
-    await producer.start()
+    await start_client(producer)
     try:
         for agreement in updates:
             await producer.send_and_wait(

@@ -17,18 +17,39 @@ shows it.
 - `RequestHandler` (aiohttp `web_protocol.RequestHandler`): the TAXII inbox subclasses it for
   the header deadline and the connection cap (connectors/inbox.py `GuardedHandler`), which
   aiohttp's public settings do not offer.  Tested by tests/broker/test_connector_inbox.py.
+- `leave_group_when_stopped` (aiokafka 0.14 `GroupCoordinator._maybe_leave_group`): a static
+  group member (group.instance.id, stixbus/app.py) sends no LeaveGroup when it closes (KIP-345),
+  so a worker stopped on purpose would hold its partitions for the whole session before the
+  other workers take them.  The wrapper sends the LeaveGroup (v1, by member id, which the
+  broker accepts for static members) on a clean stop; a crash sends nothing, so a restarted
+  worker still takes its partitions back at once.  Tested by tests/broker/test_recovery.py
+  (kill -9 restart) and tests/broker/test_multi_worker.py (SIGTERM hand-over).
+- `faust_persisted_offsets` (faust-streaming 0.15 `stores/rocksdb.py`): each table partition is
+  a RocksDB folder `<tabledir>/<table>-<partition>.db` (rocksdict, raw keys) holding the last
+  applied changelog offset under `__faust\0offset__`.  Read before the worker starts to tell
+  stale local state from a reset broker (stixbus/kafka/local_state.py), and written in the
+  same layout by `FaustStoreWriter` for the bulk restore (stixbus/kafka/bulk_restore.py).
+  Tested by tests/broker/test_runbook.py (reset broker, rebuilt store read back by the
+  worker) and tests/unit/test_local_state.py.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 import faust
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
-__all__ = ["RequestHandler", "TaxiiHTTPConnection", "serve_only"]
+__all__ = ["RequestHandler", "TaxiiHTTPConnection", "leave_group_when_stopped", "serve_only"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,3 +75,98 @@ def serve_only(app: faust.App, paths: Iterable[str]) -> None:
             "list (stixbus/kafka/_compat.py) needs updating for this faust version"
         )
     web_app.middlewares.append(allow_list)
+
+
+_log = logging.getLogger(__name__)
+
+
+def leave_group_when_stopped() -> None:
+    """Make a static member leave its group on a clean stop (idempotent; see the module doc)."""
+    original: Any = GroupCoordinator._maybe_leave_group
+    if getattr(original, "_stixbus_leaves", False):
+        return
+
+    async def maybe_leave_group(self: Any) -> None:
+        if self.generation > 0 and self._group_instance_id is not None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except KafkaError as exc:
+                _log.warning("leaving the consumer group on stop failed: %s", exc)
+        await original(self)
+
+    maybe_leave_group._stixbus_leaves = True  # type: ignore[attr-defined]
+    GroupCoordinator._maybe_leave_group = maybe_leave_group
+
+
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+_TABLE_DB = re.compile(r"(?P<table>.+)-(?P<partition>[0-9]+)\.db")
+
+
+def faust_persisted_offsets(
+    tables_dir: Path,
+) -> tuple[dict[tuple[str, int], int], dict[str, str]]:
+    """((table, partition) -> last changelog offset applied to the local RocksDB store, for
+    every partition folder in `tables_dir` that has one; folder name -> error for those that
+    cannot be opened, e.g. corrupt).  Opened read-only; the worker is not running yet."""
+    from rocksdict import AccessType, Options, Rdict
+
+    found: dict[tuple[str, int], int] = {}
+    broken: dict[str, str] = {}
+    for path in sorted(tables_dir.glob("*.db")) if tables_dir.is_dir() else ():
+        match = _TABLE_DB.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        try:
+            db = Rdict(
+                str(path), options=Options(raw_mode=True), access_type=AccessType.read_only()
+            )
+            try:
+                raw = db.get(FAUST_OFFSET_KEY)
+            finally:
+                db.close()
+            offset = None if raw is None else int(raw)
+        except Exception as exc:  # rocksdict raises plain Exceptions ("Corruption: ...")
+            broken[path.name] = " ".join(str(exc).split())[:200]
+            continue
+        if offset is not None:
+            found[(match["table"], int(match["partition"]))] = offset
+    return found, broken
+
+
+class FaustStoreWriter:
+    """Writes changelog records into one table partition's local store the way Faust's
+    `RocksDBStore.apply_changelog_batch` does (raw key -> raw value, None deletes, then the
+    highest applied offset under FAUST_OFFSET_KEY), in large batches without the write-ahead
+    log; `close` flushes the memtables to disk."""
+
+    def __init__(self, tables_dir: Path, table: str, partition: int) -> None:
+        from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(str(tables_dir / f"{table}-{partition}.db"), options=options)
+        self._new_batch = lambda: WriteBatch(raw_mode=True)
+        self._batch = self._new_batch()
+        self._write = WriteOptions()
+        self._write.disable_wal = True  # type: ignore[method-assign,assignment]  # a property
+        self._offset: int | None = None
+
+    def apply(self, key: bytes, value: bytes | None, offset: int) -> None:
+        if value is None:
+            self._batch.delete(key)
+        else:
+            self._batch.put(key, value)
+        self._offset = offset if self._offset is None else max(offset, self._offset)
+
+    def flush(self) -> None:
+        if self._offset is None:
+            return
+        self._batch.put(FAUST_OFFSET_KEY, str(self._offset).encode())
+        self._db.write(self._batch, self._write)
+        self._batch = self._new_batch()
+
+    def close(self) -> None:
+        self.flush()
+        self._db.flush()
+        self._db.close()

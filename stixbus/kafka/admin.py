@@ -21,7 +21,7 @@ async def ensure_topics(
     """Create missing topics with `replication` copies and (when given) `min.insync.replicas`;
     returns the names created.  Existing topics are left as they are."""
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
-    await admin.start()
+    await _start(admin)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -66,8 +66,17 @@ async def _wait_for_leaders(
 
 async def list_topics(conn: dict[str, Any]) -> list[str]:
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
-    await admin.start()
+    await _start(admin)
     try:
         return sorted(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def _start(admin: AIOKafkaAdminClient) -> None:
+    """Start, closing the client when that fails (no unclosed-client warning after the error)."""
+    try:
+        await admin.start()
+    except BaseException:
+        await admin.close()
+        raise

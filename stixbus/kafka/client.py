@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -21,6 +24,22 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from schemas.envelope import SUBMISSION_HEADER
 from stixbus.errors import NotFound, StixbusError
 from stixbus.settings import DEFAULT_MAX_RECORD_BYTES
+
+_C = TypeVar("_C", AIOKafkaProducer, AIOKafkaConsumer)
+
+
+async def start_client(client: _C) -> _C:
+    """`await client.start()`, closing the client when the start fails (an unreachable broker),
+    so no "Unclosed AIOKafkaProducer/Consumer" warning follows the error."""
+    try:
+        await client.start()
+    except BaseException:
+        try:
+            await client.stop()
+        except Exception:  # the start's error is the one to report
+            pass
+        raise
+    return client
 
 
 @dataclass(frozen=True)
@@ -48,7 +67,7 @@ async def publish(
         enable_idempotence=True,
         max_request_size=max_record_bytes,
     )
-    await producer.start()
+    await start_client(producer)
     try:
         meta = await producer.send_and_wait(
             topic,
@@ -99,7 +118,7 @@ async def read_topic(
         fetch_max_bytes=2 * max_record_bytes,
         max_partition_fetch_bytes=max_record_bytes,
     )
-    await consumer.start()
+    await start_client(consumer)
     try:
         cluster = await consumer._client.fetch_all_metadata()
         partitions = cluster.partitions_for_topic(topic)
@@ -212,14 +231,45 @@ _T = TypeVar("_T")
 
 
 def run_on_broker(coro: Coroutine[Any, Any, _T]) -> _T:
-    """`asyncio.run` for commands: an unreachable or refusing broker becomes a BrokerError."""
+    """`asyncio.run` for commands: an unreachable or refusing broker becomes a BrokerError,
+    and aiokafka's own log lines about the failed connection are not printed (the BrokerError
+    is the one line the user sees; STIXBUS_DEBUG=1 shows them)."""
+    quiet = _QuietKafkaClient() if not os.environ.get("STIXBUS_DEBUG") else None
+    if quiet is not None:
+        logging.getLogger("aiokafka").addFilter(quiet)
+        for name in _aiokafka_loggers():
+            logging.getLogger(name).addFilter(quiet)
     try:
         return asyncio.run(coro)
     except KafkaConnectionError as exc:
-        detail = exc.args[0] if exc.args else exc
-        raise BrokerError(f"cannot reach the Kafka broker: {detail}") from exc
+        raise BrokerError(f"cannot reach the Kafka broker {_where(exc)}") from exc
     except TopicAuthorizationFailedError as exc:
         raise BrokerError(
             str(exc.args[0]) if exc.args else "the broker denies this principal access",
             "use the org's own topics, or ask the operator for access (docs/security.md)",
         ) from exc
+    finally:
+        if quiet is not None:
+            logging.getLogger("aiokafka").removeFilter(quiet)
+            for name in _aiokafka_loggers():
+                logging.getLogger(name).removeFilter(quiet)
+
+
+class _QuietKafkaClient(logging.Filter):
+    """Drops aiokafka's connection errors during a command (they end in one BrokerError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL
+
+
+def _aiokafka_loggers() -> list[str]:
+    return [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "aiokafka"]
+
+
+def _where(exc: KafkaConnectionError) -> str:
+    """'at host:port' from aiokafka's 'Unable to bootstrap from [('host', port, ...)]'."""
+    detail = str(exc.args[0]) if exc.args else str(exc)
+    hosts = re.findall(r"\('([^']+)', (\d+)", detail)
+    if hosts:
+        return "at " + ", ".join(f"{h}:{p}" for h, p in hosts)
+    return f"({detail})" if detail else ""

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stixbus.kafka.client import start_client
+
 Records = list[tuple[bytes | None, bytes | None]]
 
 
@@ -21,7 +23,7 @@ async def follow(
 ) -> None:
     consumer = AIOKafkaConsumer(**conn, enable_auto_commit=False)
     partition = TopicPartition(topic, 0)
-    await consumer.start()
+    await start_client(consumer)
     try:
         consumer.assign([partition])
         await consumer.seek_to_beginning(partition)

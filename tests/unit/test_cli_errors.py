@@ -124,9 +124,43 @@ def test_error_tree() -> None:
 def test_unreachable_broker_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("STIXBUS_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port()}")  # nobody there
+    port = free_port()  # nobody there
+    monkeypatch.setenv("STIXBUS_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
     monkeypatch.setenv("STIXBUS_SECURITY_PROTOCOL", "PLAINTEXT")
     assert run_main(monkeypatch, "topics") == 1
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # aiokafka logs its attempt first
-    assert last.startswith("stixbus: cannot reach the Kafka broker: ")
-    assert last.endswith("— start it (`stixbus up`) or point STIXBUS_BOOTSTRAP_SERVERS at it")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"stixbus: cannot reach the Kafka broker at 127.0.0.1:{port} — start it (`stixbus up`) "
+        "or point STIXBUS_BOOTSTRAP_SERVERS at it"
+    ], lines  # and not aiokafka's own "Unable connect to ..." lines before it
+
+
+@pytest.mark.parametrize("command", [["publish", "--as", "cert"], ["consume", "--as", "bank-a"]])
+def test_unreachable_broker_publish_and_consume_leave_no_unclosed_client(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Issue #17: the CLI printed a raw KafkaConnectionError plus "Unclosed AIOKafkaProducer"
+    (the warning of a client whose failed start was never closed, printed at exit)."""
+    bundle = tmp_path / "b.json"
+    bundle.write_text('{"type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000000"}')
+    args = [*command, str(bundle)] if command[0] == "publish" else command
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "STIXBUS_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "STIXBUS_SECURITY_PROTOCOL": "PLAINTEXT",
+        "STIXBUS_HOME": str(tmp_path / "home"),
+        "STIXBUS_DEPLOY_DIR": str(DEPLOY),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "stixbus.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stixbus: cannot reach the Kafka broker at"), (
+        result.stderr
+    )
