@@ -275,6 +275,7 @@ class Settings(BaseSettings):
             return self.min_insync_replicas
         return 1 if self.replication_factor < 3 else 2
 
+    @model_validator(mode="after")
     def _heartbeat_within_session(self) -> Settings:
         if self.heartbeat_interval_seconds * 3 > self.session_timeout_seconds:
             raise ValueError(
