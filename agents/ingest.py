@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import faust
 
 from schemas.envelope import SUBMISSION_HEADER
+from schemas.feedback import FeedbackEvent
 from stixbus import metrics
 from stixbus.context import BusContext
+from stixbus.core.feedback import is_feedback, reports_of
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
@@ -22,6 +24,7 @@ def register(
     names = ctx.names
     ingest = app.topic(*(names.ingest(o.id) for o in ctx.registry.publishers))
     claims = app.topic(names.claims)
+    feedback = app.topic(names.feedback)
     markings = app.topic(names.markings)
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
@@ -56,6 +59,15 @@ def register(
                 await markings.send(key=marking_key(publisher.id, marking_id), value=b"1")
             memory.remember(publisher.id, outcome.defined_markings)
             for record in outcome.accepted:
+                if is_feedback(record):
+                    # Sightings and opinions are feedback to producers (agents/feedback.py),
+                    # keyed by the id they name; they never reach other subscribers.
+                    for report in reports_of(record):
+                        await feedback.send(
+                            key=report.target_id.encode(),
+                            value=FeedbackEvent(report=report).model_dump_json().encode(),
+                        )
+                    continue
                 # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
                 await claims.send(
                     key=record.object_id.encode(), value=record.model_dump_json().encode()

@@ -30,7 +30,12 @@ TICK = Tick()
 
 
 def register(
-    app: faust.App, ctx: BusContext, store: AgreementStore, agreements_loaded: asyncio.Event
+    app: faust.App,
+    ctx: BusContext,
+    store: AgreementStore,
+    agreements_loaded: asyncio.Event,
+    false_positives: dict[str, int],
+    false_positives_loaded: asyncio.Event,
 ) -> None:
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
@@ -39,7 +44,8 @@ def register(
     table = app.Table(
         DEDUP_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
-    config = RouteConfig(settings.confidence_step)
+    # false_positives: the live replay of the false-positives topic (agents/feedback.py)
+    config = RouteConfig(settings.confidence_step, false_positives=false_positives)
     grace = settings.dedup_grace_seconds
     expiry = ExpiryIndex()
     expiry_timer.register(app, ctx, table, expiry)
@@ -47,6 +53,7 @@ def register(
     @app.agent(app.topic(names.normalized, names.ticks), name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         await agreements_loaded.wait()  # fail closed: never route before the agreements are known
+        await false_positives_loaded.wait()  # nor before the false-positive policy's counts
         async for event in stream.events():
             key, now = bytes(event.key or b""), datetime.now(UTC)
             raw = table.get(key)

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     DUPLICATE_OBJECT = "duplicate_object"
     FOREIGN_ID = "foreign_id"
     REDEFINED_TLP = "redefined_tlp"
+    NOT_DELIVERED_TO_YOU = "not_delivered_to_you"  # feedback about an id you never received
 
 
 class Rejection(BaseModel):

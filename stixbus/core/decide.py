@@ -52,6 +52,7 @@ class ReasonCode(StrEnum):
     LABELS_NOT_MATCHED = "labels_not_matched"
     CONFIDENCE_MISSING = "confidence_missing"
     CONFIDENCE_BELOW_MINIMUM = "confidence_below_minimum"
+    FALSE_POSITIVE = "false_positive"  # withheld by the agreement's false-positive policy
 
 
 class TransformKind(StrEnum):
@@ -61,6 +62,7 @@ class TransformKind(StrEnum):
     PSEUDONYMISE_PROPERTIES = "pseudonymise_properties"
     MARK_NO_ONWARD_SHARING = "mark_no_onward_sharing"
     NEW_OBJECT_ID = "new_object_id"
+    LOWER_CONFIDENCE = "lower_confidence"  # the agreement's false-positive policy
 
 
 @dataclass(frozen=True, slots=True)
