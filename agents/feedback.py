@@ -16,6 +16,7 @@ false-positive counts the route stage reads (pure logic: stixbus/core/feedback.p
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import faust
@@ -44,29 +45,41 @@ MAX_FLUSH_INTERVAL_SECONDS = 5.0
 MIN_FLUSH_INTERVAL_SECONDS = 0.2
 
 
-def register_counts(app: faust.App, ctx: BusContext) -> tuple[dict[str, int], asyncio.Event]:
-    """The worker's replay of the false-positives topic: dedup key → distinct reporters."""
-    counts: dict[str, int] = {}
-    loaded = asyncio.Event()
+@dataclass
+class FalsePositiveCounts:
+    """The worker's replay of the false-positives topic: dedup key → distinct reporters.
 
-    def apply(records: Records) -> None:
+    The aggregator also puts the new count in the tick it sends the route agent, which
+    `apply` reads first, so the re-plan never races the replay."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def apply(self, value: bytes) -> None:
+        count = FalsePositiveCount.model_validate_json(value)
+        if count.reporters:
+            self.counts[count.dedup_key] = count.reporters
+        else:
+            self.counts.pop(count.dedup_key, None)
+
+    def replay(self, records: Records) -> None:
         for key, value in records:
-            if key is None:
-                continue
-            if value is None:
-                counts.pop(key.decode(), None)
-                continue
-            count = FalsePositiveCount.model_validate_json(value)
-            if count.reporters:
-                counts[count.dedup_key] = count.reporters
-            else:
-                counts.pop(count.dedup_key, None)
+            if key is not None and value is None:
+                self.counts.pop(key.decode(), None)
+            elif value is not None:
+                self.apply(value)
+
+
+def register_counts(app: faust.App, ctx: BusContext) -> FalsePositiveCounts:
+    counts = FalsePositiveCounts()
 
     @app.task
     async def follow_false_positives() -> None:
-        await follow(client_kwargs(ctx.settings), ctx.names.false_positives, apply, loaded)
+        await follow(
+            client_kwargs(ctx.settings), ctx.names.false_positives, counts.replay, counts.loaded
+        )
 
-    return counts, loaded
+    return counts
 
 
 def register(app: faust.App, ctx: BusContext) -> None:
@@ -157,8 +170,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 )
             if step.false_positives is not None:
                 count = FalsePositiveCount(dedup_key=key.decode(), reporters=step.false_positives)
-                await false_positives.send(key=key, value=count.model_dump_json().encode())
-                await ticks.send(key=key, value=b"tick")  # the route agent re-plans the key
+                value = count.model_dump_json().encode()
+                await false_positives.send(key=key, value=value)
+                await ticks.send(key=key, value=value)  # the route agent re-plans the key
             aggregates[key] = step.state.encode()
             if step.due is None:
                 due.pop(key, None)

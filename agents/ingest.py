@@ -12,7 +12,7 @@ from schemas.envelope import SUBMISSION_HEADER
 from schemas.feedback import FeedbackEvent
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.feedback import is_feedback, reports_of
+from stixbus.core.feedback import split_feedback
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.normalise.handling import trusted_publish_time
@@ -58,16 +58,15 @@ def register(
             for marking_id in outcome.defined_markings:
                 await markings.send(key=marking_key(publisher.id, marking_id), value=b"1")
             memory.remember(publisher.id, outcome.defined_markings)
-            for record in outcome.accepted:
-                if is_feedback(record):
-                    # Sightings and opinions are feedback to producers (agents/feedback.py),
-                    # keyed by the id they name; they never reach other subscribers.
-                    for report in reports_of(record):
-                        await feedback.send(
-                            key=report.target_id.encode(),
-                            value=FeedbackEvent(report=report).model_dump_json().encode(),
-                        )
-                    continue
+            # Sightings and opinions of received ids are feedback to their producers
+            # (agents/feedback.py), keyed by the id they name: never routed to subscribers.
+            intel, reports = split_feedback(outcome.accepted)
+            for report in reports:
+                await feedback.send(
+                    key=report.target_id.encode(),
+                    value=FeedbackEvent(report=report).model_dump_json().encode(),
+                )
+            for record in intel:
                 # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
                 await claims.send(
                     key=record.object_id.encode(), value=record.model_dump_json().encode()

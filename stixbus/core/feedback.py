@@ -50,8 +50,32 @@ NOT_DELIVERED_MESSAGE = (
 # --- 1. reports ---------------------------------------------------------------------------
 
 
-def is_feedback(record: NormalizedObject) -> bool:
-    return record.object_type in FEEDBACK_TYPES
+def is_feedback(record: NormalizedObject, submitted: frozenset[str] = frozenset()) -> bool:
+    """A sighting or opinion about ids received from the bus; one about objects of the same
+    submission (`submitted`: their ids) is the publisher's own intel, routed like any object."""
+    if record.object_type not in FEEDBACK_TYPES:
+        return False
+    obj = record.object
+    named = (
+        [obj.get("sighting_of_ref")] if record.object_type == "sighting" else obj.get("object_refs")
+    )
+    refs = [r for r in named or [] if isinstance(r, str)]
+    return not refs or not all(r in submitted for r in refs)
+
+
+def split_feedback(
+    accepted: list[NormalizedObject],
+) -> tuple[list[NormalizedObject], list[FeedbackReport]]:
+    """A submission's accepted objects: those routed as intel, and the feedback reports."""
+    submitted = frozenset(r.object_id for r in accepted)
+    intel: list[NormalizedObject] = []
+    reports: list[FeedbackReport] = []
+    for record in accepted:
+        if is_feedback(record, submitted):
+            reports += reports_of(record)
+        else:
+            intel.append(record)
+    return intel, reports
 
 
 def reports_of(record: NormalizedObject) -> list[FeedbackReport]:

@@ -26,6 +26,7 @@ from stixbus.core.feedback import (
     due_at,
     flush,
     reports_of,
+    split_feedback,
 )
 from stixbus.core.minting import minted_id
 from stixbus.core.normalise import normalise_submission
@@ -153,6 +154,24 @@ def test_sightings_and_opinions_become_reports_one_per_named_id() -> None:
     (agree,) = reports_of(record("bank-a", opinion([target], "agree")))
     assert agree.kind is ReportKind.NOT_FALSE_POSITIVE
     assert reports_of(record("bank-a", indicator())) == []
+
+
+def test_a_sighting_of_an_object_of_the_same_submission_is_intel_not_feedback() -> None:
+    own = indicator()
+    of_own, of_received = sighting(own["id"]), sighting(f"indicator--{uuid.uuid4()}")
+    mixed = opinion([own["id"], f"indicator--{uuid.uuid4()}"])
+    outcome = normalise_submission(
+        orjson.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}",
+                      "objects": [own, of_own, of_received, mixed]}),
+        REGISTRY.get("bank-a"), REGISTRY, Limits(), submission_id="s", received_at=T0,
+        published_at=T0,
+    )  # fmt: skip
+    intel, reports = split_feedback(outcome.accepted)
+    assert {r.object_id for r in intel} == {own["id"], of_own["id"]}
+    assert [(r.report_id, r.target_id) for r in reports] == [
+        (of_received["id"], of_received["sighting_of_ref"]),
+        *((mixed["id"], ref) for ref in mixed["object_refs"]),
+    ]
 
 
 def fact(subscriber: str, delivered_id: str, *sources: tuple[str, str], **kw: Any) -> DeliveryFact:
