@@ -32,10 +32,16 @@ from stixbus.core.ids import parse_time, stix_time, uuid5
 from stixbus.core.redact import BUS_OBJECTS_CREATED, bus_identity
 
 FEEDBACK_TYPES = frozenset({"sighting", "opinion"})
+_SIGHTING, _FP, _NOT_FP = (k.value for k in ReportKind)
+_ATTRIBUTED = Attribution.ATTRIBUTED.value
 FALSE_POSITIVE_OPINIONS = frozenset({"strongly-disagree", "disagree"})
 # An opinion naming more ids than this is feedback about the first ones only.
 MAX_REFS_PER_OPINION = 32
 MAX_COUNT = 999_999_999  # STIX 2.1 sighting count upper bound
+# Reports kept apart per reporter and producer object (a SIEM that sends a new sighting per hit
+# must not grow the state without bound); older sightings are folded into one entry.
+MAX_REPORTS_PER_REPORTER = 64
+FOLDED = "folded"
 # What the producer's aggregate is marked: member reports, shared with the producer only.
 FEEDBACK_TLP = TLP.AMBER
 
@@ -245,7 +251,28 @@ class KeyFeedback:
     fp_published: int = 0  # the count last written to the false-positives topic
 
     def encode(self) -> bytes:
-        return orjson.dumps(self)
+        """JSON; entries as positional lists (the bulk of the state: kept small and fast)."""
+        return orjson.dumps(
+            {
+                "sources": {
+                    sid: {
+                        "publisher": s.publisher,
+                        "entries": {
+                            k: [e.reporter, e.attribution, e.modified, e.kind, e.count,
+                                e.first_seen, e.last_seen]
+                            for k, e in s.entries.items()
+                        },
+                        "stamp": s.stamp,
+                        "sighting": s.sighting,
+                        "opinion": s.opinion,
+                        "last_emit": s.last_emit,
+                        "pending": s.pending,
+                    }
+                    for sid, s in self.sources.items()
+                },
+                "fp_published": self.fp_published,
+            }
+        )  # fmt: skip
 
     @staticmethod
     def decode(raw: bytes | None) -> KeyFeedback:
@@ -256,7 +283,7 @@ class KeyFeedback:
         for sid, s in data["sources"].items():
             sources[sid] = SourceFeedback(
                 publisher=s["publisher"],
-                entries={k: Entry(**e) for k, e in s["entries"].items()},
+                entries={k: Entry(*e) for k, e in s["entries"].items()},
                 stamp=s["stamp"],
                 sighting=Emitted(**s["sighting"]) if s["sighting"] else None,
                 opinion=Emitted(**s["opinion"]) if s["opinion"] else None,
@@ -271,7 +298,7 @@ class KeyFeedback:
                 e.reporter
                 for s in self.sources.values()
                 for e in s.entries.values()
-                if e.kind == ReportKind.FALSE_POSITIVE
+                if e.kind == _FP
             }
         )
 
@@ -318,9 +345,38 @@ def contribute(
         first_seen=report.first_seen,
         last_seen=report.last_seen,
     )
+    _bound(source, contribution.reporter)
     source.stamp = max(source.stamp, stix_time(report.received_at))
     source.pending = True
     return _emit(state, registry, now, window_seconds)
+
+
+def _bound(source: SourceFeedback, reporter: str) -> None:
+    """At most MAX_REPORTS_PER_REPORTER entries per reporter and object: older sightings are
+    folded into one entry (their counts summed), older opinions dropped (the newest decide)."""
+    mine = sorted(
+        (e.modified, slot) for slot, e in source.entries.items() if e.reporter == reporter
+    )
+    if len(mine) <= MAX_REPORTS_PER_REPORTER:
+        return
+    folded_slot = f"{reporter} {FOLDED}"
+    for _, slot in mine[: len(mine) - MAX_REPORTS_PER_REPORTER]:
+        if slot == folded_slot:
+            continue
+        old = source.entries.pop(slot)
+        if old.kind != ReportKind.SIGHTING.value:
+            continue
+        into = source.entries.get(folded_slot)
+        if into is None:
+            source.entries[folded_slot] = Entry(
+                reporter, old.attribution, old.modified, old.kind, old.count, old.first_seen,
+                old.last_seen,
+            )  # fmt: skip
+            continue
+        into.count = min(into.count + old.count, MAX_COUNT)
+        into.first_seen = min(filter(None, (into.first_seen, old.first_seen)), default=None)
+        into.last_seen = max(filter(None, (into.last_seen, old.last_seen)), default=None)
+        into.modified = max(into.modified, old.modified)
 
 
 def flush(
@@ -388,7 +444,7 @@ def _named(source: SourceFeedback, kinds: set[str]) -> list[str]:
         {
             e.reporter
             for e in source.entries.values()
-            if e.kind in kinds and e.attribution == Attribution.ATTRIBUTED.value
+            if e.kind in kinds and e.attribution == _ATTRIBUTED
         }
     )
 
@@ -419,7 +475,7 @@ def _common(kind: str, source_id: str, registry: Registry) -> dict[str, Any]:
 def _sighting_body(
     source_id: str, source: SourceFeedback, registry: Registry
 ) -> dict[str, Any] | None:
-    kinds = {ReportKind.SIGHTING.value}
+    kinds = {_SIGHTING}
     entries = [e for e in source.entries.values() if e.kind in kinds]
     if not entries:
         return None
@@ -443,10 +499,10 @@ def _sighting_body(
 def _opinion_body(
     source_id: str, source: SourceFeedback, registry: Registry
 ) -> dict[str, Any] | None:
-    kinds = {ReportKind.FALSE_POSITIVE.value, ReportKind.NOT_FALSE_POSITIVE.value}
+    kinds = {_FP, _NOT_FP}
     if not any(e.kind in kinds for e in source.entries.values()):
         return None
-    fp_kinds = {ReportKind.FALSE_POSITIVE.value}
+    fp_kinds = {_FP}
     reporters = _reporters(source, fp_kinds)
     body = _common("opinion", source_id, registry)
     body["opinion"] = "strongly-disagree" if reporters else "neutral"
@@ -475,5 +531,5 @@ def _named_identities(source: SourceFeedback, registry: Registry) -> list[dict[s
             "name": registry.get(o).name,
             "identity_class": "organization",
         }
-        for o in _named(source, {ReportKind.SIGHTING.value})
+        for o in _named(source, {_SIGHTING})
     ]

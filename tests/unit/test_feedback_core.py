@@ -17,6 +17,7 @@ from stixbus.core.audit import deliveries_of
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.deliveries import RouteConfig
 from stixbus.core.feedback import (
+    MAX_REPORTS_PER_REPORTER,
     NOT_DELIVERED_MESSAGE,
     DeliveredIndex,
     KeyFeedback,
@@ -392,3 +393,15 @@ def test_withhold_revokes_held_copies_and_lower_confidence_caps_with_audit_reaso
     assert objs["central-bank"]["confidence"] == 90  # no policy in its agreement
     isp_audit = [e for e in later.audit if e.subscriber == "isp-one"]
     assert [r.code for r in isp_audit[0].reasons] == ["false_positive"]
+
+
+def test_a_reporter_sending_one_sighting_per_hit_keeps_the_state_bounded_and_the_count() -> None:
+    state = KeyFeedback()
+    for n in range(200):
+        modified = f"2026-06-01T10:{n // 60:02d}:{n % 60:02d}.000Z"
+        c = contribution("bank-a", report_id=f"sighting--{n}", modified=modified, count=2)
+        state = contribute(state, c, REGISTRY, T0, 0.0).state
+    (source,) = state.sources.values()
+    assert len(source.entries) <= MAX_REPORTS_PER_REPORTER + 1
+    assert source.sighting is not None and source.sighting.body["count"] == 400
+    assert KeyFeedback.decode(state.encode()) == state
