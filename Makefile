@@ -18,4 +18,4 @@ lint:
 
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
-	@for b in normalise route dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
+	@for b in normalise route dedup connectors feedback; do .venv/bin/python -m bench.$$b || exit 1; done
