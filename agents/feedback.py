@@ -43,6 +43,8 @@ from stixbus.kafka.topics import FEEDBACK_SOURCES_TABLE, FEEDBACK_TABLE
 # The flush timer runs at least this often (and at most every `feedback_window_seconds`).
 MAX_FLUSH_INTERVAL_SECONDS = 5.0
 MIN_FLUSH_INTERVAL_SECONDS = 0.2
+# Deliveries the index agent remembers having forwarded (cleared when full).
+INDEXED_MEMORY = 100_000
 
 
 @dataclass
@@ -98,6 +100,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
     window = settings.feedback_window_seconds
     due: dict[bytes, datetime] = {}  # keys with coalesced changes → when to flush them
     stale = [True]  # rebuild `due` from the local table (after start and each rebalance)
+    indexed: dict[tuple[str, str], tuple[object, ...]] = {}  # last delivery sent per id/recipient
 
     @app.agent(app.topic(names.audit), name="stixbus.feedback.index")
     async def index_deliveries(stream: faust.StreamT[bytes]) -> None:
@@ -105,6 +108,18 @@ def register(app: faust.App, ctx: BusContext) -> None:
             if b'"delivered_id":"' not in value:
                 continue  # denials, revocations: nothing to index (cheap skip before parsing)
             for fact in deliveries_of(AuditRecord.model_validate_json(value)):
+                # A new version of a delivery it already indexed changes nothing downstream
+                # (apply_delivery ignores the time): skip re-sending it, within a bounded memory.
+                # Only the last one sent per (id, recipient) counts: an agreement changed back
+                # and forth must reach the index again.
+                pair = (fact.delivered_id, fact.subscriber)
+                terms = (fact.agreement_id, fact.attribution,
+                         tuple((s.publisher, s.object_id) for s in fact.sources))  # fmt: skip
+                if indexed.get(pair) == terms:
+                    continue
+                if len(indexed) >= INDEXED_MEMORY:
+                    indexed.clear()
+                indexed[pair] = terms
                 event = FeedbackEvent(delivery=fact)
                 await feedback_topic.send(
                     key=fact.delivered_id.encode(), value=event.model_dump_json().encode()

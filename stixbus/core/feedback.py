@@ -155,8 +155,11 @@ class DeliveredIndex:
 def apply_delivery(index: DeliveredIndex, fact: DeliveryFact) -> DeliveredIndex | None:
     """The index after `fact`; None when it changes nothing (an older or equal fact)."""
     held = index.recipients.get(fact.subscriber)
-    if held is not None and (held.decided_at > fact.decided_at or held == fact):
-        return None
+    if held is not None and (
+        held.decided_at > fact.decided_at
+        or held.model_copy(update={"decided_at": fact.decided_at}) == fact
+    ):
+        return None  # older, or the same apart from its time: no table write (hot path)
     return DeliveredIndex({**index.recipients, fact.subscriber: fact})
 
 

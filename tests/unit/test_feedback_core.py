@@ -232,6 +232,10 @@ def test_index_keeps_the_latest_fact_per_recipient_and_survives_its_encoding() -
     assert index is not None and apply_delivery(index, first) is None
     older = first.model_copy(update={"decided_at": T0 - timedelta(hours=1), "sources": []})
     assert apply_delivery(index, older) is None
+    again = first.model_copy(update={"decided_at": T0 + timedelta(hours=1)})
+    assert apply_delivery(index, again) is None  # a new version of the same delivery
+    moved = again.model_copy(update={"agreement_id": "other"})
+    assert apply_delivery(index, moved) == DeliveredIndex({"bank-a": moved})
     assert DeliveredIndex.decode(index.encode()) == index
 
 
