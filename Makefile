@@ -18,7 +18,7 @@ lint:
 
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
-	@for b in normalise route guard dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
+	@for b in normalise route guard dedup connectors feedback; do .venv/bin/python -m bench.$$b || exit 1; done
 
 chaos-isolation: ## the long ingest-isolation scenario (heavy org vs plain org; needs a broker: `make up` first)
 	@bash deploy/bootstrap.sh

@@ -14,14 +14,16 @@ if TYPE_CHECKING:
 
 
 def register_all(app: faust.App, ctx: BusContext) -> None:
-    """ingest → ownership → route (+ expiry timer), the agreements and markings readers,
-    health, observe."""
-    from agents import agreements, health, ingest, markings, observe, ownership, route
+    """ingest → ownership → route (+ expiry timer), the agreements, markings and
+    false-positive readers, feedback, health, observe."""
+    from agents import agreements, feedback, health, ingest, markings, observe, ownership, route
 
     store, agreements_loaded = agreements.register(app, ctx)
     memory, markings_loaded = markings.register(app, ctx)
     ingest.register(app, ctx, memory, markings_loaded)
     ownership.register(app, ctx)
-    route.register(app, ctx, store, agreements_loaded)
+    false_positives = feedback.register_counts(app, ctx)
+    route.register(app, ctx, store, agreements_loaded, false_positives)
+    feedback.register(app, ctx)
     health.register(app, ctx)
     observe.register(app, ctx)

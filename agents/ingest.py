@@ -10,9 +10,11 @@ import faust
 
 from agents import validation_pool
 from schemas.envelope import SUBMISSION_HEADER
+from schemas.feedback import FeedbackEvent
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.guard import guarded_receipt
+from stixbus.core.feedback import split_feedback
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise.handling import trusted_publish_time
 from stixbus.warninglists import guard_index
@@ -24,6 +26,7 @@ def register(
     names = ctx.names
     ingest = app.topic(*(names.ingest(o.id) for o in ctx.registry.publishers))
     claims = app.topic(names.claims)
+    feedback = app.topic(names.feedback)
     markings = app.topic(names.markings)
     deadletter = app.topic(names.deadletter)
     receipts = {o.id: app.topic(names.receipts(o.id)) for o in ctx.registry.publishers}
@@ -69,7 +72,15 @@ def register(
             for marking_id in outcome.defined_markings:
                 await markings.send(key=marking_key(publisher.id, marking_id), value=b"1")
             memory.remember(publisher.id, outcome.defined_markings)
-            for record in outcome.accepted:
+            # Sightings and opinions of received ids are feedback to their producers
+            # (agents/feedback.py), keyed by the id they name: never routed to subscribers.
+            intel, reports = split_feedback(outcome.accepted)
+            for report in reports:
+                await feedback.send(
+                    key=report.target_id.encode(),
+                    value=FeedbackEvent(report=report).model_dump_json().encode(),
+                )
+            for record in intel:
                 # Keyed by STIX id: the ownership check (agents/ownership.py) owns the id.
                 await claims.send(
                     key=record.object_id.encode(), value=record.model_dump_json().encode()

@@ -16,6 +16,7 @@ import faust
 import orjson
 
 from agents import expiry as expiry_timer
+from agents.feedback import FalsePositiveCounts
 from schemas.envelope import NormalizedObject
 from stixbus import metrics
 from stixbus.context import BusContext
@@ -29,10 +30,15 @@ from stixbus.kafka.topics import DEDUP_TABLE
 from stixbus.warninglists import guard_index
 
 TICK = Tick()
+TICK_VALUE = b"tick"  # agents/expiry.py; other tick values are false-positive counts
 
 
 def register(
-    app: faust.App, ctx: BusContext, store: AgreementStore, agreements_loaded: asyncio.Event
+    app: faust.App,
+    ctx: BusContext,
+    store: AgreementStore,
+    agreements_loaded: asyncio.Event,
+    false_positives: FalsePositiveCounts,
 ) -> None:
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
@@ -46,6 +52,8 @@ def register(
         settings.confidence_step,
         guard=guard_index(registry, settings.guard_lists) if settings.guard_enabled else None,
         decay=DecayPolicy.from_seconds(settings.decay_lifetimes),
+        # false_positives: the live replay of the false-positives topic (agents/feedback.py)
+        false_positives=false_positives.counts,
     )
     grace = settings.dedup_grace_seconds
     expiry = ExpiryIndex()
@@ -54,6 +62,7 @@ def register(
     @app.agent(app.topic(names.normalized, names.ticks), name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         await agreements_loaded.wait()  # fail closed: never route before the agreements are known
+        await false_positives.loaded.wait()  # nor before the false-positive policy's counts
         async for event in stream.events():
             key, now = bytes(event.key or b""), datetime.now(UTC)
             raw = table.get(key)
@@ -63,6 +72,8 @@ def register(
                 else NormalizedObject.model_validate_json(event.value)
             )
             state = decode_state(raw) if raw else None
+            if record is None and event.value != TICK_VALUE:
+                false_positives.apply(bytes(event.value))  # a count change (agents/feedback.py)
             step = route_step(
                 TICK if record is None else record,
                 state, registry, store.index, now, config, grace,

@@ -265,6 +265,25 @@ Party = Annotated[
 StixType = Annotated[str, Field(pattern=STIX_TYPE_PATTERN)]
 
 
+# --- false-positive policy (docs/feedback.md, "Sightings and false-positive reports") ---------
+
+
+class FalsePositiveAction(StrEnum):
+    LOWER_CONFIDENCE = "lower_confidence"  # bus-minted indicators: confidence capped
+    WITHHOLD = "withhold"  # not delivered; holders get a revocation
+
+
+class FalsePositivePolicy(_Frozen):
+    """What happens to a key's indicator for this agreement's subscribers once `threshold`
+    distinct member orgs reported it as a false positive."""
+
+    threshold: int = Field(ge=1, le=1000, description="Distinct reporting orgs that trigger it")
+    action: FalsePositiveAction
+    confidence: int = Field(
+        default=15, ge=0, le=100, description="lower_confidence: the cap (STIX 'low' = 15)"
+    )
+
+
 class Agreement(_Frozen):
     id: str = Field(pattern=AGREEMENT_ID_PATTERN, description="Stable slug, unique in the set")
     version: int = Field(ge=1, description="Bumped on every edit; recorded on each decision")
@@ -325,6 +344,9 @@ class Agreement(_Frozen):
         if value is not None and value <= timedelta(0):
             raise ValueError(f"max_age {value} is not positive: write e.g. P30D or PT1H")
         return value
+    false_positive: FalsePositivePolicy | None = Field(
+        default=None, description="Absent: false-positive reports change nothing for delivery"
+    )
 
     @field_validator("publishers", "subscribers", "object_types", "observable_types")
     @classmethod

@@ -31,6 +31,15 @@ class AuditTransformation(BaseModel):
     detail: str
 
 
+class AuditSource(BaseModel):
+    """One producer's object behind a delivered object (the feedback stage's index)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    publisher: str
+    object_id: str
+
+
 class AuditRecord(BaseModel):
     """May `subscriber` receive `object_id` from `publisher`, under which agreement, and did it?"""
 
@@ -51,3 +60,12 @@ class AuditRecord(BaseModel):
     )
     decided_at: datetime = Field(description="Wall-clock time of the routing step (UTC)")
     delivered: bool = Field(description="The decision allowed and led to a delivery in this step")
+    # What was delivered (delivered only): read by the feedback stage through
+    # stixbus.core.audit.deliveries_of, never directly.
+    delivered_id: str | None = Field(
+        default=None, description="STIX id of the object the subscriber received (minted or not)"
+    )
+    dedup_key: str | None = Field(default=None, description="The key the delivery belongs to")
+    delivered_sources: list[AuditSource] = Field(
+        default_factory=list, description="The producers' objects behind the delivered object"
+    )

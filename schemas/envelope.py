@@ -53,6 +53,7 @@ class Reason(StrEnum):
     WRONG_REF_TYPE = "wrong_ref_type"
     PATTERN_TOO_COMPLEX = "pattern_too_complex"
     VALIDATION_TIMEOUT = "validation_timeout"
+    NOT_DELIVERED_TO_YOU = "not_delivered_to_you"  # feedback about an id you never received
 
 
 class Rejection(BaseModel):

@@ -142,6 +142,24 @@ LAG_SAMPLE_ERRORS = Counter(
     "Lag samples that failed (broker unreachable, timeout)",
 )
 
+FEEDBACK_REPORTS = Counter(
+    "stixbus_feedback_reports_total",
+    "Sighting and opinion reports from members about ids they name, per reporting subscriber "
+    "and reason: the kind when accepted (sighting, false_positive, not_false_positive), "
+    "not_delivered_to_you when rejected",
+    ["subscriber", "reason"],
+)
+FALSE_POSITIVE_REPORTS = Counter(
+    "stixbus_false_positive_reports_total",
+    "Accepted false-positive reports, per publisher (producer) of the reported object",
+    ["publisher"],
+)
+FEEDBACK_DELIVERED = Counter(
+    "stixbus_feedback_delivered_total",
+    "Aggregated sightings and false-positive opinions delivered to their producer (publisher)",
+    ["publisher"],
+)
+
 # Every metric family this module registers (the dashboard test compares against these).
 ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     SUBMISSIONS,
@@ -160,6 +178,9 @@ ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     DECAYED,
     AGREEMENT_VERSION,
     DEDUP_KEYS,
+    FEEDBACK_REPORTS,
+    FALSE_POSITIVE_REPORTS,
+    FEEDBACK_DELIVERED,
     SUBSCRIBER_LAG,
     LAG_SAMPLE_TIME,
     LAG_SAMPLE_ERRORS,
@@ -230,6 +251,8 @@ def init_orgs(publishers: Iterable[str], subscribers: Iterable[str]) -> None:
         FOREIGN_IDS.labels(org)
     for org in subs:
         REVOCATIONS_DELIVERED.labels(org)
+    for org in pubs:
+        FALSE_POSITIVE_REPORTS.labels(org)
 
 
 def observe_submission(publisher: str, objects: int) -> None:
@@ -313,6 +336,27 @@ def retire_agreement(agreement_id: str) -> None:
         AGREEMENT_VERSION.remove(agreement_id)
     except KeyError:
         pass
+
+
+_REPORT_KINDS = frozenset({"sighting", "false_positive", "not_false_positive"})
+REPORT_REJECTED = Reason.NOT_DELIVERED_TO_YOU.value
+
+
+def observe_feedback_report(reporter: str, kind: str, accepted: bool) -> None:
+    """One report (sighting or opinion about one id) from `reporter`, accepted or rejected."""
+    label = kind if kind in _REPORT_KINDS else OTHER_REASON
+    FEEDBACK_REPORTS.labels(_org(reporter), label if accepted else REPORT_REJECTED).inc()
+
+
+def observe_false_positive(producer: str) -> None:
+    """An accepted false-positive report about an object of `producer`."""
+    FALSE_POSITIVE_REPORTS.labels(_org(producer)).inc()
+
+
+def observe_feedback_delivered(producer: str, objects: int) -> None:
+    """`objects` new versions of aggregated sightings/opinions delivered to `producer`."""
+    if objects > 0:
+        FEEDBACK_DELIVERED.labels(_org(producer)).inc(objects)
 
 
 def set_dedup_keys(count: int) -> None:

@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Keep a fully revoked/expired key this long before removing its state",
     )
+    feedback_window_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "Aggregated sightings and false-positive opinions to a producer: at most one new "
+            "version per producer object per this many seconds (later reports are coalesced)"
+        ),
+    )
     limits: Limits = Field(default_factory=Limits)
 
     # False-positive guard and decay (docs/feedback.md).

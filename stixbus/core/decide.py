@@ -54,6 +54,7 @@ class ReasonCode(StrEnum):
     CONFIDENCE_MISSING = "confidence_missing"
     CONFIDENCE_BELOW_MINIMUM = "confidence_below_minimum"
     WARNINGLIST = "warninglist"  # written warninglist:<list> (Reason.code_text)
+    FALSE_POSITIVE = "false_positive"  # withheld by the agreement's false-positive policy
 
 
 class TransformKind(StrEnum):
@@ -63,6 +64,7 @@ class TransformKind(StrEnum):
     PSEUDONYMISE_PROPERTIES = "pseudonymise_properties"
     MARK_NO_ONWARD_SHARING = "mark_no_onward_sharing"
     NEW_OBJECT_ID = "new_object_id"
+    LOWER_CONFIDENCE = "lower_confidence"  # the agreement's false-positive policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,15 +8,17 @@ material change; see docs/dedup.md.  Agreement decisions come from stixbus/core/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.agreement import Agreement
+from schemas.agreement import Agreement, FalsePositiveAction
 from schemas.org import Org, Registry
 from stixbus.core.decay import DecayPolicy
 from stixbus.core.decide import AgreementIndex, Decision
 from stixbus.core.dedup import KeyState, SubscriberView, with_views
+from stixbus.core.fp_policy import capped_body, policy_decision, triggered_policy
 from stixbus.core.guard import WarninglistIndex
 from stixbus.core.ids import Uuid5Prefix, parse_time
 from stixbus.core.minting import (
@@ -32,7 +34,7 @@ from stixbus.core.redact import (
     apply_transformations,
     companion_objects,
 )
-from stixbus.core.routing import agreements_by_id, routing_for
+from stixbus.core.routing import Group, Row, agreements_by_id, routing_for
 
 
 @dataclass(slots=True)
@@ -58,6 +60,9 @@ class RouteConfig:
     confidence_step: int = 10
     guard: WarninglistIndex | None = None  # the false-positive guard (core/guard.py)
     decay: DecayPolicy | None = None  # default valid_until by observable type (core/decay.py)
+    # dedup key -> distinct false-positive reporters (the worker's replay of the
+    # false-positives topic; stixbus/core/fp_policy.py)
+    false_positives: Mapping[str, int] = field(default_factory=dict)
 
 
 def plan_key(
@@ -87,6 +92,7 @@ def plan_key(
     built: dict[int, Minted] = {}
     shaped: dict[int, Minted] = {}
     summaries: dict[tuple[str, ...], Summary] = {}
+    reported = config.false_positives.get(state.key, 0) if minted else 0
     for row in routing.rows:
         subscriber = row.subscriber
         previous = views.get(subscriber.id)
@@ -100,6 +106,18 @@ def plan_key(
                 # The new version is invisible to this subscriber and its copy does not rest on
                 # that source: nothing it holds can change (expiry comes through ticks).
                 continue
+        if reported and row.group >= 0:
+            held = _false_positive(
+                row, routing.groups[row.group], first, previous, reported, index, now, registry,
+                ids, audited,
+            )  # fmt: skip
+            if held is not None:
+                delivery, view = held
+                if view is not None:
+                    views[subscriber.id] = view
+                if delivery is not None:
+                    deliveries.append(delivery)
+                continue
         if minted:
             if previous is not None and previous.revoked:
                 continue  # revoked is final
@@ -107,8 +125,8 @@ def plan_key(
                 delivery, view = _plan_unvouched(state, subscriber, previous, active, registry, ids)
             else:
                 found = built.get(row.group)
+                group = routing.groups[row.group]
                 if found is None:
-                    group = routing.groups[row.group]
                     same = shaped.get(group.shape)
                     if same is None:
                         found = shaped[group.shape] = build_minted(
@@ -121,12 +139,17 @@ def plan_key(
                             agreement_version=group.agreement_version,
                         )
                     built[row.group] = found
+                lowered = None
+                if reported:
+                    found, lowered = _lowered(found, row, group.agreement_id, reported, index)
                 if found.expired(now):  # past its agreement's max_age (core/decay.py)
                     delivery, view = _plan_aged_out(subscriber, found, previous, ids, registry)
                 else:
                     delivery, view = _plan_minted(
                         subscriber, found, previous, registry, config, ids
                     )
+                if lowered is not None and delivery is not None and changed is None:
+                    audited.append(lowered)  # a re-plan (tick) lowered it: say why
         else:
             allowed = {candidates[pos][0]: decision for pos, decision in row.allowed}
             delivery, view = _plan_forward(
@@ -138,6 +161,49 @@ def plan_key(
             deliveries.append(delivery)
     settled = _settled(state, views, active, now)
     return Plan(with_views(state, views, settled), deliveries, audited)
+
+
+def _false_positive(
+    row: Row,
+    group: Group,
+    first: Decision | None,
+    previous: SubscriberView | None,
+    reported: int,
+    index: AgreementIndex,
+    now: datetime,
+    registry: Registry,
+    ids: Uuid5Prefix,
+    audited: list[Decision],
+) -> tuple[Delivery | None, SubscriberView | None] | None:
+    """The row under a triggered false-positive policy (fp_policy.py), audited: None when no
+    policy applies or it only caps confidence (planned as usual, then `_lowered`)."""
+    policy = triggered_policy(index, group.agreement_id, reported)
+    if policy is None:
+        return None
+    base = first if first is not None and first.allow else row.allowed[0][1]
+    decision = policy_decision(base, group.agreement_id, policy, reported)
+    if first is not None and first.allow:
+        audited[-1] = decision  # the changed source's decision, as the policy changes it
+    if policy.action is not FalsePositiveAction.WITHHOLD:
+        return None
+    if previous is None or previous.revoked:
+        return None, None  # never delivered, or taken back already
+    if first is None or not first.allow:
+        audited.append(decision)
+    view = _view(previous, previous.source_ids, next_modified(previous, now), True)
+    revoked = minted_indicator(view, ids(row.subscriber.id), registry.bus.identity_id)
+    return _delivery(row.subscriber, revoked, [], previous.agreement_id, True, None), view
+
+
+def _lowered(
+    found: Minted, row: Row, agreement_id: str | None, reported: int, index: AgreementIndex
+) -> tuple[Minted, Decision | None]:
+    """The minted body with its confidence capped, and the decision saying so (policy)."""
+    policy = triggered_policy(index, agreement_id, reported)
+    if policy is None or policy.action is not FalsePositiveAction.LOWER_CONFIDENCE:
+        return found, None
+    decision = policy_decision(row.allowed[0][1], agreement_id, policy, reported)
+    return found._replace(body=capped_body(found.body, policy.confidence)), decision
 
 
 def _view(

@@ -8,8 +8,9 @@ is the broker's super user (created when the storage is formatted) and gets no A
 - org X (subscriber) may READ `<prefix>.deliver.X`;
 - org X may use the consumer group `<prefix>.X` and groups whose names start with `<prefix>.X.`;
 - the worker may READ each publisher's ingest topic, claims, normalized, ticks, markings,
-  agreements and its table changelogs (`<app_id>-<table>-changelog`), WRITE claims, markings,
-  normalized, ticks, audit, dead letters,
+  agreements, audit, the feedback topics and its table changelogs
+  (`<app_id>-<table>-changelog`), WRITE claims, markings, normalized, ticks, audit, dead letters,
+  the feedback topics (feedback, feedback-sources, false-positives: no org reads them),
   each org's receipts/deliver topic and its changelogs, use the consumer group `<app_id>` and
   DESCRIBE every `<prefix>.` group (committed offsets, for the lag monitor); it never writes an
   ingest topic or agreements and creates nothing (every right is literal);
@@ -147,9 +148,15 @@ def worker_reads(registry: Registry, prefix: str, app_id: str) -> list[str]:
             names.ticks,
             names.agreements,
             names.markings,
+            *_feedback_topics(names),
             *(changelog_topic(app_id, t) for t in WORKER_TABLES),
         }
     )
+
+
+def _feedback_topics(names: TopicNames) -> tuple[str, ...]:
+    """The feedback stages' topics: the worker reads (audit too) and writes them, no org does."""
+    return (names.audit, names.feedback, names.feedback_sources, names.false_positives)
 
 
 def worker_writes(registry: Registry, prefix: str, app_id: str) -> list[str]:
@@ -163,6 +170,7 @@ def worker_writes(registry: Registry, prefix: str, app_id: str) -> list[str]:
             names.ticks,
             names.audit,
             names.deadletter,
+            *_feedback_topics(names),
             *(names.receipts(o.id) for o in registry.publishers),
             *(names.deliver(o.id) for o in registry.subscribers),
             *(changelog_topic(app_id, t) for t in WORKER_TABLES),

@@ -19,7 +19,11 @@ RECORD_FRAMING_BYTES = 1024
 # operator's `stixbus topics` / `stixbus up` creates these with the rest.
 DEDUP_TABLE = "stixbus-dedup"
 OWNERS_TABLE = "stixbus-owners"
-WORKER_TABLES = (DEDUP_TABLE, OWNERS_TABLE)
+# The feedback stages (agents/feedback.py): delivered id -> recipients and sources, and dedup
+# key -> what members fed back about its producers' objects.
+FEEDBACK_TABLE = "stixbus-feedback"
+FEEDBACK_SOURCES_TABLE = "stixbus-feedback-sources"
+WORKER_TABLES = (DEDUP_TABLE, OWNERS_TABLE, FEEDBACK_TABLE, FEEDBACK_SOURCES_TABLE)
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -89,6 +93,21 @@ class TopicNames:
     def agreements(self) -> str:
         return f"{self.prefix}.agreements"
 
+    @property
+    def feedback(self) -> str:
+        """Deliveries (from the audit) and members' reports, keyed by the delivered id."""
+        return f"{self.prefix}.feedback"
+
+    @property
+    def feedback_sources(self) -> str:
+        """Accepted reports per producer object, keyed by dedup key (agents/feedback.py)."""
+        return f"{self.prefix}.feedback-sources"
+
+    @property
+    def false_positives(self) -> str:
+        """Distinct false-positive reporters per dedup key (compacted; core/fp_policy.py)."""
+        return f"{self.prefix}.false-positives"
+
     def org_of_ingest(self, topic: str) -> str:
         head = f"{self.prefix}.ingest."
         if not topic.startswith(head):
@@ -131,6 +150,9 @@ class TopicNames:
             # One partition: every worker reads every agreement (no GlobalTable, see agents/).
             TopicSpec(self.agreements, 1, compacted=True),
             TopicSpec(self.markings, 1, compacted=True),
+            TopicSpec(self.feedback, partitions),
+            TopicSpec(self.feedback_sources, partitions),
+            TopicSpec(self.false_positives, 1, compacted=True),
         ]
         if app_id is not None:
             specs += [

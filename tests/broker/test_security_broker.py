@@ -220,6 +220,20 @@ def test_bank_a_cannot_read_bank_b_delivery(secure_bus: SecureBus) -> None:
         asyncio.run(run())
 
 
+@pytest.mark.parametrize(
+    "topic", [NAMES.feedback, NAMES.feedback_sources, NAMES.false_positives]
+)
+def test_no_org_reads_the_feedback_topics(secure_bus: SecureBus, topic: str) -> None:
+    """Who received and sighted what (docs/feedback.md) stays with the worker."""
+
+    async def run() -> None:
+        async for _ in read_topic(secure_bus.conn("bank-a"), topic, from_beginning=True):
+            pass
+
+    with pytest.raises(TopicAuthorizationFailedError, match=topic.replace(".", r"\.")):
+        asyncio.run(run())
+
+
 def test_bank_a_cannot_write_cert_ingest(secure_bus: SecureBus) -> None:
     async def run() -> None:
         producer = AIOKafkaProducer(**secure_bus.conn("bank-a"))

@@ -31,6 +31,7 @@ from stixbus.kafka.config import (
     read_credentials,
     write_credentials,
 )
+from stixbus.kafka.topics import TopicNames
 from stixbus.settings import Settings
 from tests.helpers.paths import REPO_ROOT, example_registry
 
@@ -240,3 +241,24 @@ def test_credentials_file_is_private_and_round_trips(tmp_path: Path) -> None:
     path.write_text("[]")
     with pytest.raises(CredentialsError, match="must be"):
         read_credentials(path)
+
+
+def test_feedback_topics_are_the_workers_alone() -> None:
+    """Members' reports name who saw what: no org (nor the operator) may read the feedback
+    topics, the worker reads and writes them (and reads the audit it indexes)."""
+    feedback = {
+        "stixbus.feedback", "stixbus.feedback-sources", "stixbus.false-positives",
+        "stixbus-stixbus-feedback-changelog", "stixbus-stixbus-feedback-sources-changelog",
+    }  # fmt: skip
+    worker = topic_ops(WORKER)
+    assert {(n, Operation.READ) for n in feedback} <= {(n, op) for _, n, op in worker}
+    assert {(n, Operation.WRITE) for n in feedback} <= {(n, op) for _, n, op in worker}
+    assert ("stixbus.audit", Operation.READ) in {(n, op) for _, n, op in worker}
+    for binding in ACLS:
+        if binding.user != WORKER and binding.resource_type == ResourceType.TOPIC:
+            assert binding.resource_name not in feedback, binding.describe()
+            assert binding.pattern_type == PatternType.LITERAL or not any(
+                name.startswith(binding.resource_name) for name in feedback
+            ) or binding.operation == Operation.DESCRIBE, binding.describe()
+    specs = {s.name: s for s in TopicNames("stixbus").all_specs(REGISTRY, 4, app_id="stixbus")}
+    assert feedback <= set(specs) and specs["stixbus.false-positives"].compacted
