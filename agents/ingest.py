@@ -13,8 +13,8 @@ from schemas.envelope import SUBMISSION_HEADER
 from schemas.feedback import FeedbackEvent
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.guard import guarded_receipt
 from stixbus.core.feedback import split_feedback
+from stixbus.core.guard import guarded_receipt
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise.handling import trusted_publish_time
 from stixbus.warninglists import guard_index
