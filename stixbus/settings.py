@@ -45,22 +45,22 @@ class Retention(BaseSettings):
     audit_seconds: float = Field(
         default=7 * 365 * DAY, gt=0, description="the audit trail (years: regulators ask)"
     )
-    deliver_delete_retention_seconds: float = Field(
+    compacted_delete_retention_seconds: float = Field(
         default=30 * DAY,
         ge=0,
-        description="deliver.<org> (compacted): how long a tombstone stays readable, so a "
-        "subscriber away less than this still sees the delete",
-    )
-    deliver_grace_seconds: float = Field(
-        default=30 * DAY,
-        ge=0,
-        description="deliver.<org>: a revoked or expired object stays in the subscriber's "
-        "current state this long after it settled, then is tombstoned",
+        description="Compacted topics (deliver.<org>, agreements, markings, changelogs): how "
+        "long a tombstone stays readable (delete.retention.ms)",
     )
     compacted_min_lag_seconds: float = Field(
         default=0,
         ge=0,
         description="min.compaction.lag.ms of compacted topics (0: the broker's default)",
+    )
+    compaction_dirty_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="min.cleanable.dirty.ratio of compacted topics (unset: the broker's 0.5)",
     )
     segment_seconds: float | None = Field(
         default=None,

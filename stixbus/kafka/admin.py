@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stixbus.kafka.topics import TopicSpec
@@ -15,12 +16,15 @@ from stixbus.kafka.topics import TopicSpec
 async def ensure_topics(
     conn: dict[str, Any], specs: list[TopicSpec], replication: int = 1
 ) -> list[str]:
-    """Create missing topics; returns the names created.  Existing topics are left as they are."""
+    """Create missing topics; returns the names created.  Existing topics get the configs of
+    their spec (cleanup policy, retention...) when theirs differ: an upgraded bus turns its
+    delivery topics compacted (their partition count is left as it is)."""
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
+        await _reconcile_configs(admin, [s for s in specs if s.name in existing])
         if not missing:
             return []
         new = [
@@ -43,10 +47,28 @@ async def ensure_topics(
 
 
 def _topic_configs(spec: TopicSpec) -> dict[str, str]:
-    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    configs = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    configs.update(spec.configs)
     if spec.max_message_bytes is not None:
         configs["max.message.bytes"] = str(spec.max_message_bytes)
     return configs
+
+
+async def _reconcile_configs(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    if not specs:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for _error, _message, _type, name, entries in response.resources:
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    stale = [
+        ConfigResource(ConfigResourceType.TOPIC, s.name, _topic_configs(s))
+        for s in specs
+        if any(current.get(s.name, {}).get(k) != v for k, v in _topic_configs(s).items())
+    ]
+    if stale:
+        await admin.alter_configs(stale)
 
 
 async def _wait_for_leaders(
