@@ -112,6 +112,13 @@ class TaxiiServer(BaseSettings):
     idle_timeout_seconds: float = Field(default=30, gt=0, description="Idle keep-alive limit")
     header_timeout_seconds: float = Field(default=10, gt=0, description="Request header deadline")
     request_timeout_seconds: float = Field(default=30, gt=0, description="A request's deadline")
+    settle_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="A record appended less than this before the server last caught up with its "
+        "topic is not served yet (allowance for the broker's and this host's clocks; it keeps "
+        "date_added order exact)",
+    )
 
 
 class Settings(BaseSettings):

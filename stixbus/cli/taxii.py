@@ -49,6 +49,28 @@ def _show_secret(kind: str, username: str | None, secret: str, cred_id: str) -> 
     print(secret)  # stdout, alone on its line, so scripts can capture it
 
 
+@app.command("serve")
+def serve_cmd(
+    port: Annotated[int | None, typer.Option(help="Port (default: STIXBUS_TAXII_PORT)")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (STIXBUS_TAXII_HOST)")] = None,
+) -> None:
+    """Serve every subscriber's collection over TAXII 2.1 until interrupted."""
+    import asyncio
+    import logging
+
+    from egress.taxii.server import serve
+
+    settings = get_settings()
+    update = {k: v for k, v in {"port": port, "host": host}.items() if v is not None}
+    if update:
+        settings = settings.model_copy(update={"taxii": settings.taxii.model_copy(update=update)})
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+
+
 @credentials.command("add")
 def add_cmd(
     org: Annotated[str, typer.Argument(help="Subscribing org id (from the registry)")],
