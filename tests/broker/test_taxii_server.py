@@ -231,6 +231,15 @@ def test_revocation_reaches_a_pulling_client_as_a_new_version(
     assert [o["revoked"] for o in latest["objects"]] == [True]  # match[version]=last
 
 
+def first_next(server: TaxiiServer, org: str) -> str:
+    deadline = time.monotonic() + 20
+    while True:
+        body = server.get(server.collection(org) + "objects/?limit=5", org).json()
+        if body.get("more") or time.monotonic() > deadline:
+            return str(body["next"])
+        time.sleep(0.3)
+
+
 def test_cross_org_bad_credentials_and_tampered_tokens_learn_nothing(
     server: TaxiiServer, tbus: Bus
 ) -> None:
@@ -272,13 +281,7 @@ def test_cross_org_bad_credentials_and_tampered_tokens_learn_nothing(
     assert server.get(mine, "bank-a", Accept="application/json").status_code == 406
 
     produce_direct(tbus, "bank-a", 30)
-    deadline = time.monotonic() + 20
-    while True:
-        first = server.get(mine + "objects/?limit=5", "bank-a")
-        if first.json().get("more") or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    token = first.json()["next"]
+    token = first_next(server, "bank-a")
     assert server.get(mine + f"objects/?limit=5&next={token}", "bank-a").status_code == 200
     head, _, mac = token.partition(".")
     forged = {
@@ -292,6 +295,5 @@ def test_cross_org_bad_credentials_and_tampered_tokens_learn_nothing(
         assert resp.headers["Content-Type"] == TAXII_MEDIA
     # bank-b's own token, used by bank-a on its own collection: another collection's token
     produce_direct(tbus, "bank-b", 30)
-    time.sleep(1.5)
-    other = server.get(theirs + "objects/?limit=5", "bank-b").json()["next"]
+    other = first_next(server, "bank-b")
     assert server.get(mine + "objects/", "bank-a", params={"next": other}).status_code == 400
