@@ -1,6 +1,5 @@
 """Our top-level import names are ours alone (the wheel test: tests/integration/test_wheel.py)."""
 
-
 from __future__ import annotations
 
 import importlib.metadata
@@ -19,4 +18,3 @@ def test_no_other_distribution_provides_our_top_level_packages() -> None:
             "only the stixbus distribution may provide it (rename the clash, or move ours "
             "under stixbus/)"
         )
-
