@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -298,3 +300,57 @@ def test_cross_org_bad_credentials_and_tampered_tokens_learn_nothing(
     produce_direct(tbus, "bank-b", 30)
     other = first_next(server, "bank-b")
     assert server.get(mine + "objects/", "bank-a", params={"next": other}).status_code == 400
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    key, pem = folder / f"{name}.key", folder / f"{name}.pem"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             f"/CN={name}", "-keyout", str(key), "-out", str(pem))  # fmt: skip
+    return pem, key
+
+
+def client_cert(folder: Path, ca: tuple[Path, Path], cn: str) -> tuple[str, str]:
+    key, csr, pem = folder / f"{cn}.key", folder / f"{cn}.csr", folder / f"{cn}.pem"
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+             "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+             "-CAcreateserial", "-days", "2", "-out", str(pem))  # fmt: skip
+    return str(pem), str(key)
+
+
+def test_tls_and_client_certificates(tbus: Bus, server: TaxiiServer, tmp_path: Path) -> None:
+    """TLS signed by the stack's CA; a client certificate from the client CA authenticates
+    as the org of its CN (and only reads that org's collection); one from another CA does
+    not get in."""
+    secrets = tbus.home / "secrets"
+    if not (secrets / "ca.pem").exists():
+        make_ca(secrets, "ca")
+    client_ca = make_ca(tmp_path / "clients", "client-ca")
+    rogue_ca = make_ca(tmp_path / "rogue", "rogue-ca")
+    tls = TaxiiServer(
+        tbus,
+        env={"STIXBUS_TAXII_TLS": "true", "STIXBUS_TAXII_CLIENT_CA": str(client_ca[0])},
+        passwords=dict(server.passwords),
+        ca=str(secrets / "ca.pem"),
+    )
+    tls.start()
+    try:
+        cert_a = client_cert(tmp_path / "clients", client_ca, "bank-a")
+        rogue_a = client_cert(tmp_path / "rogue", rogue_ca, "bank-a")
+        ca = str(secrets / "ca.pem")
+        ok = requests.get(tls.collection("bank-a") + "objects/", cert=cert_a, verify=ca,
+                          headers={"Accept": TAXII_MEDIA}, timeout=10)  # fmt: skip
+        assert ok.status_code == 200, ok.text
+        other = requests.get(tls.collection("bank-b"), cert=cert_a, verify=ca, timeout=10)
+        assert other.status_code == 404
+        assert requests.get(tls.base, verify=ca, timeout=10).status_code == 401
+        with pytest.raises(requests.exceptions.ConnectionError):  # refused in the handshake
+            requests.get(tls.base, cert=rogue_a, verify=ca, timeout=10)
+        assert tls.get(tls.root + "collections/", "bank-b").status_code == 200  # Basic on TLS
+    finally:
+        tls.stop()
