@@ -120,10 +120,8 @@ def test_member_cannot_revoke_or_replace_the_certs_indicator(obus: Bus, tmp_path
     )
     # Either the ownership check drops both (dead letters) or the hijack reaches the ISPs.
     wait_until(
-        lambda: (
-            len(foreign_letters(obus, original["id"])) >= 2
-            or any(o.get("revoked") for o in indicators(obus, "isp-one", original["pattern"]))
-        ),
+        lambda: len(foreign_letters(obus, original["id"])) >= 2
+        or any(o.get("revoked") for o in indicators(obus, "isp-one", original["pattern"])),
         "the hijack's outcome",
     )
 

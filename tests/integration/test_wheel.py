@@ -4,6 +4,7 @@ Slowish (it builds the wheel and a venv) and needs no broker; marked `packaging`
 pins of uv.lock from uv's cache (`--offline`), which `deploy/bootstrap.sh` (`uv sync`) filled.
 """
 
+
 from __future__ import annotations
 
 import os
@@ -55,18 +56,8 @@ def test_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
     _run([uv, "venv", "-q", "--python", sys.executable, str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
     _run(
-        [
-            uv,
-            "pip",
-            "install",
-            "-q",
-            "--offline",
-            "--python",
-            str(python),
-            "-r",
-            str(pins),
-            str(wheels[0]),
-        ],
+        [uv, "pip", "install", "-q", "--offline", "--python", str(python),
+         "-r", str(pins), str(wheels[0])],
         cwd=tmp_path,
     )
 
@@ -78,30 +69,22 @@ def test_wheel_runs_outside_the_checkout(tmp_path: Path) -> None:
         "STIXBUS_HOME": str(tmp_path / "home"),
         "STIXBUS_DEPLOY_DIR": str(DEPLOY),
     }
-    where = _run(
-        [str(python), "-c", "import stixbus, schemas; print(stixbus.__file__)"],
-        cwd=elsewhere,
-        env=env,
-    )
+    where = _run([str(python), "-c", "import stixbus, schemas; print(stixbus.__file__)"],
+                 cwd=elsewhere, env=env)
     assert Path(where.strip()).is_relative_to(venv), f"imported from {where}, not the venv"
     assert not Path(where.strip()).is_relative_to(REPO_ROOT)
 
     stixbus = str(venv / "bin" / "stixbus")
     assert "agreements" in _run([stixbus, "--help"], cwd=elsewhere, env=env)
-    report = _run(
-        [stixbus, "agreements", "check", str(DEPLOY / "agreements.yaml")], cwd=elsewhere, env=env
-    )
+    report = _run([stixbus, "agreements", "check", str(DEPLOY / "agreements.yaml")],
+                  cwd=elsewhere, env=env)
     assert "0 error(s)" in report, report
 
     # And without STIXBUS_DEPLOY_DIR the default ./deploy is relative to where it runs.
     no_deploy = {k: v for k, v in env.items() if k != "STIXBUS_DEPLOY_DIR"}
     failed = subprocess.run(
         [stixbus, "agreements", "check", str(DEPLOY / "agreements.yaml")],
-        cwd=elsewhere,
-        env=no_deploy,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        cwd=elsewhere, env=no_deploy, capture_output=True, text=True, timeout=120,
     )
     assert failed.returncode == 1
     assert failed.stderr.startswith(f"stixbus: cannot read org registry deploy{os.sep}orgs.yaml")
