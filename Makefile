@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench chaos chaos-isolation bench-recovery bench-state
+.PHONY: up down test lint bench chaos chaos-isolation bench-recovery bench-state bench-taxii
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -34,3 +34,7 @@ bench-recovery: ## kill -9 → first delivery (median of restarts) and a crash l
 bench-state:   ## dedup state of 1M and 10M keys: disk, worker RSS, cold rebuild; needs a broker
 	@bash deploy/bootstrap.sh
 	@.venv/bin/python -m bench.state --keys 1000000 && .venv/bin/python -m bench.state --keys 10000000
+
+bench-taxii:   ## TAXII server paging 100k objects, p99 page latency at 10 clients, RSS (needs a broker)
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.taxii

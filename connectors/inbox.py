@@ -59,7 +59,7 @@ from connectors.inbox_tls import ensure_server_cert, server_context
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
 from stixbus.core.ids import stix_time, uuid5
-from stixbus.kafka._compat import RequestHandler
+from stixbus.http import listen
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
 from stixbus.kafka.topics import TopicNames
@@ -546,56 +546,6 @@ class Inbox:
         }
 
 
-class GuardedHandler(RequestHandler):
-    """aiohttp's request handler with a connection cap and a request-header deadline.
-
-    aiohttp closes a connection that has no complete request `keepalive_timeout` after it
-    opened or after its last response (the idle timeout); this adds: at most `max_connections`
-    open (more get a 503 and are closed), and headers must be complete within
-    `header_timeout` of their first byte (slowloris).
-    """
-
-    def __init__(self, *args: Any, inbox_config: InboxConfig, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._inbox_config = inbox_config
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._refused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        manager = self._manager
-        if manager is not None and len(manager.connections) >= self._inbox_config.max_connections:
-            self._refused = True
-            self._manager = None  # never registered: connection_lost has nothing to undo
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Connection: close\r\nRetry-After: 1\r\n\r\n"
-                )
-            transport.close()
-            return
-        super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        if self._header_timer is None and not self._request_in_progress:
-            self._header_timer = self._loop.call_later(
-                self._inbox_config.header_timeout_seconds, self._header_deadline
-            )
-        super().data_received(data)
-
-    def _header_deadline(self) -> None:
-        self._header_timer = None
-        if not self._request_in_progress and self._waiter is not None and not self._waiter.done():
-            self.force_close()  # still waiting for a complete request after the deadline
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
-
-
 async def run(inbox: Inbox, stop: asyncio.Event | None = None) -> None:
     """Serve `inbox` until `stop` is set (or forever)."""
     config = inbox.config
@@ -608,23 +558,7 @@ async def run(inbox: Inbox, stop: asyncio.Event | None = None) -> None:
         context = server_context(cert, key)
     runner = web.AppRunner(inbox.app(), keepalive_timeout=config.idle_timeout_seconds)
     await runner.setup()
-    server = runner.server
-    assert server is not None
-    loop = asyncio.get_running_loop()
-    handler_kwargs = dict(server._kwargs)  # what AppRunner passes to its own handlers
-
-    def factory() -> GuardedHandler:
-        assert server is not None
-        return GuardedHandler(server, loop=loop, inbox_config=config, **handler_kwargs)
-
-    listener = await loop.create_server(
-        factory,
-        config.host,
-        config.port,
-        ssl=context,
-        ssl_handshake_timeout=config.header_timeout_seconds if context else None,
-        backlog=min(config.max_connections, 1024),
-    )
+    listener = await listen(runner, config.host, config.port, config, context)
     try:
         await (stop.wait() if stop else asyncio.Event().wait())
     finally:

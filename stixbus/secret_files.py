@@ -43,6 +43,13 @@ def connector_id_key(settings: Settings, org_id: str) -> bytes:
     return hmac.new(pseudonym_key(settings), f"connector-ids|{org_id}".encode(), "sha256").digest()
 
 
+def taxii_next_key(settings: Settings) -> bytes:
+    """The key the TAXII server signs its `next` tokens with (egress/taxii/): generated once
+    into `<home>/secrets/taxii-next.key`; replicas share it (copy the file), and replacing it
+    turns every outstanding token into a 400 (clients start their paging over)."""
+    return _load_or_create(settings.home / "secrets" / "taxii-next.key")
+
+
 def _load_or_create(path: Path) -> bytes:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:

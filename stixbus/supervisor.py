@@ -54,6 +54,61 @@ def start_worker(settings: Settings) -> int:
     return proc.pid
 
 
+def service_pid_file(settings: Settings, name: str) -> Path:
+    return settings.home / f"{name}.pid"
+
+
+def service_log(settings: Settings, name: str) -> Path:
+    return settings.logs_dir / f"{name}.log"
+
+
+def start_service(settings: Settings, name: str, args: list[str]) -> int:
+    """Start `stixbus <args>` detached as service `name` (pid and log files named after it);
+    returns its pid (the running one if already started)."""
+    path = service_pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        pass
+    private_files()
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = service_log(settings, name).open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stixbus.cli.main", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
+    path.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_service(settings: Settings, name: str, timeout: float = 15.0) -> bool:
+    """SIGTERM the service, SIGKILL after `timeout`; True when it was running."""
+    path = service_pid_file(settings, name)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return True
+
+
 def http_probe(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """GET one of the worker's HTTP endpoints: (status, body), whatever the status.  No retries
     (callers poll).  Raises OSError (requests' errors are OSErrors) when nothing answers."""

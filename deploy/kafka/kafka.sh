@@ -265,6 +265,10 @@ PROPS
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
+# Each topic's retention is set by stixbus (docs/operations.md, "Retention"); check it and
+# compact often, so short retention settings (the tests') act within seconds.
+log.retention.check.interval.ms=5000
+log.cleaner.backoff.ms=2000
 PROPS
 }
 

@@ -124,6 +124,12 @@ def up(
         f"worker ready on http://127.0.0.1:{settings.web_port} "
         f"({time.monotonic() - started:.1f}s since `up` started)"
     )
+    taxii_pid = supervisor.start_service(settings, "taxii", ["taxii", "serve"])
+    scheme = "https" if settings.security_protocol == "SASL_SSL" else "http"
+    out.print(
+        f"taxii: pid {taxii_pid} on {scheme}://{settings.taxii.host}:{settings.taxii.port}"
+        f"/taxii2/ (credentials: stixbus taxii credentials add ORG; docs/taxii.md)"
+    )
     if demo:
         _demo(settings)
     out.print(
@@ -207,6 +213,8 @@ def down(
 ) -> None:
     """Stop the worker and the local Kafka broker (fine when already stopped)."""
     settings = get_settings()
+    stopped = supervisor.stop_service(settings, "taxii")
+    out.print("taxii stopped" if stopped else "taxii not running")
     out.print("worker stopped" if supervisor.stop_worker(settings) else "worker not running")
     if kafka:
         _kafka("down", settings)

@@ -14,9 +14,10 @@ shows it.
   pull connector builds one connection with our `requests` session (urllib3 `Retry`, TLS
   settings) and hands it to the client's `Collection`; the public constructors only take a
   user/password and build their own session.  Tested by tests/broker/test_connector_taxii.py.
-- `RequestHandler` (aiohttp `web_protocol.RequestHandler`): the TAXII inbox subclasses it for
-  the header deadline and the connection cap (connectors/inbox.py `GuardedHandler`), which
-  aiohttp's public settings do not offer.  Tested by tests/broker/test_connector_inbox.py.
+- `RequestHandler` (aiohttp `web_protocol.RequestHandler`): stixbus/http.py `GuardedHandler`
+  (the TAXII inbox's and the TAXII server's) subclasses it for the header deadline and the
+  connection cap, which aiohttp's public settings do not offer.  Tested by
+  tests/broker/test_connector_inbox.py.
 - `leave_group_when_stopped` (aiokafka 0.14 `GroupCoordinator._maybe_leave_group`): a static
   group member (group.instance.id, stixbus/app.py) sends no LeaveGroup when it closes (KIP-345),
   so a worker stopped on purpose would hold its partitions for the whole session before the

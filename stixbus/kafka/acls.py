@@ -14,6 +14,9 @@ is the broker's super user (created when the storage is formatted) and gets no A
   each org's receipts/deliver topic and its changelogs, use the consumer group `<app_id>` and
   DESCRIBE every `<prefix>.` group (committed offsets, for the lag monitor); it never writes an
   ingest topic or agreements and creates nothing (every right is literal);
+- the pull servers (`stixbus-egress`: the TAXII server, the sink lists) may READ each
+  subscriber's `<prefix>.deliver.X` and nothing else; they follow those topics without a
+  consumer group and write nothing;
 - operators may READ audit, dead letters and agreements, WRITE agreements and DESCRIBE every
   `<prefix>.` topic and group, with groups under `<prefix>.stixbus-operator.`.
 
@@ -33,8 +36,9 @@ from stixbus.kafka.topics import WORKER_TABLES, TopicNames, changelog_topic
 ADMIN = "admin"
 WORKER = "stixbus-worker"
 OPERATOR = "stixbus-operator"
-SERVICE_PRINCIPALS = (WORKER, OPERATOR)
-RESERVED_NAMES = frozenset({ADMIN, WORKER, OPERATOR})
+EGRESS = "stixbus-egress"
+SERVICE_PRINCIPALS = (WORKER, OPERATOR, EGRESS)
+RESERVED_NAMES = frozenset({ADMIN, WORKER, OPERATOR, EGRESS})
 
 
 class ResourceType(StrEnum):
@@ -99,7 +103,7 @@ def may_use_group(prefix: str, user: str, group: str) -> bool:
 def users(registry: Registry) -> list[str]:
     """Every SCRAM user the registry implies (admin excluded: it exists from format time)."""
     check_registry(registry)
-    return [WORKER, OPERATOR, *(o.id for o in registry.orgs)]
+    return [WORKER, OPERATOR, EGRESS, *(o.id for o in registry.orgs)]
 
 
 def check_registry(registry: Registry) -> None:
@@ -194,6 +198,15 @@ def worker_bindings(registry: Registry, prefix: str, app_id: str) -> list[AclBin
     return out
 
 
+def egress_bindings(registry: Registry, prefix: str) -> list[AclBinding]:
+    """The pull servers read every delivery topic (group-less: no group rights), write none."""
+    names = TopicNames(prefix)
+    out: list[AclBinding] = []
+    for org in registry.subscribers:
+        out += _topic(EGRESS, PatternType.LITERAL, names.deliver(org.id), Operation.READ)
+    return out
+
+
 def operator_bindings(prefix: str) -> list[AclBinding]:
     names = TopicNames(prefix)
     lit = PatternType.LITERAL
@@ -218,6 +231,7 @@ def derive_acls(registry: Registry, prefix: str, app_id: str) -> list[AclBinding
     bindings = org_bindings(registry, prefix)
     bindings += worker_bindings(registry, prefix, app_id)
     bindings += operator_bindings(prefix)
+    bindings += egress_bindings(registry, prefix)
     return sorted(set(bindings))
 
 

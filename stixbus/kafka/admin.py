@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stixbus.kafka.topics import TopicSpec, topic_configs
@@ -19,12 +20,17 @@ async def ensure_topics(
     min_insync_replicas: int | None = None,
 ) -> list[str]:
     """Create missing topics with `replication` copies and (when given) `min.insync.replicas`;
-    returns the names created.  Existing topics are left as they are."""
+    returns the names created.  Existing topics get the configs of their spec (cleanup policy,
+    retention...) when theirs differ: an upgraded bus turns its delivery topics compacted (their
+    partition count is left as it is)."""
     admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
     await _start(admin)
     try:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
+        await _reconcile_configs(
+            admin, [s for s in specs if s.name in existing], min_insync_replicas
+        )
         if not missing:
             return []
         new = [
@@ -44,6 +50,28 @@ async def ensure_topics(
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def _reconcile_configs(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], min_insync_replicas: int | None
+) -> None:
+    if not specs:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for _error, _message, _type, name, entries in response.resources:
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    stale = [
+        ConfigResource(ConfigResourceType.TOPIC, s.name, topic_configs(s, min_insync_replicas))
+        for s in specs
+        if any(
+            current.get(s.name, {}).get(k) != v
+            for k, v in topic_configs(s, min_insync_replicas).items()
+        )
+    ]
+    if stale:
+        await admin.alter_configs(stale)
 
 
 async def _wait_for_leaders(

@@ -32,7 +32,7 @@ from aiokafka.errors import (
 
 from schemas.org import load_registry
 from stixbus.kafka.acl_admin import apply, show
-from stixbus.kafka.acls import ADMIN, WORKER
+from stixbus.kafka.acls import ADMIN, EGRESS, WORKER
 from stixbus.kafka.admin import ensure_topics, list_topics
 from stixbus.kafka.client import publish, read_topic
 from stixbus.kafka.config import client_kwargs, read_credentials
@@ -325,9 +325,14 @@ def test_removed_org_loses_its_credentials_and_acls(
 
     removed = apply(secure_bus.settings, load_registry(REGISTRY))
     assert removed.users.delete == ("bank-z",)
-    # bank-z's own bindings, and the worker's literal rights on bank-z's topics.
-    assert {b.user for b in removed.acls.delete} == {"bank-z", WORKER}
-    assert all(b.resource_name.endswith(".bank-z") for b in removed.acls.delete if b.user == WORKER)
+    # bank-z's own bindings, and the worker's and the pull servers' literal rights on
+    # bank-z's topics.
+    assert {b.user for b in removed.acls.delete} == {"bank-z", WORKER, EGRESS}
+    assert all(
+        b.resource_name.endswith(".bank-z")
+        for b in removed.acls.delete
+        if b.user in (WORKER, EGRESS)
+    )
     acls, users = show(secure_bus.settings)
     assert "bank-z" not in users and all(b.user != "bank-z" for b in acls)
     assert "bank-z" not in read_credentials(secure_bus.settings.credentials_file)  # type: ignore[arg-type]

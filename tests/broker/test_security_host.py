@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 
-from stixbus.kafka.acls import ADMIN, WORKER
+from stixbus.kafka.acls import ADMIN, EGRESS, WORKER
 from stixbus.kafka.admin import list_topics
 from stixbus.kafka.client import read_topic
 from stixbus.kafka.config import client_kwargs, read_credentials
@@ -112,6 +112,7 @@ def host_bus() -> Iterator[HostBus]:
     root.chmod(0o755)
     home = root / "home"
     port, cport, web = str(free_port()), str(free_port()), str(free_port())
+    taxii_port = str(free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("STIXBUS_")}
     env |= {
         "STIXBUS_HOME": str(home),
@@ -124,6 +125,7 @@ def host_bus() -> Iterator[HostBus]:
         "STIXBUS_AGREEMENTS_PATH": str(REPO_ROOT / "deploy" / "agreements.yaml"),
         "STIXBUS_DEPLOY_DIR": str(REPO_ROOT / "deploy"),
         "STIXBUS_WEB_PORT": web,
+        "STIXBUS_TAXII_PORT": taxii_port,
         "STIXBUS_PARTITIONS": "2",
         "STIXBUS_STORE": "rocksdb://",
     }
@@ -380,3 +382,60 @@ def test_worker_refuses_to_start_when_its_topics_are_missing(host_bus: HostBus) 
     assert started.returncode != 0
     assert "other-app-stixbus-dedup-changelog" in started.stderr
     assert "stixbus topics" in started.stderr and "Traceback" not in started.stderr
+
+
+# -- the TAXII server `up` starts (issue #14) --------------------------------------------------
+
+
+def test_taxii_server_from_up_serves_tls_with_the_local_ca_as_egress(host_bus: HostBus) -> None:
+    import requests
+
+    added = host_bus.cli("taxii", "credentials", "add", "bank-a", "--label", "sentinel")
+    assert added.returncode == 0, added.stderr
+    password = added.stdout.strip().splitlines()[-1]
+    base = f"https://127.0.0.1:{host_bus.env['STIXBUS_TAXII_PORT']}/taxii2/"
+    ca = str(host_bus.home / "secrets" / "ca.pem")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            resp = requests.get(
+                base + "feeds/collections/", auth=("bank-a", password), verify=ca, timeout=10
+            )
+            if resp.status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the TAXII server from `stixbus up` never answered"
+        time.sleep(0.5)
+    (collection,) = resp.json()["collections"]
+    assert collection["can_read"] and not collection["can_write"]
+    objects = requests.get(
+        base + f"feeds/collections/{collection['id']}/objects/",
+        auth=("bank-a", password),
+        verify=ca,
+        timeout=30,
+    )
+    assert objects.status_code == 200  # read deliver.bank-a as the egress principal
+    with pytest.raises(requests.RequestException):  # no plain HTTP on the TLS port
+        requests.get(base.replace("https", "http"), auth=("bank-a", password), timeout=10)
+    assert requests.get(base, auth=("bank-a", "wrong"), verify=ca, timeout=10).status_code == 401
+
+
+def test_egress_principal_writes_nothing_and_reads_only_deliveries(host_bus: HostBus) -> None:
+    """A stolen egress password: no write to a delivery topic, no read of an ingest topic."""
+
+    async def attack() -> None:
+        producer = AIOKafkaProducer(**host_bus.conn(EGRESS))
+        await producer.start()
+        try:
+            with pytest.raises(KafkaError):
+                await producer.send_and_wait(NAMES.deliver("bank-a"), b"{}", key=b"x")
+        finally:
+            await producer.stop()
+        with pytest.raises(KafkaError):
+            async for _ in read_topic(
+                host_bus.conn(EGRESS), NAMES.ingest("cert"), from_beginning=True, max_wait=5
+            ):
+                pass
+
+    asyncio.run(attack())

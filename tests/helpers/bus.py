@@ -26,7 +26,7 @@ from stixbus.cli.agreements import apply_file
 from stixbus.kafka.admin import ensure_topics
 from stixbus.kafka.client import Record, publish, read_topic
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import Retention, Settings
 from tests.helpers.paths import AGREEMENTS_YAML, ORGS_YAML, REPO_ROOT
 
 AGREEMENTS = AGREEMENTS_YAML
@@ -186,6 +186,13 @@ def make_bus(bootstrap: str, tmp: Path, **env: str) -> Bus:
                     full_env.get("STIXBUS_TEST_INGEST_TOPIC_BYTES", Settings().limits.message_bytes)
                 ),
                 app_id=full_env["STIXBUS_APP_ID"],
+                retention=Retention.model_validate(
+                    {
+                        k.removeprefix("STIXBUS_RETENTION_").lower(): v
+                        for k, v in env.items()
+                        if k.startswith("STIXBUS_RETENTION_")
+                    }
+                ),
             ),
             int(full_env.get("STIXBUS_REPLICATION_FACTOR", "1")),
             int(full_env["STIXBUS_MIN_INSYNC_REPLICAS"])

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from schemas.org import Registry
 from stixbus.kafka.acls import (
     ADMIN,
+    EGRESS,
     OPERATOR,
     WORKER,
     AclBinding,
@@ -167,10 +168,12 @@ def test_plan_removes_exactly_a_removed_orgs_acls_and_keeps_admin_ones() -> None
     )
     plan = plan_acls(derive_acls(registry_without("bank-c"), PREFIX, "stixbus"), [*ACLS, admin_acl])
     assert not plan.create
-    # The org's own bindings, and the worker's literal rights on that org's topics.
+    # The org's own bindings, and the worker's and the pull servers' literal rights on that
+    # org's topics.
     worker_on_c = {b for b in of(WORKER) if b.resource_name.endswith(".bank-c")}
-    assert worker_on_c
-    assert set(plan.delete) == set(of("bank-c")) | worker_on_c
+    egress_on_c = {b for b in of(EGRESS) if b.resource_name.endswith(".bank-c")}
+    assert worker_on_c and egress_on_c
+    assert set(plan.delete) == set(of("bank-c")) | worker_on_c | egress_on_c
     assert plan_acls(ACLS, ACLS).empty
 
 
@@ -262,3 +265,14 @@ def test_feedback_topics_are_the_workers_alone() -> None:
             ) or binding.operation == Operation.DESCRIBE, binding.describe()
     specs = {s.name: s for s in TopicNames("stixbus").all_specs(REGISTRY, 4, app_id="stixbus")}
     assert feedback <= set(specs) and specs["stixbus.false-positives"].compacted
+
+
+def test_egress_reads_every_delivery_topic_and_nothing_else() -> None:
+    """The pull servers' principal: READ on each subscriber's deliver topic, no write, no
+    group, no other topic (what an attacker holding its password could reach)."""
+    bindings = of(EGRESS)
+    delivers = {TopicNames(PREFIX).deliver(o.id) for o in REGISTRY.subscribers}
+    assert {b.resource_name for b in bindings} == delivers
+    assert {(b.resource_type, b.pattern_type, b.operation) for b in bindings} == {
+        (ResourceType.TOPIC, PatternType.LITERAL, Operation.READ)
+    }
