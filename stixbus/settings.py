@@ -330,11 +330,12 @@ class Settings(BaseSettings):
         ),
     )
     recovery_buffer_records: int = Field(
-        default=10_000,
+        default=1_000,
         ge=1,
         description=(
-            "Changelog records a table applies to its local store in one write batch while it "
-            "rebuilds (Faust recovery_buffer_size; Faust's default is 1,000)"
+            "Changelog records a table applies to its local store in one write batch during "
+            "Faust's own recovery (its recovery_buffer_size, same default; large gaps go "
+            "through the bulk restore instead)"
         ),
     )
 
