@@ -250,7 +250,7 @@ async def _create_topics(settings: Settings, names: TopicNames, app_id: str) -> 
     await ensure_topics(client_kwargs(settings), specs)
 
 
-def start_bus(base: Settings, extra_env: dict[str, str]) -> Bus:
+def start_bus(base: Settings, extra_env: dict[str, str], root: Path = REPO_ROOT) -> Bus:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     home = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     app_id = f"{prefix}-worker"
@@ -262,6 +262,8 @@ def start_bus(base: Settings, extra_env: dict[str, str]) -> Bus:
         "STIXBUS_WEB_PORT": os.environ.get("BENCH_WEB_PORT", "19112"),
         "STIXBUS_PARTITIONS": str(PARTITIONS),
         "STIXBUS_STORE": "rocksdb://",
+        # --worker-root: another checkout's code (e.g. a baseline) runs the worker
+        "PYTHONPATH": str(root),
         **extra_env,
     }
     settings = base.model_copy(update={"topic_prefix": prefix, "app_id": app_id})
@@ -272,7 +274,7 @@ def start_bus(base: Settings, extra_env: dict[str, str]) -> Bus:
     log = (home / "worker.log").open("ab")
     bus.proc = subprocess.Popen(
         [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", "warning"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
     )  # fmt: skip
     _wait_ready(bus)
     return bus
@@ -392,9 +394,10 @@ async def collect(
                     got.versions.setdefault(org, set()).add((obj["id"], obj.get("modified", "")))
                 if messages:
                     last_new = time.monotonic()
-            if all(
-                len(got.versions.get(org, ())) >= n for org, n in expected.versions.items()
-            ) or time.monotonic() - last_new > stall:
+            if (
+                all(len(got.versions.get(org, ())) >= n for org, n in expected.versions.items())
+                or time.monotonic() - last_new > stall
+            ):
                 return got
     finally:
         await consumer.stop()
@@ -408,9 +411,7 @@ async def written_records(
     await consumer.start()
     out: dict[str, tuple[int, float]] = {}
     try:
-        topics = [
-            t for t in await consumer.topics() if t.startswith(prefixes) and t not in inputs
-        ]
+        topics = [t for t in await consumer.topics() if t.startswith(prefixes) and t not in inputs]
         for topic in topics:
             tps = await partitions(consumer, topic)
             starts = await consumer.beginning_offsets(tps)
@@ -436,9 +437,7 @@ async def written_records(
 # --- the passthrough ---------------------------------------------------------------------------
 
 
-async def passthrough(
-    conn: dict[str, Any], source: str, inputs: int, sizes: list[int]
-) -> float:
+async def passthrough(conn: dict[str, Any], source: str, inputs: int, sizes: list[int]) -> float:
     """consume `source` → produce len(sizes) records (those sizes) spread over the inputs, with
     aiokafka defaults (acks=all), acks gathered per fetched batch.  Returns input indicators/s."""
     out_topic = f"benchpt{uuid.uuid4().hex[:8]}"
@@ -499,7 +498,7 @@ class RunResult:
 def throughput_run(
     base: Settings, payloads: list[bytes], count: int, expected: Expected, args: argparse.Namespace
 ) -> RunResult:
-    bus = start_bus(base, {})
+    bus = start_bus(base, {}, args.worker_root)
     try:
         assert bus.proc is not None
         pids = proc_tree(bus.proc.pid)
@@ -514,7 +513,8 @@ def throughput_run(
         profiler = None
         if args.profile:
             profiler = subprocess.Popen(
-                ["py-spy", "record", "--nonblocking", "-p", str(bus.proc.pid), "-f", "raw",
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+                 "-p", str(bus.proc.pid), "-f", "raw",
                  "-o", args.profile, "-d", str(args.profile_seconds)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -611,7 +611,7 @@ def throughput(args: argparse.Namespace) -> int:
 
 def latency(args: argparse.Namespace) -> int:
     base = Settings()
-    bus = start_bus(base, {})
+    bus = start_bus(base, {}, args.worker_root)
     try:
         total = int(args.rate * args.duration)
         patterns = [_pattern("domain", f"lat{n}-{uuid.uuid4().hex[:6]}.example.org")
@@ -671,8 +671,10 @@ def latency(args: argparse.Namespace) -> int:
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
 
-    print(f"latency publish→delivery at {args.subscriber}, {args.rate:g} indicators/s for "
-          f"{args.duration:g} s ({len(lat):,} of {total:,} arrived, {base.security_protocol}):")
+    print(
+        f"latency publish→delivery at {args.subscriber}, {args.rate:g} indicators/s for "
+        f"{args.duration:g} s ({len(lat):,} of {total:,} arrived, {base.security_protocol}):"
+    )
     print(f"  p50 {pct(0.50):.1f} ms  p95 {pct(0.95):.1f} ms  p99 {pct(0.99):.1f} ms  "
           f"max {lat[-1] * 1000:.1f} ms")  # fmt: skip
     return 0 if len(lat) == total else 1
@@ -689,6 +691,10 @@ def main() -> None:
     parser.add_argument("--subscriber", default="bank-a", help="latency mode: who is measured")
     parser.add_argument("--profile", help="py-spy raw profile of the worker to this file")
     parser.add_argument("--profile-seconds", type=int, default=20)
+    parser.add_argument(
+        "--worker-root", type=Path, default=REPO_ROOT,
+        help="run the worker from this checkout (e.g. `git archive <base> | tar -x -C DIR`)",
+    )  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep topics and worker home")
     parser.add_argument("--verbose", action="store_true", help="records per topic")
     args = parser.parse_args()

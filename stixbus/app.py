@@ -54,6 +54,12 @@ def build_app(ctx: BusContext) -> faust.App:
         # 1 MiB default; topics are created with the same limit (stixbus/kafka/admin.py).
         producer_max_request_size=settings.max_record_bytes,
         consumer_max_fetch_size=settings.max_record_bytes,
+        # Batching, set deliberately (stixbus/settings.py, docs/performance.md).
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_compression_type=(
+            None if settings.producer_compression == "none" else settings.producer_compression
+        ),
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)

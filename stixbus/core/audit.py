@@ -1,11 +1,22 @@
-"""Audit records of one plan (pure): one `schemas.audit.AuditRecord` per routing decision."""
+"""The audit of one route step (pure): its decisions and deliveries, folded in one entry.
+
+`audit_records` gives one `schemas.audit.AuditRecord` per routing decision; `audit_entry`
+folds them with the step's deliveries into the one `AuditEntry` the route agent writes, under a
+deterministic `audit_id`; `deliveries_of` is how readers (`stixbus audit verify`, feedback)
+learn who received which object from which sources.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 
-from schemas.audit import AuditReason, AuditRecord, AuditTransformation
+from schemas.audit import AuditDelivery, AuditEntry, AuditReason, AuditRecord, AuditTransformation
+from schemas.envelope import NormalizedObject
 from stixbus.core.deliveries import Plan
+from stixbus.core.ids import uuid5
 
 
 def audit_records(plan: Plan, now: datetime) -> list[AuditRecord]:
@@ -35,3 +46,95 @@ def audit_records(plan: Plan, now: datetime) -> list[AuditRecord]:
         )
         for decision in plan.decisions
     ]
+
+
+def audit_entry(
+    plan: Plan,
+    decisions: list[AuditRecord],
+    trigger: NormalizedObject | None,
+    namespace: uuid.UUID,
+    now: datetime,
+) -> AuditEntry | None:
+    """The step's one audit entry (None when it neither decided nor delivered).
+
+    `audit_id` = UUIDv5(bus namespace, key, triggering (id, modified) or "tick", and every
+    delivered (subscriber, id, modified)): reprocessing the same event after a crash gives the
+    same deliveries (versions come from the inputs, docs/dedup.md) and so the same id."""
+    if not decisions and not plan.deliveries:
+        return None
+    state = plan.state
+    deliveries = []
+    for d in plan.deliveries:
+        view = state.views.get(d.subscriber)
+        source_ids = list(view.source_ids) if view is not None else []
+        publishers = sorted(
+            {state.sources[s].record.publisher for s in source_ids if s in state.sources}
+        )
+        deliveries.append(
+            AuditDelivery(
+                subscriber=d.subscriber,
+                object_id=d.stix_object["id"],
+                modified=d.stix_object.get("modified"),
+                revocation=d.revocation,
+                agreement_id=d.agreement_id,
+                source_ids=source_ids,
+                publishers=publishers,
+            )
+        )
+    what = "tick" if trigger is None else f"{trigger.object_id}/{trigger.modified}"
+    name = "|".join(
+        [
+            f"audit/{state.key}/{what}",
+            *(f"{d.subscriber}/{d.object_id}/{d.modified}" for d in deliveries),
+        ]
+    )
+    return AuditEntry(
+        audit_id=uuid5(namespace, name),
+        key=state.key,
+        object_id=None if trigger is None else trigger.object_id,
+        publisher=None if trigger is None else trigger.publisher,
+        decided_at=now,
+        decisions=decisions,
+        deliveries=deliveries,
+    )
+
+
+def deliveries_of(entry: AuditEntry) -> list[AuditDelivery]:
+    """Who received which object (and from which sources and publishers) in this entry."""
+    return list(entry.deliveries)
+
+
+def decisions_of(entry: AuditEntry) -> list[AuditRecord]:
+    """The entry's per-subscriber decisions (what `stixbus audit` prints, one per line)."""
+    return list(entry.decisions)
+
+
+# What `stixbus audit verify` compares: one delivered version at one subscriber.
+Delivered = tuple[str, str, str | None]  # (subscriber, object id, modified)
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    delivered: int  # distinct delivered versions checked
+    missing: list[Delivered]  # delivered, no audit entry lists it
+    duplicated: list[Delivered]  # listed by more than one distinct audit id
+    audited_only: int  # listed by an audit entry, not (or not yet) on the deliver topic
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.duplicated
+
+
+def check_audit(delivered: Iterable[Delivered], entries: Iterable[AuditEntry]) -> AuditCheck:
+    """Every delivered version against the audit entries: exactly one audit id each.
+
+    Entries with the same `audit_id` (a step replayed after a crash) count once; so do
+    deliveries seen twice on the topic (the same replay, dropped by consumers)."""
+    audited: dict[Delivered, set[str]] = {}
+    for entry in entries:
+        for d in deliveries_of(entry):
+            audited.setdefault((d.subscriber, d.object_id, d.modified), set()).add(entry.audit_id)
+    seen = set(delivered)
+    missing = sorted(d for d in seen if d not in audited)
+    duplicated = sorted(d for d in seen if len(audited.get(d, ())) > 1)
+    return AuditCheck(len(seen), missing, duplicated, len(audited.keys() - seen))

@@ -17,18 +17,28 @@ shows it.
 - `RequestHandler` (aiohttp `web_protocol.RequestHandler`): the TAXII inbox subclasses it for
   the header deadline and the connection cap (connectors/inbox.py `GuardedHandler`), which
   aiohttp's public settings do not offer.  Tested by tests/broker/test_connector_inbox.py.
+- `as_current_event` (faust `streams._current_event`): a table write goes to the changelog
+  partition and rocksdb partition of "the current event", a context variable the stream sets
+  per event.  The route agent processes a batch (`Stream.take_events`) and writes the table
+  after the batch's acks, so it sets the variable to each key's own event for its write.
+  Tested by tests/broker/test_multi_worker.py and test_dedup_e2e.py (state on the right
+  partition survives restarts and rebalances).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import faust
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from faust import streams as _faust_streams
+from faust.types import EventT
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
-__all__ = ["RequestHandler", "TaxiiHTTPConnection", "serve_only"]
+__all__ = ["RequestHandler", "TaxiiHTTPConnection", "as_current_event", "serve_only"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,3 +64,13 @@ def serve_only(app: faust.App, paths: Iterable[str]) -> None:
             "list (stixbus/kafka/_compat.py) needs updating for this faust version"
         )
     web_app.middlewares.append(allow_list)
+
+
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Table writes inside this block belong to `event`'s partition."""
+    token = _faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _faust_streams._current_event.reset(token)
