@@ -7,7 +7,6 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
 from schemas.audit import AuditEntry
 from schemas.org import load_registry
@@ -22,7 +21,6 @@ from stixbus.settings import get_settings
 app = typer.Typer(
     help="Audit records: every decision, and who received what", invoke_without_command=True
 )
-out = Console()
 # What the route agent sends along with indicators; not audited deliveries (core/companions.py).
 COMPANION_TYPES = frozenset({"identity", "marking-definition"})
 
@@ -95,13 +93,13 @@ def verify(
 
     delivered, entries = run_on_broker(run())
     result = check_audit(delivered, entries)
-    out.print(
+    print(  # plain: one line, not wrapped to a terminal width
         f"deliveries checked: {result.delivered}  audit entries: {len(entries)}  "
         f"missing: {len(result.missing)}  duplicated: {len(result.duplicated)}  "
         f"audited, not on the topic: {result.audited_only}"
     )
     for label, rows in (("missing", result.missing), ("duplicated", result.duplicated)):
         for org, object_id, modified in rows[:20]:
-            out.print(f"  {label}: {org} {object_id} {modified}")
+            print(f"  {label}: {org} {object_id} {modified}")
     if not result.complete:
         raise typer.Exit(1)
