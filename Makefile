@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench chaos chaos-isolation bench-recovery bench-state bench-taxii
+.PHONY: up down test lint bench bench-e2e chaos chaos-isolation bench-recovery bench-state bench-taxii
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -38,3 +38,7 @@ bench-state:   ## dedup state of 1M and 10M keys: disk, worker RSS, cold rebuild
 bench-taxii:   ## TAXII server paging 100k objects, p99 page latency at 10 clients, RSS (needs a broker)
 	@bash deploy/bootstrap.sh
 	@.venv/bin/python -m bench.taxii
+
+bench-e2e:     ## the whole pipeline on the real broker vs a raw aiokafka passthrough (not CI; broker up first)
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.e2e $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 false-positive counts the route stage reads (pure logic: stixbus/core/feedback.py).
 
 - `audit` → `feedback` (key = delivered id): every delivery the audit records
-  (`stixbus.core.audit.deliveries_of`), re-keyed so it meets the reports about that id;
+  (`stixbus.core.audit.delivery_facts`), re-keyed so it meets the reports about that id;
 - `feedback` (+ the reports agents/ingest.py diverts there) → table `stixbus-feedback`:
   who received the id and what stands behind it; accepted reports go to `feedback-sources`
   (key = dedup key), rejected ones get a receipt update on `receipts.<reporter>`;
@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 import faust
 import orjson
 
-from schemas.audit import AuditRecord
+from schemas.audit import AuditEntry
 from schemas.feedback import FalsePositiveCount, FeedbackEvent, ReportKind
 from stixbus import metrics
 from stixbus.context import BusContext
-from stixbus.core.audit import deliveries_of
+from stixbus.core.audit import delivery_facts
 from stixbus.core.feedback import (
     DeliveredIndex,
     KeyFeedback,
@@ -105,9 +105,9 @@ def register(app: faust.App, ctx: BusContext) -> None:
     @app.agent(app.topic(names.audit), name="stixbus.feedback.index")
     async def index_deliveries(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            if b'"delivered_id":"' not in value:
-                continue  # denials, revocations: nothing to index (cheap skip before parsing)
-            for fact in deliveries_of(AuditRecord.model_validate_json(value)):
+            if b'"deliveries":[]' in value:
+                continue  # a step that delivered nothing: nothing to index (cheap skip)
+            for fact in delivery_facts(AuditEntry.model_validate_json(value)):
                 # A new version of a delivery it already indexed changes nothing downstream
                 # (apply_delivery ignores the time): skip re-sending it, within a bounded memory.
                 # Only the last one sent per (id, recipient) counts: an agreement changed back

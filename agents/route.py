@@ -10,6 +10,8 @@ Expiry ticks come from agents/expiry.py.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 
 import faust
@@ -21,11 +23,13 @@ from schemas.envelope import NormalizedObject
 from stixbus import metrics
 from stixbus.context import BusContext
 from stixbus.core.agreement_store import AgreementStore
+from stixbus.core.companions import CompanionMemory
 from stixbus.core.decay import DecayPolicy
 from stixbus.core.deliveries import RouteConfig
 from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
+from stixbus.kafka import _compat
 from stixbus.kafka.topics import DEDUP_TABLE
 from stixbus.warninglists import guard_index
 
@@ -59,13 +63,34 @@ def register(
     expiry = ExpiryIndex()
     expiry_timer.register(app, ctx, table, expiry)
 
+    companions = CompanionMemory(settings.companion_refresh_seconds)
+
+    @table.on_recover
+    async def _recovered() -> None:
+        companions.forget()
+
     @app.agent(app.topic(names.normalized, names.ticks), name="stixbus.route")
     async def route(stream: faust.StreamT[bytes]) -> None:
         await agreements_loaded.wait()  # fail closed: never route before the agreements are known
         await false_positives.loaded.wait()  # nor before the false-positive policy's counts
-        async for event in stream.events():
-            key, now = bytes(event.key or b""), datetime.now(UTC)
-            raw = table.get(key)
+        # faust.Stream.take_events (public, missing from the StreamT protocol): acks the batch's
+        # events only after this loop's body for the batch has run.
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.route_batch_max, within=settings.route_batch_seconds
+        )
+        async for events in batches:
+            await _batch(events)
+
+    async def _batch(events: Sequence[faust.EventT]) -> None:
+        """One batch of events: steps in order (a key's later event sees its earlier one's
+        state), every send of the batch, ONE wait for all acks, then the table writes."""
+        now = datetime.now(UTC)
+        pending: dict[bytes, bytes | None] = {}  # key -> state this batch wrote (None: deleted)
+        writes: dict[bytes, tuple[faust.EventT, StepResult]] = {}
+        acks: list[Awaitable[object]] = []
+        for event in events:
+            key = bytes(event.key or b"")
+            raw = pending[key] if key in pending else table.get(key)
             record = (
                 None
                 if event.message.topic == names.ticks
@@ -79,31 +104,47 @@ def register(
                 state, registry, store.index, now, config, grace,
             )  # fmt: skip
             if step.quarantine is not None and record is not None:
-                await _quarantine(record, step.quarantine)
+                acks.extend(await _quarantine(record, step.quarantine))
             if step.suppressed:
                 metrics.observe_suppressed()
-            if step.deliveries or step.audit:
-                await _write(step, now, record)
+            if step.deliveries or step.audit_entry is not None:
+                acks.extend(await _send(step, now, record))
             if step.table is TableWrite.PUT and step.state is not None:
-                table[key] = encode_state(step.state)
-                expiry.set(key, step.deadline)
+                pending[key] = encode_state(step.state)
+                writes[key] = (event, step)
             elif step.table is TableWrite.DELETE:
-                table.pop(key, None)
-                expiry.discard(key)
+                pending[key] = None
+                writes[key] = (event, step)
+        # The keys' new states (their changelog records, written below) must not reach the
+        # broker before the deliveries and audit records they account for, or a kill -9 in
+        # between would lose them: wait for every ack of the batch first.  The reverse only
+        # re-sends identical deliveries (same (id, modified): consumers drop them,
+        # stixbus.kafka.client.VersionFilter) and audit records (same audit_id) on replay.
+        await asyncio.gather(*acks)
+        for key, (event, step) in writes.items():
+            with _compat.as_current_event(event):
+                value = pending[key]
+                if value is not None:
+                    table[key] = value
+                    expiry.set(key, step.deadline)
+                else:
+                    table.pop(key, None)
+                    expiry.discard(key)
 
-    async def _write(step: StepResult, now: datetime, record: NormalizedObject | None) -> None:
-        # The key's new state (its changelog record, written after this returns) must not reach
-        # the broker before the deliveries it records, or a kill -9 in between would lose them:
-        # wait for the acks.  The reverse only re-mints identical (id, modified) on replay,
-        # which consumers drop (stixbus.kafka.client.VersionFilter).
-        acks = []
+    async def _send(
+        step: StepResult, now: datetime, record: NormalizedObject | None
+    ) -> list[Awaitable[object]]:
+        """Send one step's deliveries and audit records; their acks, not awaited."""
+        acks: list[Awaitable[object]] = []
+        clock = time.monotonic()
         for delivery in step.deliveries:
-            for obj in (*delivery.companions, delivery.stix_object):
-                acks.append(
-                    await deliver[delivery.subscriber].send(
-                        key=obj["id"].encode(), value=orjson.dumps(obj)
-                    )
-                )
+            topic = deliver[delivery.subscriber]
+            for companion in delivery.companions:
+                encoded = companions.due(delivery.subscriber, companion, clock)
+                if encoded is not None:
+                    acks.append(await topic.send(key=companion["id"].encode(), value=encoded))
+            obj = delivery.stix_object
+            acks.append(await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj)))
             latency = (
                 (now - delivery.published_at).total_seconds() if delivery.published_at else None
             )
@@ -112,22 +153,29 @@ def register(
             )
             if delivery.decay is not None:
                 metrics.observe_decayed(delivery.decay)
-        for entry in step.audit:
-            await audit.send(key=entry.object_id.encode(), value=entry.model_dump_json().encode())
-            for reason in [] if entry.allow else entry.reasons:
+        entry = step.audit_entry
+        if entry is not None:  # one record per step, every decision and delivery folded in
+            value = entry.model_dump_json().encode()
+            acks.append(await audit.send(key=entry.key.encode(), value=value))
+        for decision in step.audit:
+            for reason in [] if decision.allow else decision.reasons:
                 metrics.observe_denial(reason.code)
-        await asyncio.gather(*acks)
         if record is not None and any(d.revocation for d in step.deliveries):
             metrics.observe_revocation_fanout(
                 (datetime.now(UTC) - record.published_at).total_seconds()
             )
+        return acks
 
-    async def _quarantine(record: NormalizedObject, quarantine: Quarantine) -> None:
+    async def _quarantine(
+        record: NormalizedObject, quarantine: Quarantine
+    ) -> list[Awaitable[object]]:
         receipt, letter = quarantine.receipt, quarantine.dead_letter
-        await deadletter.send(
-            key=record.object_id.encode(), value=letter.model_dump_json().encode()
-        )
-        await receipts[record.publisher].send(
-            key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
-        )
         metrics.observe_rejections(record.publisher, [r.reason.value for r in receipt.rejections])
+        return [
+            await deadletter.send(
+                key=record.object_id.encode(), value=letter.model_dump_json().encode()
+            ),
+            await receipts[record.publisher].send(
+                key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
+            ),
+        ]

@@ -1,8 +1,14 @@
-"""The audit record: one per routing decision (allow and deny), on stixbus.audit.
+"""The audit trail on stixbus.audit: one `AuditEntry` per route step that decided or delivered.
 
-Written by the route stage (stixbus/core/audit.py builds them from the decisions of a plan) and
-read by `stixbus agreements audit`; this model is the contract between the two, like the records
-in schemas/envelope.py.  Reason codes and transformation kinds are the values of
+An entry folds the step's decisions (`AuditRecord`, one per subscriber decision, allow and
+deny) and its deliveries (`AuditDelivery`: who received which object, built from which sources
+of which publishers).  Its `audit_id` is deterministic (a UUIDv5 over the key, the version
+that triggered the step and what it delivered), so the replay of a step after a crash writes
+the same id again and readers count it once (`stixbus audit verify`).
+
+Written by the route stage (stixbus/core/audit.py builds them from a plan) and read by
+`stixbus audit` / `stixbus audit verify`; this model is the contract, like the records in
+schemas/envelope.py.  Reason codes and transformation kinds are the values of
 `stixbus.core.decide.ReasonCode` / `TransformKind` (kept as strings here: schemas sit below the
 core and must not import it).
 """
@@ -60,12 +66,35 @@ class AuditRecord(BaseModel):
     )
     decided_at: datetime = Field(description="Wall-clock time of the routing step (UTC)")
     delivered: bool = Field(description="The decision allowed and led to a delivery in this step")
-    # What was delivered (delivered only): read by the feedback stage through
-    # stixbus.core.audit.deliveries_of, never directly.
-    delivered_id: str | None = Field(
-        default=None, description="STIX id of the object the subscriber received (minted or not)"
+
+
+class AuditDelivery(BaseModel):
+    """One delivery of a step: what `subscriber` received on deliver.<subscriber>."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    subscriber: str
+    object_id: str = Field(description="The delivered object's id (bus-minted or forwarded)")
+    modified: str | None = Field(description="The delivered version (STIX modified)")
+    revocation: bool = False
+    agreement_id: str | None = None
+    attribution: Attribution | None = Field(
+        default=None, description="The agreement's attribution mode (how feedback may name it)"
     )
-    dedup_key: str | None = Field(default=None, description="The key the delivery belongs to")
-    delivered_sources: list[AuditSource] = Field(
-        default_factory=list, description="The producers' objects behind the delivered object"
+    sources: list[AuditSource] = Field(
+        description="The producers' objects the delivered object rests on"
     )
+
+
+class AuditEntry(BaseModel):
+    """The audit of one route step (one key, one triggering version or expiry tick)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    audit_id: str = Field(description="Deterministic: a replayed step has the same id")
+    key: str = Field(description="The dedup key (or STIX id for forwarded objects)")
+    object_id: str | None = Field(description="The source version that triggered it; None: tick")
+    publisher: str | None = None
+    decided_at: datetime = Field(description="Wall-clock time of the routing step (UTC)")
+    decisions: list[AuditRecord] = Field(default_factory=list)
+    deliveries: list[AuditDelivery] = Field(default_factory=list)

@@ -65,6 +65,12 @@ def build_app(ctx: BusContext) -> faust.App:
         ),
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
+        # Batching, set deliberately (stixbus/settings.py, docs/performance.md).
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=settings.producer_batch_bytes,
+        producer_compression_type=(
+            None if settings.producer_compression == "none" else settings.producer_compression
+        ),
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         **faust_kwargs(settings, WORKER),  # SASL/TLS credentials (docs/security.md)

@@ -339,6 +339,33 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Write path of the worker (docs/performance.md).  Kafka's defaults (linger 0, 16 KiB batches)
+    # send one tiny produce request per record; the route agent's ~10 records per input made that
+    # most of the worker's time.
+    producer_linger_ms: float = Field(
+        default=5.0, ge=0, description="Producer linger: wait this long to fill a batch (ms)"
+    )
+    producer_batch_bytes: int = Field(
+        default=1 << 20, ge=16384, description="Producer batch size per partition (bytes)"
+    )
+    producer_compression: Literal["none", "gzip"] = Field(
+        default="none",
+        description="Producer compression (none: broker and worker share the host, CPU is scarcer "
+        "than bandwidth; gzip for a remote broker)",
+    )
+    route_batch_max: int = Field(
+        default=500, ge=1, description="Route agent: events processed per batch at most"
+    )
+    route_batch_seconds: float = Field(
+        default=0.005, gt=0, description="Route agent: wait at most this long to fill a batch (s)"
+    )
+    companion_refresh_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Companion objects (bus identity, marking definitions) go to a subscriber "
+        "once, again when they change, and again after this long (so they stay within retention)",
+    )
+
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with
     # the first four of these; real STIXBUS_* environment variables override that file.

@@ -66,4 +66,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             Path(app.conf.tabledir), changelogs, settings, settings.bulk_restore_min_records
         )
     worker = faust.Worker(app, loglevel=loglevel)
+    # Faust's terminal spinner (on at WARNING and above) sets the ROOT logger to DEBUG so that
+    # it spins on every record: every debug call of faust and aiokafka (several per produced
+    # record) then builds a LogRecord — 5-6 % of the worker under load (docs/performance.md).
+    worker.spinner = None
     worker.execute_from_commandline()

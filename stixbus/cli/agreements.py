@@ -245,7 +245,7 @@ def audit(
     ] = None,
     denied_only: Annotated[bool, typer.Option("--denied", help="Only denials")] = False,
 ) -> None:
-    """Audit records (one per routing decision), as JSON lines."""
+    """Audit records (one per routing decision), as JSON lines; `verify` checks completeness."""
     settings = get_settings()
     try:
         floor = datetime.fromisoformat(since) if since else None
@@ -264,13 +264,16 @@ def audit(
             from_beginning=True,
             max_record_bytes=settings.max_record_bytes,
         ):
-            entry = orjson.loads(record.value)
-            if to and entry.get("subscriber") != to:
-                continue
-            if denied_only and entry.get("allow"):
-                continue
-            if floor and datetime.fromisoformat(entry["decided_at"]) < floor:
-                continue
-            sys.stdout.write(orjson.dumps(entry).decode() + "\n")
+            folded = orjson.loads(record.value)
+            # One entry per route step (schemas/audit.py), its decisions folded in; records
+            # written before the fold are one decision each.
+            for entry in folded.get("decisions", [folded]) if "audit_id" in folded else [folded]:
+                if to and entry.get("subscriber") != to:
+                    continue
+                if denied_only and entry.get("allow"):
+                    continue
+                if floor and datetime.fromisoformat(entry["decided_at"]) < floor:
+                    continue
+                sys.stdout.write(orjson.dumps(entry).decode() + "\n")
 
     run_on_broker(run())

@@ -14,7 +14,7 @@ import click
 import typer
 from rich.console import Console
 
-from stixbus.cli import agreements, connector, messages, security, stack, status, taxii
+from stixbus.cli import agreements, audit, connector, messages, security, stack, status, taxii
 from stixbus.errors import StixbusError
 from stixbus.files import private_files
 
@@ -27,7 +27,7 @@ stack.register(cli)  # up, down, worker, topics, settings
 messages.register(cli)  # publish, consume, receipts
 cli.command("status")(status.status)
 cli.command("explain")(agreements.explain)
-cli.command("audit")(agreements.audit)
+cli.add_typer(audit.app, name="audit")  # decisions as JSON lines; `audit verify`
 cli.add_typer(agreements.app, name="agreements")
 cli.add_typer(security.app, name="security")
 cli.add_typer(connector.app, name="connector")

@@ -5,7 +5,7 @@ Three steps, each keyed so that one Faust table partition holds what it needs:
 1. `reports_of` (normalise shell, agents/ingest.py): a subscriber's accepted `sighting` or
    `opinion` becomes one `FeedbackReport` per id it names; it never reaches other subscribers.
 2. `DeliveredIndex` (key = the delivered id, agents/feedback.py): who received that id and which
-   producers' objects stand behind it, from the audit (`stixbus.core.audit.deliveries_of`).
+   producers' objects stand behind it, from the audit (`stixbus.core.audit.delivery_facts`).
    `accept_report` maps a report to one `Contribution` per producer object, or rejects it with
    a receipt that is the same whether the id exists, was delivered to someone else, or not.
 3. `SourceFeedback` per producer object, grouped by dedup key (`contribute`, `flush`): the

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from schemas.audit import AuditRecord
+from schemas.audit import AuditEntry, AuditRecord
 from schemas.envelope import DeadLetter, NormalizedObject, Receipt
 from schemas.org import Registry
-from stixbus.core.audit import audit_records
+from stixbus.core.audit import audit_entry, audit_records
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.dedup import KeyState, MergeOutcome, conflict_outcome, merge_source
 from stixbus.core.deliveries import Delivery, RouteConfig, plan_key
@@ -55,7 +55,8 @@ class StepResult:
     state: KeyState | None = None  # the state to store (PUT)
     deadline: datetime | None = None  # when the key next needs a tick (PUT), grace included
     deliveries: list[Delivery] = field(default_factory=list)
-    audit: list[AuditRecord] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)  # the decisions, one per subscriber
+    audit_entry: AuditEntry | None = None  # what the agent writes: decisions + deliveries folded
     quarantine: Quarantine | None = None
     outcome: MergeOutcome | None = None  # None for ticks
 
@@ -98,7 +99,13 @@ def route_step(
             return StepResult(TableWrite.KEEP, outcome=outcome)
         plan = plan_key(state, event.object_id, registry, index, now, config)
     audit = audit_records(plan, now)
+    trigger = None if isinstance(event, Tick) else event
+    entry = audit_entry(plan, audit, trigger, registry.bus.namespace, now)
     if is_collectable(plan.state, now, grace_seconds):
-        return StepResult(TableWrite.DELETE, None, None, plan.deliveries, audit, outcome=outcome)
+        return StepResult(
+            TableWrite.DELETE, None, None, plan.deliveries, audit, entry, outcome=outcome
+        )
     deadline = state_deadline(plan.state, grace_seconds)
-    return StepResult(TableWrite.PUT, plan.state, deadline, plan.deliveries, audit, outcome=outcome)
+    return StepResult(
+        TableWrite.PUT, plan.state, deadline, plan.deliveries, audit, entry, outcome=outcome
+    )

@@ -32,13 +32,21 @@ shows it.
   same layout by `FaustStoreWriter` for the bulk restore (stixbus/kafka/bulk_restore.py).
   Tested by tests/broker/test_runbook.py (reset broker, rebuilt store read back by the
   worker) and tests/unit/test_local_state.py.
+- `as_current_event` (faust `streams._current_event`): a table write goes to the changelog
+  partition and rocksdb partition of "the current event", a context variable the stream sets
+  per event.  The route agent processes a batch (`Stream.take_events`) and writes the table
+  after the batch's acks, so it sets the variable to each key's own event for its write.
+  Tested by tests/broker/test_multi_worker.py and test_dedup_e2e.py (state on the right
+  partition survives restarts and rebalances).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +56,17 @@ from aiohttp.web_protocol import RequestHandler
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
+from faust import streams as _faust_streams
+from faust.types import EventT
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
-__all__ = ["RequestHandler", "TaxiiHTTPConnection", "leave_group_when_stopped", "serve_only"]
+__all__ = [
+    "RequestHandler",
+    "TaxiiHTTPConnection",
+    "as_current_event",
+    "leave_group_when_stopped",
+    "serve_only",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,3 +187,11 @@ class FaustStoreWriter:
         self.flush()
         self._db.flush()
         self._db.close()
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Table writes inside this block belong to `event`'s partition."""
+    token = _faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _faust_streams._current_event.reset(token)

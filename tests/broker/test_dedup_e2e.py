@@ -210,6 +210,12 @@ def test_kill_9_mid_stream_loses_nothing(bootstrap: str, tmp_path: Path) -> None
             per_key = Counter(o["pattern"] for o in kept)
             assert set(per_key.values()) == {1}, [k for k, n in per_key.items() if n > 1]
             assert len(kept) == len(patterns) and len(raw) >= len(kept)
+        # Every delivery, replays included, has exactly one audit id (issue 17 point 3).
+        deadline = time.monotonic() + 30
+        while (verified := bus.cli("audit", "verify")).returncode != 0:
+            assert time.monotonic() < deadline, verified.stdout.decode() + verified.stderr.decode()
+            time.sleep(1)
+        assert b"missing: 0  duplicated: 0" in verified.stdout, verified.stdout
     finally:
         bus.stop(signal.SIGKILL)
 
