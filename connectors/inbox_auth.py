@@ -8,9 +8,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,8 +21,11 @@ from connectors.base import (
 )
 from schemas.yaml_file import read_yaml
 from stixbus.core.ids import stix_time
+from stixbus.core.ratelimit import AttemptLimiter, RateLimited
 from stixbus.errors import ConfigError
 from stixbus.files import atomic_write
+
+__all__ = ["AttemptLimiter", "RateLimited", "TokenStore", "create_token", "token_from_request"]
 
 
 class TokenRecord(BaseModel):
@@ -83,41 +83,6 @@ def create_token(path: Path, org: str, label: str = "") -> str:
     text = yaml.safe_dump(tokens.model_dump(mode="json"), sort_keys=False)
     atomic_write(path, text.encode("utf-8"), 0o600)
     return f"sbx_{token_id}_{secret}"
-
-
-class RateLimited(Exception):
-    """Too many token checks for one token id; `retry_after` seconds until the next."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"retry after {retry_after:.0f}s")
-        self.retry_after = retry_after
-
-
-class AttemptLimiter:
-    """At most `limit` attempts per key per `window` seconds (sliding window, bounded keys)."""
-
-    def __init__(
-        self,
-        limit: int,
-        window: float = 60.0,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit, self.window, self.max_keys, self.clock = limit, window, max_keys, clock
-        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def check(self, key: str) -> None:
-        """Count one attempt for `key`, or raise RateLimited."""
-        now = self.clock()
-        times = self._seen.pop(key, None) or deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        self._seen[key] = times
-        while len(self._seen) > self.max_keys:
-            self._seen.popitem(last=False)
-        if len(times) >= self.limit:
-            raise RateLimited(times[0] + self.window - now)
-        times.append(now)
 
 
 # Verified against when a token names an unknown id, so it costs the same scrypt as a known one.

@@ -26,6 +26,94 @@ class Limits(BaseSettings, InputLimits):
     model_config = SettingsConfigDict(env_prefix="STIXBUS_LIMIT_")
 
 
+DAY = 24 * 3600.0
+
+
+class Retention(BaseSettings):
+    """How long each topic keeps its records (STIXBUS_RETENTION_*; docs/operations.md lists
+    every topic).  Compacted topics keep the latest record per key for ever; their settings
+    only bound how long a superseded record or a tombstone lingers."""
+
+    model_config = SettingsConfigDict(env_prefix="STIXBUS_RETENTION_")
+
+    ingest_seconds: float = Field(default=7 * DAY, gt=0, description="ingest.<org> topics")
+    receipts_seconds: float = Field(default=7 * DAY, gt=0, description="receipts.<org> topics")
+    pipeline_seconds: float = Field(
+        default=7 * DAY, gt=0, description="normalized, claims and ticks (between stages)"
+    )
+    deadletter_seconds: float = Field(default=30 * DAY, gt=0, description="the dead letters")
+    audit_seconds: float = Field(
+        default=7 * 365 * DAY, gt=0, description="the audit trail (years: regulators ask)"
+    )
+    deliver_delete_retention_seconds: float = Field(
+        default=30 * DAY,
+        ge=0,
+        description="deliver.<org> (compacted): how long a tombstone stays readable, so a "
+        "subscriber away less than this still sees the delete",
+    )
+    deliver_grace_seconds: float = Field(
+        default=30 * DAY,
+        ge=0,
+        description="deliver.<org>: a revoked or expired object stays in the subscriber's "
+        "current state this long after it settled, then is tombstoned",
+    )
+    compacted_min_lag_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="min.compaction.lag.ms of compacted topics (0: the broker's default)",
+    )
+    segment_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="segment.ms of every topic (unset: the broker's default of 7 days); "
+        "tests shorten it so retention and compaction act within seconds",
+    )
+
+
+class TaxiiServer(BaseSettings):
+    """The subscribers' TAXII 2.1 server (STIXBUS_TAXII_*; docs/taxii.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="STIXBUS_TAXII_")
+
+    host: str = Field(default="127.0.0.1", description="Bind address")
+    port: int = Field(default=6444, ge=0, le=65535, description="HTTPS (or HTTP) port")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients use (behind a proxy); default scheme://host:port",
+    )
+    api_root: str = Field(default="feeds", pattern=r"^[a-z0-9-]{1,40}$", description="API root")
+    credentials_file: Path | None = Field(
+        default=None,
+        description="Hashed credentials; default <home>/secrets/taxii-credentials.yaml",
+    )
+    tls: bool | None = Field(
+        default=None, description="Serve HTTPS (default: when the Kafka connection uses TLS)"
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate; default <home>/secrets/taxii.pem (local CA)"
+    )
+    tls_key: Path | None = Field(
+        default=None, description="PEM key; default <home>/secrets/taxii.key"
+    )
+    client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA of client certificates: set, a client certificate is requested and "
+        "one signed by it authenticates as the org named by its CN",
+    )
+    page_max: int = Field(default=1000, ge=1, description="Largest `limit` a page may have")
+    page_default: int = Field(default=500, ge=1, description="`limit` when the client gives none")
+    requests_per_minute: int = Field(
+        default=600, ge=1, description="Requests per org per minute; more get 429"
+    )
+    auth_attempts_per_minute: int = Field(
+        default=20, ge=1, description="Password/token checks per username or token id per minute"
+    )
+    max_connections: int = Field(default=256, ge=1, description="Open connections at most")
+    idle_timeout_seconds: float = Field(default=30, gt=0, description="Idle keep-alive limit")
+    header_timeout_seconds: float = Field(default=10, gt=0, description="Request header deadline")
+    request_timeout_seconds: float = Field(default=30, gt=0, description="A request's deadline")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STIXBUS_")
 
@@ -88,6 +176,8 @@ class Settings(BaseSettings):
         description="Keep a fully revoked/expired key this long before removing its state",
     )
     limits: Limits = Field(default_factory=Limits)
+    retention: Retention = Field(default_factory=Retention)
+    taxii: TaxiiServer = Field(default_factory=TaxiiServer)
 
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with

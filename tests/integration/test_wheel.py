@@ -20,7 +20,7 @@ from tests.helpers.paths import DEPLOY, REPO_ROOT
 # Our top-level import names (pyproject.toml [tool.setuptools.packages.find]).  `agents`,
 # `schemas` and `connectors` are generic names: another distribution providing one of them
 # would shadow ours or be shadowed by it (README, "Layout").
-OUR_TOP_LEVEL = ("stixbus", "agents", "schemas", "connectors")
+OUR_TOP_LEVEL = ("stixbus", "agents", "schemas", "connectors", "egress")
 
 
 def _uv() -> str:

@@ -8,7 +8,7 @@ import importlib.metadata
 # Our top-level import names (pyproject.toml [tool.setuptools.packages.find]).  `agents`,
 # `schemas` and `connectors` are generic names: another distribution providing one of them
 # would shadow ours or be shadowed by it (README, "Layout").
-OUR_TOP_LEVEL = ("stixbus", "agents", "schemas", "connectors")
+OUR_TOP_LEVEL = ("stixbus", "agents", "schemas", "connectors", "egress")
 
 
 def test_no_other_distribution_provides_our_top_level_packages() -> None:
