@@ -148,6 +148,13 @@ class CurrentSet:
         self.version += 1
         return True
 
+    def forget(self, object_id: str) -> bool:
+        """A tombstone on the (compacted) delivery topic: the object is gone for good."""
+        if self._by_id.pop(object_id, None) is None:
+            return False
+        self.version += 1
+        return True
+
     def apply_all(self, objects: Iterable[Mapping[str, Any]]) -> bool:
         changed = False
         for obj in objects:

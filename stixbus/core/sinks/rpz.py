@@ -144,3 +144,23 @@ def ixfr_steps(history: Sequence[Diff], client_serial: int, current: int) -> lis
             chained = all(a.new == b.old for a, b in itertools.pairwise(steps))
             return steps if chained and steps[-1].new == current else None
     return None
+
+
+def parse_zone_text(text: str) -> tuple[int, frozenset[Record]] | None:
+    """Serial and policy records of a zone `zone_text` wrote (to serve the last published zone
+    straight after a restart); None when the text is not one of ours."""
+    serial: int | None = None
+    found: set[Record] = set()
+    for line in text.splitlines():
+        if not line or line.startswith((";", "$")):
+            continue
+        owner, _, rest = line.partition(" IN ")
+        kind, _, rdata = rest.partition(" ")
+        if owner == "@" and kind == "SOA":
+            fields = rdata.split()
+            if len(fields) != 7 or not fields[2].isdigit():
+                return None
+            serial = int(fields[2])
+        elif owner != "@" and kind == "CNAME" and rdata:
+            found.add((owner, f"CNAME {rdata}"))
+    return None if serial is None else (serial, frozenset(found))
