@@ -107,3 +107,56 @@ def log_tail(settings: Settings, lines: int = 30) -> str:
         return "\n".join(log_file(settings).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no worker log yet)"
+
+
+# --- other long-running services of the local stack (the network sinks, ...) ------------------
+def service_pid_file(settings: Settings, name: str) -> Path:
+    return settings.home / f"{name}.pid"
+
+
+def service_pid(settings: Settings, name: str) -> int | None:
+    try:
+        pid = int(service_pid_file(settings, name).read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_service(settings: Settings, name: str, args: list[str]) -> int:
+    """Start `stixbus <args>` detached with its log in <logs>/<name>.log; returns its pid (the
+    running one if already started)."""
+    running = service_pid(settings, name)
+    if running:
+        return running
+    private_files()
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = (settings.logs_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stixbus.cli.main", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
+    service_pid_file(settings, name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_service(settings: Settings, name: str, timeout: float = 15.0) -> bool:
+    """SIGTERM the service by its pid file (SIGKILL after `timeout`); False if not running."""
+    pid = service_pid(settings, name)
+    service_pid_file(settings, name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    return True

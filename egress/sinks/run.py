@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,11 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
                 "give the PEM certificate and key of the lists server",
             )
         tls = http_server.ssl_context(sink_settings.tls_cert, sink_settings.tls_key)
+    if tls is None and not _loopback(sink_settings.host):
+        raise UserError(
+            f"the lists server would serve TLP-marked lists in clear on {sink_settings.host}",
+            "set STIXBUS_SINKS_TLS_CERT and STIXBUS_SINKS_TLS_KEY (HTTPS), or bind 127.0.0.1",
+        )
     app = http_server.make_app(sinks_root(settings), set(orgs), credentials)
     runner, http_port = await http_server.start(
         app, sink_settings.host, sink_settings.http_port, tls
@@ -127,6 +133,13 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
         await zone_server.stop()
         await runner.cleanup()
         credentials.close()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def export(settings: Settings, org: str, fmt: Format, folder: Path) -> SubscriberSink:

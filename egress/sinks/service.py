@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,9 @@ async def run_follower(
                 if outcome.written:
                     log.info("%s: wrote %s", sink.config.org, ", ".join(outcome.written))
                 due = sink.current.next_change(now)
+                if outcome.held and sink.safety.hold_seconds > 0:  # look again when it may go
+                    release = now + timedelta(seconds=sink.safety.hold_seconds)
+                    due = release if due is None else min(due, release)
             follower.changed.clear()
             timeout = MAX_SLEEP_SECONDS
             if due is not None:

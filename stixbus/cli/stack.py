@@ -121,6 +121,11 @@ def up(
         f"worker ready on http://127.0.0.1:{settings.web_port} "
         f"({time.monotonic() - started:.1f}s since `up` started)"
     )
+    sinks = supervisor.start_service(settings, "sinks", ["sinks", "serve"])
+    out.print(
+        f"sinks: pid {sinks}, lists on port {settings.sinks.http_port}, RPZ transfers on "
+        f"{settings.sinks.dns_port}, log {settings.logs_dir / 'sinks.log'} (docs/sinks.md)"
+    )
     if demo:
         _demo(settings)
     out.print(
@@ -204,6 +209,7 @@ def down(
 ) -> None:
     """Stop the worker and the local Kafka broker (fine when already stopped)."""
     settings = get_settings()
+    supervisor.stop_service(settings, "sinks")
     out.print("worker stopped" if supervisor.stop_worker(settings) else "worker not running")
     if kafka:
         _kafka("down", settings)

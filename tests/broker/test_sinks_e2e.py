@@ -198,7 +198,8 @@ def stack(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _query(port: int, name: str, rdtype: str) -> dns.message.Message | None:
     try:
-        return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", timeout=1, port=port)
+        query = dns.message.make_query(name, rdtype)
+        return dns.query.udp(query, "127.0.0.1", timeout=1, port=port)
     except (dns.exception.Timeout, OSError):
         return None
 
@@ -307,7 +308,8 @@ def test_lists_over_https_own_org_only_with_etags(stack: Stack) -> None:
     ips = [f"198.51.100.{i}" for i in range(0, 4)]  # .0-.3 aggregate to one /30
     objects = [_indicator(f"[ipv4-addr:value = '{ip}']") for ip in ips]
     objects.append(_indicator(f"[domain-name:value = 'list-{tag}.example.test']"))
-    stack.bus.publish("cert", {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects})
+    stack.bus.publish("cert", {"type": "bundle", "id": f"bundle--{uuid.uuid4()}",
+                               "objects": objects})  # fmt: skip
 
     def ipv4() -> bytes:
         status, body, _ = _get(stack, "/lists/isp-one/ipv4.txt", "isp-one")
@@ -377,4 +379,5 @@ def test_export_writes_the_same_zone_once(stack: Stack, tmp_path: Path) -> None:
     assert "$ORIGIN isp-one.rpz.stixbus." in text
     result = stack.bus.cli("export", "isp-one", "--format", "zeek")
     assert result.returncode == 0, result.stderr.decode()
-    assert f"export-{tag}.example.test\tIntel::DOMAIN\tstixbus:indicator--".encode() in result.stdout
+    row = f"export-{tag}.example.test\tIntel::DOMAIN\tstixbus:indicator--"
+    assert row.encode() in result.stdout

@@ -103,7 +103,7 @@ def test_metric_names_follow_conventions() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds")
         labels = set(metric._labelnames)
-        assert labels <= {"publisher", "subscriber", "agreement", "reason"}
+        assert labels <= {"publisher", "subscriber", "agreement", "reason", "sink", "list"}
 
 
 def test_labels_are_bounded() -> None:
