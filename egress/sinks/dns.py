@@ -70,6 +70,7 @@ class ZoneServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._udp: asyncio.DatagramTransport | None = None
         self._cache: dict[tuple[str, int], list[dns.rrset.RRset]] = {}
+        self._clients: set[asyncio.Task[None]] = set()
 
     # --- serving --------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
@@ -89,9 +90,16 @@ class ZoneServer:
             await server.wait_closed()
         if self._udp is not None:
             self._udp.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")[0]
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
         try:
             while True:
                 try:

@@ -79,7 +79,7 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
         ServedZone(
             sink.config,
             make_key(sink.config, tsig_secret(sink.config, settings.home)),
-            lambda sink=sink: sink.zone,  # type: ignore[misc]
+            sink.published_zone,
         )
         for sink in sinks.values()
         if Format.RPZ in sink.config.formats

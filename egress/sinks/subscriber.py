@@ -74,6 +74,10 @@ class SubscriberSink:
         self._written: dict[str, bytes] = {}
         self.rendered_version = -1
 
+    def published_zone(self) -> Zone | None:
+        """The RPZ last published (what the zone server hands out)."""
+        return self.zone
+
     # --- input ----------------------------------------------------------------------------
     def apply_records(self, records: list[tuple[bytes | None, bytes | None]]) -> bool:
         """Fold a batch of deliver.<org> records in; True when the current set changed."""

@@ -60,16 +60,16 @@ def served(tmp_path: Path) -> Iterator[Served]:
     for sink in sinks.values():
         sink.publish(NOW)
     keys = {org: make_key(s.config, SECRETS[org]) for org, s in sinks.items()}
-    zones = [ServedZone(s.config, keys[org], lambda s=s: s.zone) for org, s in sinks.items()]
+    zones = [ServedZone(s.config, keys[org], s.published_zone) for org, s in sinks.items()]
     loop = asyncio.new_event_loop()
     server = ZoneServer(zones)
     port = loop.run_until_complete(server.start("127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield Served(port, sinks, keys)
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
-    loop.run_until_complete(server.stop())
     loop.close()
 
 
@@ -147,7 +147,7 @@ def test_unsigned_from_an_allowed_address(tmp_path: Path) -> None:
     sink.current.apply(domain("x.example", 1))
     sink.publish(NOW)
     server = ZoneServer(
-        [ServedZone(config, make_key(config, SECRETS["isp-one"]), lambda: sink.zone)]
+        [ServedZone(config, make_key(config, SECRETS["isp-one"]), sink.published_zone)]
     )
     query = dns.message.make_query("isp-one.rpz.stixbus.", "AXFR")
     wire = b"".join(server.answer(query.to_wire(), "127.0.0.1", tcp=True))
@@ -156,7 +156,7 @@ def test_unsigned_from_an_allowed_address(tmp_path: Path) -> None:
     assert dns.message.from_wire(refused[0]).rcode() == dns.rcode.REFUSED
 
 
-def test_ixfr_sends_only_the_changes(served: Served) -> None:
+def test_ixfr_sends_only_the_changes(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     key = served.keys["isp-one"]
     sink = served.sinks["isp-one"]
     zone = axfr(served.port, "isp-one.rpz.stixbus.", key)
@@ -174,11 +174,9 @@ def test_ixfr_sends_only_the_changes(served: Served) -> None:
         messages.append(message)
         return message
 
-    dns.message.from_wire = spy  # type: ignore[assignment]
-    try:
-        dns.query.inbound_xfr("127.0.0.1", zone, query=query, port=served.port, timeout=5)
-    finally:
-        dns.message.from_wire = original  # type: ignore[assignment]
+    monkeypatch.setattr(dns.message, "from_wire", spy)
+    dns.query.inbound_xfr("127.0.0.1", zone, query=query, port=served.port, timeout=5)
+    monkeypatch.undo()
     assert names(zone) == {f"{p}{n}.example" for n in ("d1", "d2", "new") for p in ("", "*.")}
     sent = sum(len(m.answer) for m in messages)
     assert sent == 2 + 2 + 2 + 2  # SOA new, SOA old, 2 deleted, SOA new, 2 added, SOA new
