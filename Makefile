@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench
+.PHONY: up down test lint bench bench-sinks
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -19,3 +19,7 @@ lint:
 bench:         ## every benchmark, printing numbers (not CI); dedup/connectors need a broker: `make up` first
 	@bash deploy/bootstrap.sh
 	@for b in normalise route dedup connectors; do .venv/bin/python -m bench.$$b || exit 1; done
+
+bench-sinks:   ## network sinks: publish -> presence p50/p99 per sink, 1M-entry regeneration (needs the test broker: KAFKA_PORT)
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.sinks

@@ -68,11 +68,14 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
     zone_server: ZoneServer | None = None
     notifications: set[asyncio.Task[None]] = set()
 
-    def on_new_serial(subscriber: SubscriberSinks, serial: int) -> None:
+    def notify(subscriber: SubscriberSinks, serial: int) -> None:
         if zone_server is not None and subscriber.notify:
             task = loop.create_task(zone_server.notify(subscriber, serial))
             notifications.add(task)
             task.add_done_callback(notifications.discard)
+
+    def on_new_serial(subscriber: SubscriberSinks, serial: int) -> None:
+        loop.call_soon_threadsafe(notify, subscriber, serial)  # called from the render thread
 
     sinks = build_sinks(orgs, config, sinks_root(settings), safety, on_new_serial)
     zones = [

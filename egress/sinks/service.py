@@ -55,8 +55,18 @@ async def run_follower(
 ) -> None:
     """Read the topic into the sink and publish on change, for ever."""
 
+    # A render runs in a thread (a 1M-entry list takes seconds; the servers keep answering
+    # meanwhile); records that arrive during it wait here, so the thread reads a still set.
+    held_back: list[Records] = []
+    rendering = False
+
     def apply(records: Records) -> None:
-        if records and follower.sink.apply_records(records):
+        if not records:
+            return
+        if rendering:
+            held_back.append(records)
+            follower.changed.set()
+        elif follower.sink.apply_records(records):
             follower.changed.set()
 
     reader = asyncio.create_task(
@@ -69,7 +79,14 @@ async def run_follower(
         while True:
             now = datetime.now(UTC)
             if sink.rendered_version != sink.current.version or (due is not None and now >= due):
-                outcome = sink.publish(now)
+                rendering = True
+                try:
+                    outcome = await asyncio.to_thread(sink.publish, now)
+                finally:
+                    rendering = False
+                    for records in held_back:
+                        sink.apply_records(records)
+                    held_back.clear()
                 if outcome.written:
                     log.info("%s: wrote %s", sink.config.org, ", ".join(outcome.written))
                 due = sink.current.next_change(now)

@@ -108,7 +108,7 @@ class SubscriberSink:
                 previous = None if self.zone is None else self.zone.serial
                 new_zone = Zone(rpz.next_serial(previous, int(now.timestamp())), records)
             serial = new_zone.serial if new_zone else self.zone.serial if self.zone else 0
-            view = SinkView(view.org, now, serial, view.active, view.removed, view.values)
+            view = view.with_serial(serial)
         written: list[str] = []
         held: list[Format] = []
         reasons: list[str] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from schemas.sinks import Format, SubscriberSinks
 from stixbus.core.sinks.current_set import CurrentSet, Kind, Listed, by_kind
@@ -26,11 +27,18 @@ class SinkView:
     active: tuple[Listed, ...]
     removed: tuple[Listed, ...] = ()
     values: dict[Kind, list[str]] = field(default_factory=dict)
+    # Results renderers share within one view (rpz.records is computed once per publish).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, org: str, current: CurrentSet, now: datetime, serial: int) -> SinkView:
         active = tuple(current.active(now))
         return cls(org, now, serial, active, tuple(current.removed(now)), by_kind(active))
+
+    def with_serial(self, serial: int) -> SinkView:
+        return SinkView(
+            self.org, self.now, serial, self.active, self.removed, self.values, self.memo
+        )
 
 
 @dataclass(frozen=True)

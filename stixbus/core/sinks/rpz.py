@@ -66,12 +66,18 @@ def _is_ip_literal(host: str) -> bool:
 def _fits(name: str, zone: str) -> bool:
     """A DNS name is at most 255 octets on the wire (~253 characters of text, trailing dot
     dropped), labels at most 63: the trigger `*.name.<zone>` must fit."""
-    full = f"*.{name}.{zone}"
-    return len(full.rstrip(".")) <= 253 and all(0 < len(label) <= 63 for label in name.split("."))
+    if len(name) + len(zone) + 2 > 253:  # "*." + name + "." + zone, trailing dot dropped
+        return False
+    return len(name) <= 63 or max(map(len, name.split("."))) <= 63
 
 
 def records(view: SinkView, subscriber: SubscriberSinks) -> frozenset[Record]:
-    """The zone's policy records (without SOA and NS)."""
+    """The zone's policy records (without SOA and NS); memoised in the view."""
+    memo_key = ("rpz.records", subscriber.zone, subscriber.rpz_action, subscriber.rpz_redirect_to,
+                subscriber.rpz_subdomains)  # fmt: skip
+    memoised = view.memo.get(memo_key)
+    if memoised is not None:
+        return memoised
     rdata = action_rdata(subscriber)
     found: set[Record] = set()
     for name in listed_names(view.values.get(Kind.DOMAIN, ()), view.values.get(Kind.URL, ())):
@@ -80,7 +86,9 @@ def records(view: SinkView, subscriber: SubscriberSinks) -> frozenset[Record]:
         found.add((name, rdata))
         if subscriber.rpz_subdomains:
             found.add((f"*.{name}", rdata))
-    return frozenset(found)
+    result = frozenset(found)
+    view.memo[memo_key] = result
+    return result
 
 
 def next_serial(previous: int | None, now_unix: int) -> int:
