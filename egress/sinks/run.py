@@ -43,9 +43,13 @@ def sinks_root(settings: Settings) -> Path:
     return settings.sinks.dir or settings.home / "sinks"
 
 
+def subscriber_orgs_all(settings: Settings) -> list[str]:
+    return [o.id for o in load_registry(settings.registry_path).subscribers]
+
+
 def subscriber_orgs(settings: Settings) -> list[str]:
-    registry = load_registry(settings.registry_path)
-    subscribers = [o.id for o in registry.subscribers]
+    """The subscribers to serve: STIXBUS_SINKS_ORGS, or every subscriber of the registry."""
+    subscribers = subscriber_orgs_all(settings)
     wanted = [o.strip() for o in settings.sinks.orgs.split(",") if o.strip()]
     unknown = sorted(set(wanted) - set(subscribers))
     if unknown:
@@ -61,6 +65,13 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
     """Run the sinks of every configured subscriber until cancelled."""
     orgs = subscriber_orgs(settings)
     config = sinks_config(settings)
+    strangers = sorted({s.org for s in config.subscribers} - set(subscriber_orgs_all(settings)))
+    if strangers:
+        raise UserError(
+            f"the sinks config names {', '.join(strangers)}, not subscribers in "
+            f"{settings.registry_path}",
+            "remove them from the sinks config (deploy/sinks.yaml) or make them subscribers",
+        )
     metrics.init_orgs([], orgs)
     sink_settings = settings.sinks
     safety = Safety(sink_settings.max_change, sink_settings.min_entries, sink_settings.hold_seconds)
