@@ -381,3 +381,37 @@ def test_export_writes_the_same_zone_once(stack: Stack, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     row = f"export-{tag}.example.test\tIntel::DOMAIN\tstixbus:indicator--"
     assert row.encode() in result.stdout
+
+
+def test_expiry_removes_the_entry_within_seconds(stack: Stack) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def stamp(moment: datetime) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    now = datetime.now(UTC)
+    valid_until = now + timedelta(seconds=6)
+    name = f"expiring-{uuid.uuid4().hex[:8]}.example.test"
+    stack.bus.publish(
+        "cert",
+        _indicator(
+            f"[domain-name:value = '{name}']",
+            created=stamp(now - timedelta(minutes=1)),
+            modified=stamp(now - timedelta(minutes=1)),
+            valid_from=stamp(now - timedelta(minutes=1)),
+            valid_until=stamp(valid_until),
+        ),
+    )
+
+    def listed() -> bool:
+        status, body, _ = _get(stack, "/lists/isp-one/domains.txt", "isp-one")
+        return status == 200 and f"{name}\n".encode() in body
+
+    _until(listed, 30, 0.2)
+    _until(lambda: _address(stack.unbound_port, name + ".") == "NXDOMAIN", 10)
+    _until(lambda: not listed(), 30, 0.2)
+    late = (datetime.now(UTC) - valid_until).total_seconds()
+    _until(lambda: _address(stack.unbound_port, name + ".") == LOCAL_ADDRESS, 10)
+    resolved = (datetime.now(UTC) - valid_until).total_seconds()
+    print(f"\nexpiry: gone from domains.txt {late:.2f}s, resolves {resolved:.2f}s after expiry")
+    assert late < 5 and resolved < 8

@@ -344,3 +344,24 @@ def test_mass_revocation_trips_the_safety_limit(tmp_path: Path) -> None:
     assert patient.publish(NOW + timedelta(seconds=4)).held == ()
     assert (tmp_path / "isp-two" / "domains.txt").read_text().count("\n") == 50
     assert _held("isp-two", "edl") == 0.0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "hxxps://User:Pw@Login.Example:8443/a?b=c",
+        "http://evil.example",
+        "ftp://files.example:21/x",
+        "http://[2001:DB8::1]:8080/x",
+        "http://192.0.2.1/x",
+        "https://xn--80ak6aa92e.example/",
+    ],
+)
+def test_fast_url_host_agrees_with_urlsplit(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    from stixbus.core.canonical import canonical_url
+
+    canonical = canonical_url(url).value
+    host = urlsplit(canonical).hostname
+    assert rpz.listed_names([], [canonical]) == ([] if rpz._is_ip_literal(host or "") else [host])

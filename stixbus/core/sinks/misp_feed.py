@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -47,11 +48,14 @@ _TLP_TAG = {
 }
 
 
+@lru_cache(maxsize=4096)
 def _stamp(moment: datetime) -> str:
     return str(int(moment.timestamp()))
 
 
+@lru_cache(maxsize=4096)
 def _tags(tlp: TLP | None, labels: tuple[str, ...]) -> list[dict[str, str]]:
+    """Shared between attributes with the same TLP and labels (serialised, never mutated)."""
     names = ([_TLP_TAG[tlp]] if tlp is not None else []) + [label for label in labels if label]
     return [{"name": name} for name in dict.fromkeys(names)]
 
