@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import ipaddress
 import logging
 import secrets
@@ -38,6 +39,7 @@ import dns.tsig
 from egress.sinks.subscriber import Zone
 from schemas.sinks import SubscriberSinks
 from stixbus.core.sinks import rpz
+from stixbus.errors import ConfigError
 from stixbus.files import atomic_write
 
 log = logging.getLogger("stixbus.sinks.dns")
@@ -52,7 +54,19 @@ def tsig_secret(config: SubscriberSinks, home: Path) -> bytes:
     path = config.tsig_secret_file or home / "secrets" / "tsig" / f"{config.org}.key"
     if not path.exists() and config.tsig_secret_file is None:
         atomic_write(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
-    return base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+    try:
+        secret = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+    except (OSError, UnicodeDecodeError, binascii.Error) as exc:
+        raise ConfigError(
+            f"TSIG secret of {config.org} ({path}) cannot be read: {exc}",
+            "give a file holding the base64 secret (e.g. `openssl rand -base64 32`)",
+        ) from None
+    if len(secret) < 16:
+        raise ConfigError(
+            f"TSIG secret of {config.org} ({path}) is {len(secret)} bytes",
+            "use at least 16 random bytes (32 recommended), base64-encoded",
+        )
+    return secret
 
 
 @dataclass

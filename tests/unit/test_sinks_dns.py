@@ -180,3 +180,20 @@ def test_ixfr_sends_only_the_changes(served: Served, monkeypatch: pytest.MonkeyP
     assert names(zone) == {f"{p}{n}.example" for n in ("d1", "d2", "new") for p in ("", "*.")}
     sent = sum(len(m.answer) for m in messages)
     assert sent == 2 + 2 + 2 + 2  # SOA new, SOA old, 2 deleted, SOA new, 2 added, SOA new
+
+
+def test_tsig_secret_is_generated_private_and_checked(tmp_path: Path) -> None:
+    from egress.sinks.dns import tsig_secret
+    from stixbus.errors import ConfigError
+
+    config = SubscriberSinks(org="isp-one")
+    secret = tsig_secret(config, tmp_path)
+    path = tmp_path / "secrets" / "tsig" / "isp-one.key"
+    assert len(secret) == 32 and path.stat().st_mode & 0o777 == 0o600
+    assert tsig_secret(config, tmp_path) == secret  # stable across restarts
+    short = tmp_path / "short.key"
+    short.write_text("c2hvcnQ=\n")  # "short"
+    with pytest.raises(ConfigError, match="at least 16"):
+        tsig_secret(SubscriberSinks(org="isp-one", tsig_secret_file=short), tmp_path)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        tsig_secret(SubscriberSinks(org="isp-one", tsig_secret_file=tmp_path / "nope"), tmp_path)
