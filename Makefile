@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers.  Each installs what it needs on first use.
-.PHONY: up down test lint bench bench-e2e chaos chaos-isolation bench-recovery bench-state bench-taxii
+.PHONY: up down test lint bench bench-e2e bench-sinks chaos chaos-isolation bench-recovery bench-state bench-taxii
 
 up:            ## run the local bus: Kafka + worker + example agreements + a demo publish
 	@bash deploy/bootstrap.sh
@@ -42,3 +42,7 @@ bench-taxii:   ## TAXII server paging 100k objects, p99 page latency at 10 clien
 bench-e2e:     ## the whole pipeline on the real broker vs a raw aiokafka passthrough (not CI; broker up first)
 	@bash deploy/bootstrap.sh
 	@.venv/bin/python -m bench.e2e $(BENCH_ARGS)
+
+bench-sinks:   ## network sinks: publish -> presence p50/p99 per sink, 1M-entry regeneration (needs the test broker: KAFKA_PORT)
+	@bash deploy/bootstrap.sh
+	@.venv/bin/python -m bench.sinks

@@ -20,6 +20,13 @@ if ! command -v promtool >/dev/null 2>&1; then
   $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     prometheus >/dev/null
 fi
+# unbound (Debian package) for the RPZ test: a real resolver loads the sinks' zone by AXFR.
+if ! command -v unbound >/dev/null 2>&1 && [ ! -x /usr/sbin/unbound ]; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq >/dev/null
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    unbound >/dev/null
+fi
 started_here=0
 cleanup() {
   if [ "$started_here" = 1 ]; then bash deploy/kafka/kafka.sh down || true; fi

@@ -142,6 +142,27 @@ LAG_SAMPLE_ERRORS = Counter(
     "stixbus_subscriber_lag_sample_errors_total",
     "Lag samples that failed (broker unreachable, timeout)",
 )
+# The network sinks (egress/sinks/): what each subscriber's lists hold, and the safety limit.
+SINK_ENTRIES = Gauge(
+    "stixbus_sink_entries",
+    "Entries in a published sink list, per subscriber, sink format and list",
+    ["subscriber", "sink", "list"],
+)
+SINK_HELD = Gauge(
+    "stixbus_sink_held",
+    "1 while the safety limit holds back a sink's new render (the old one stays published)",
+    ["subscriber", "sink"],
+)
+SINK_REFUSED = Counter(
+    "stixbus_sink_refused_total",
+    "Renders the safety limit refused (a list shrank or grew too much in one step)",
+    ["subscriber", "sink"],
+)
+SINK_PUBLISHED = Gauge(
+    "stixbus_sink_published_timestamp_seconds",
+    "Unix time a sink last published a changed render, per subscriber and format",
+    ["subscriber", "sink"],
+)
 
 FEEDBACK_REPORTS = Counter(
     "stixbus_feedback_reports_total",
@@ -185,6 +206,10 @@ ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     SUBSCRIBER_LAG,
     LAG_SAMPLE_TIME,
     LAG_SAMPLE_ERRORS,
+    SINK_ENTRIES,
+    SINK_HELD,
+    SINK_REFUSED,
+    SINK_PUBLISHED,
 )
 
 _REJECTION_REASONS = frozenset(r.value for r in Reason)
@@ -383,6 +408,22 @@ def set_dedup_keys(count: int) -> None:
 
 def set_subscriber_lag(subscriber: str, lag: int) -> None:
     SUBSCRIBER_LAG.labels(_org(subscriber)).set(max(lag, 0))
+
+
+def set_sink_entries(subscriber: str, sink: str, counts: dict[str, int]) -> None:
+    """A sink published: its entry count per list, and the time."""
+    org = _org(subscriber)
+    for name, count in counts.items():
+        SINK_ENTRIES.labels(org, sink, name).set(count)
+    SINK_PUBLISHED.labels(org, sink).set(time.time())
+
+
+def set_sink_held(subscriber: str, sink: str, held: bool, refused: bool = False) -> None:
+    """The safety limit holds a render back (`held`), newly (`refused`), or let it out."""
+    org = _org(subscriber)
+    SINK_HELD.labels(org, sink).set(1 if held else 0)
+    if refused:
+        SINK_REFUSED.labels(org, sink).inc()
 
 
 # -- reading a /metrics scrape back (`stixbus status`, tests) --

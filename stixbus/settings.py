@@ -123,6 +123,43 @@ class TaxiiServer(BaseSettings):
     )
 
 
+class SinkSettings(BaseSettings):
+    """The network sinks: RPZ, firewall lists, Suricata/Zeek files, MISP feed (STIXBUS_SINKS_*;
+    docs/sinks.md).  Per-subscriber choices (formats, RPZ action, TSIG key) are in `config`."""
+
+    model_config = SettingsConfigDict(env_prefix="STIXBUS_SINKS_")
+
+    config: Path | None = Field(
+        default=None, description="Per-subscriber sinks YAML; default <deploy_dir>/sinks.yaml"
+    )
+    dir: Path | None = Field(
+        default=None, description="Folder the files are written to; default <home>/sinks"
+    )
+    orgs: str = Field(default="", description="Comma-separated subscribers to serve; empty: all")
+    host: str = Field(
+        default="127.0.0.1", description="Bind address of the HTTP(S) and DNS servers"
+    )
+    http_port: int = Field(default=6445, ge=0, le=65535, description="HTTPS lists and MISP feed")
+    dns_port: int = Field(default=6453, ge=0, le=65535, description="RPZ zone transfers (TCP+UDP)")
+    debounce_seconds: float = Field(
+        default=0.3, ge=0, description="Wait this long after a change before re-rendering"
+    )
+    max_change: float = Field(
+        default=0.5, gt=0, description="Safety: refuse a list that shrank/grew by more than this"
+    )
+    min_entries: int = Field(
+        default=100, ge=0, description="Safety: lists smaller than this are not checked"
+    )
+    hold_seconds: float = Field(
+        default=0, ge=0, description="Safety: publish a held change after this long (0: never)"
+    )
+    tls: bool | None = Field(
+        default=None, description="Serve HTTPS (default: when tls_cert and tls_key are set)"
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate of the HTTPS server")
+    tls_key: Path | None = Field(default=None, description="PEM key of the HTTPS server")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STIXBUS_")
 
@@ -365,6 +402,7 @@ class Settings(BaseSettings):
         description="Companion objects (bus identity, marking definitions) go to a subscriber "
         "once, again when they change, and again after this long (so they stay within retention)",
     )
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
 
     # Kafka client security (docs/security.md).  Credentials come from the environment or from
     # files, never from the command line.  The local stack writes <home>/secrets/client.env with

@@ -14,7 +14,17 @@ import click
 import typer
 from rich.console import Console
 
-from stixbus.cli import agreements, audit, connector, messages, security, stack, status, taxii
+from stixbus.cli import (
+    agreements,
+    audit,
+    connector,
+    messages,
+    security,
+    sinks,
+    stack,
+    status,
+    taxii,
+)
 from stixbus.errors import StixbusError
 from stixbus.files import private_files
 
@@ -32,6 +42,7 @@ cli.add_typer(agreements.app, name="agreements")
 cli.add_typer(security.app, name="security")
 cli.add_typer(connector.app, name="connector")
 cli.add_typer(taxii.app, name="taxii")
+sinks.register(cli)  # export, sinks serve|tsig
 
 
 def main() -> None:

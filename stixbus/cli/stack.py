@@ -130,6 +130,11 @@ def up(
         f"taxii: pid {taxii_pid} on {scheme}://{settings.taxii.host}:{settings.taxii.port}"
         f"/taxii2/ (credentials: stixbus taxii credentials add ORG; docs/taxii.md)"
     )
+    sinks = supervisor.start_service(settings, "sinks", ["sinks", "serve"])
+    out.print(
+        f"sinks: pid {sinks}, lists on port {settings.sinks.http_port}, RPZ transfers on "
+        f"{settings.sinks.dns_port}, log {settings.logs_dir / 'sinks.log'} (docs/sinks.md)"
+    )
     if demo:
         _demo(settings)
     out.print(
@@ -215,6 +220,8 @@ def down(
     settings = get_settings()
     stopped = supervisor.stop_service(settings, "taxii")
     out.print("taxii stopped" if stopped else "taxii not running")
+    stopped = supervisor.stop_service(settings, "sinks")
+    out.print("sinks stopped" if stopped else "sinks not running")
     out.print("worker stopped" if supervisor.stop_worker(settings) else "worker not running")
     if kafka:
         _kafka("down", settings)

@@ -339,3 +339,43 @@ def pattern_observables(pattern: str) -> tuple[tuple[str, str], ...]:
             continue
         found.append((object_type, canonical.value))
     return tuple(found)
+
+
+class Comparison(NamedTuple):
+    """One `object:path = 'value'` comparison of a canonical pattern; `value` is canonical."""
+
+    object_type: str
+    path: str  # "value", "name" or "hashes.<ALGORITHM>"
+    value: str
+
+
+def pattern_terms(pattern: str, pattern_version: str = "2.1") -> tuple[tuple[Comparison, ...], ...]:
+    """The observation of a pattern in the fast subset as an OR of AND-terms of canonical
+    comparisons (the same canonicaliser as dedup); () for a valid pattern outside the subset
+    (qualifiers, several observations, other operators: nothing a block list can hold).
+
+    Raises PatternError when the pattern is invalid."""
+    parsed = parse_pattern(pattern, pattern_version)
+    if not parsed.fast:
+        return ()
+    text = parsed.canonical
+    position, end = 1, len(text) - 1
+    terms: list[list[Comparison]] = [[]]
+    while position < end:
+        match = _COMPARISON.match(text, position, end)
+        if match is None:  # cannot happen for a canonical text; stay total anyway
+            return ()
+        object_type, prop, value = match.group("type", "prop", "value")
+        if "\\" in value:
+            value = _UNESCAPE.sub(r"\1", value)
+        hash_name = match.group("qhash") or match.group("hash")
+        path = prop if prop is not None else f"hashes.{hash_name}"
+        terms[-1].append(Comparison(object_type, path, value))
+        position = match.end()
+        join = _JOIN.match(text, position, end)
+        if join is None:
+            break
+        if join.group(1) == "OR":
+            terms.append([])
+        position = join.end()
+    return tuple(tuple(term) for term in terms if term)

@@ -103,8 +103,8 @@ def test_metric_names_follow_conventions() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds")
         labels = set(metric._labelnames)
-        # list: a warninglist the guard loads (bounded by the index), cause: valid_until|max_age
-        assert labels <= {"publisher", "subscriber", "agreement", "reason", "list", "cause"}
+        # list: a warninglist the guard loads or a sink's list (bounded), cause: valid_until|max_age
+        assert labels <= {"publisher", "subscriber", "agreement", "reason", "list", "cause", "sink"}
 
 
 def test_labels_are_bounded() -> None:

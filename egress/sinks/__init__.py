@@ -1,0 +1,3 @@
+"""The network sinks: RPZ zones, firewall lists, Suricata/Zeek files, a MISP feed.
+
+See docs/sinks.md; the pure renderers are in stixbus/core/sinks/."""
