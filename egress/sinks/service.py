@@ -77,6 +77,7 @@ async def run_follower(
         sink = follower.sink
         due: datetime | None = None
         while True:
+            follower.changed.clear()  # before looking: a record after this sets it again
             now = datetime.now(UTC)
             if sink.rendered_version != sink.current.version or (due is not None and now >= due):
                 rendering = True
@@ -93,7 +94,9 @@ async def run_follower(
                 if outcome.held and sink.safety.hold_seconds > 0:  # look again when it may go
                     release = now + timedelta(seconds=sink.safety.hold_seconds)
                     due = release if due is None else min(due, release)
-            follower.changed.clear()
+            if sink.rendered_version != sink.current.version:  # arrived during the render
+                await asyncio.sleep(debounce)
+                continue
             timeout = MAX_SLEEP_SECONDS
             if due is not None:
                 timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.0))
