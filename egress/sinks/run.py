@@ -19,6 +19,7 @@ from schemas.org import load_registry
 from schemas.sinks import Format, SinksConfig, SubscriberSinks, load_sinks
 from stixbus import metrics
 from stixbus.errors import UserError
+from stixbus.kafka.acls import EGRESS
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.replay import follow_all
 from stixbus.kafka.topics import TopicNames
@@ -26,7 +27,6 @@ from stixbus.settings import Settings
 
 log = logging.getLogger("stixbus.sinks")
 
-PRINCIPAL = "egress"  # the Kafka principal of the pull servers (stixbus/kafka/acls.py)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ async def serve(settings: Settings, ready: Callable[[Bound], None] | None = None
     if ready is not None:
         ready(Bound(http_port, dns_port))
     names = TopicNames(settings.topic_prefix)
-    conn = client_kwargs(settings, PRINCIPAL)
+    conn = client_kwargs(settings, EGRESS)
     followers = [
         Follower(sink, names.deliver(org), asyncio.Event(), asyncio.Event())
         for org, sink in sinks.items()
@@ -173,7 +173,7 @@ async def export(settings: Settings, org: str, fmt: Format, folder: Path) -> Sub
 
     reader = asyncio.create_task(
         follow_all(
-            client_kwargs(settings, PRINCIPAL),
+            client_kwargs(settings, EGRESS),
             TopicNames(settings.topic_prefix).deliver(org),
             apply,
             loaded,
