@@ -88,7 +88,7 @@ def indicator(
 
 def decisions(bus: Bus) -> list[dict[str, Any]]:
     """Every decision on the audit topic (one entry per route step folds them)."""
-    return [d for entry in bus.objects(bus.names.audit) for d in entry["decisions"]]
+    return bus.decisions()
 
 
 def audit_for(bus: Bus, object_id: str, timeout: float = 40.0) -> dict[str, dict[str, Any]]:

@@ -215,9 +215,10 @@ def _audited(bus: Bus, org: str) -> set[str]:
     async def read() -> set[str]:
         out = set()
         async for r in read_topic(bus.conn, bus.names.audit, from_beginning=True, max_wait=10):
-            entry = r.json()
-            if isinstance(entry, dict) and entry.get("subscriber") == org and entry["delivered"]:
-                out.add(str(entry["object_id"]))
+            entry: dict[str, Any] = r.json()  # type: ignore[assignment]
+            for decision in entry["decisions"]:
+                if decision["subscriber"] == org and decision["delivered"]:
+                    out.add(str(decision["object_id"]))
         return out
 
     return asyncio.run(read())
@@ -241,7 +242,7 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
         for r in normalized
         if any(t.encode() + b".multi" in r.value for t in tag)
     }
-    audit = [a.json() for a in asyncio.run(read(bus.names.audit))]
+    audit = [d for a in asyncio.run(read(bus.names.audit)) for d in a.json()["decisions"]]
     verdicts = sorted(
         {
             (a["subscriber"], a["allow"], a["delivered"], a["reasons"][0]["code"])

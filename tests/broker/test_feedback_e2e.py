@@ -230,7 +230,7 @@ def test_false_positive_reports_past_the_threshold_lower_confidence_or_withhold(
         wait_for(partial(versions, org), revoked if org in ISPS else lowered, org)
     assert [v["confidence"] for v in versions("central-bank")] == [80]  # no policy there
 
-    audit: list[Obj] = fbus.objects(fbus.names.audit, timeout=1)
+    audit: list[Obj] = fbus.decisions(timeout=1)
     withheld = [a for a in audit if a["object_id"] == ioc["id"] and not a["allow"]
                 and any(r["code"] == "false_positive" for r in a["reasons"])]  # fmt: skip
     assert {a["subscriber"] for a in withheld} == set(ISPS), withheld

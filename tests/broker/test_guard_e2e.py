@@ -103,7 +103,7 @@ def test_listed_values_never_reach_the_isp_blocking_agreement(gbus: Bus) -> None
     def audited() -> list[Obj]:
         entries = [
             a
-            for a in gbus.objects(gbus.names.audit)
+            for a in gbus.decisions()
             if a["object_id"] in set(ids.values()) and a["subscriber"] in ("isp-one", "isp-two")
         ]
         return entries if len(entries) >= 10 else []

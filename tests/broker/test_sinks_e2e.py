@@ -305,7 +305,7 @@ def _get(
 
 def test_lists_over_https_own_org_only_with_etags(stack: Stack) -> None:
     tag = uuid.uuid4().hex[:8]
-    ips = [f"198.51.100.{i}" for i in range(0, 4)]  # .0-.3 aggregate to one /30
+    ips = [f"11.203.100.{i}" for i in range(0, 4)]  # .0-.3 aggregate to one /30
     objects = [_indicator(f"[ipv4-addr:value = '{ip}']") for ip in ips]
     objects.append(_indicator(f"[domain-name:value = 'list-{tag}.example.test']"))
     stack.bus.publish("cert", {"type": "bundle", "id": f"bundle--{uuid.uuid4()}",
@@ -315,7 +315,7 @@ def test_lists_over_https_own_org_only_with_etags(stack: Stack) -> None:
         status, body, _ = _get(stack, "/lists/isp-one/ipv4.txt", "isp-one")
         return body if status == 200 else b""
 
-    _until(lambda: b"198.51.100.0/30" in ipv4(), 30, 0.3)
+    _until(lambda: b"11.203.100.0/30" in ipv4(), 30, 0.3)
     status, body, headers = _get(stack, "/lists/isp-one/domains.txt", "isp-one")
     assert status == 200 and f"list-{tag}.example.test\n".encode() in body
     etag = headers["ETag"]

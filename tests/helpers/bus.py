@@ -99,6 +99,11 @@ class Bus:
     ) -> list[dict[str, Any]]:
         return [r.json() for r in self.read(topic, expect, timeout)]  # type: ignore[misc]
 
+    def decisions(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Every per-subscriber decision on the audit topic (one audit entry per route step
+        folds its decisions: schemas/audit.py AuditEntry)."""
+        return [d for e in self.objects(self.names.audit, timeout=timeout) for d in e["decisions"]]
+
     @property
     def settings(self) -> Settings:
         return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
