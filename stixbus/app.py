@@ -81,4 +81,5 @@ def build_app(ctx: BusContext) -> faust.App:
     register_all(app, ctx)
     _compat.serve_only(app, WEB_PATHS)
     _compat.leave_group_when_stopped()
+    _compat.seek_uncommitted_to_start()
     return app

@@ -38,6 +38,18 @@ shows it.
   after the batch's acks, so it sets the variable to each key's own event for its write.
   Tested by tests/broker/test_multi_worker.py and test_dedup_e2e.py (state on the right
   partition survives restarts and rebalances).
+- `seek_uncommitted_to_start` (faust-streaming 0.15 `transport.consumer.Consumer.perform_seek`,
+  `_committed_offset`, `_read_offset`, `_is_changelog_tp`, `_thread`): when a rebalance starts
+  while Faust iterates a fetched batch (`Consumer.getmany`), it drops the rest of the batch
+  although aiokafka's positions already moved past it; Faust relies on the seek to the
+  committed offsets after the rebalance to fetch them again.  aiokafka seeks only partitions
+  with a committed offset above 0, so on a partition nothing was committed on yet (a new topic,
+  a fresh group, a quiet publisher's ingest partition) the dropped records were skipped for
+  good: the restarted worker committed past them (docs/runbook.md, "submissions lost across
+  kill -9").  The wrapper also seeks those partitions to their first offset (the
+  `earliest` reset the worker is configured with), so they are read again: at-least-once.
+  Tested by tests/broker/test_taxii_server.py (poll loop with a kill -9),
+  tests/broker/test_recovery.py and tests/broker/test_rebalance_loss.py.
 """
 
 from __future__ import annotations
@@ -56,7 +68,9 @@ from aiohttp.web_protocol import RequestHandler
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
+from aiokafka.structs import TopicPartition
 from faust import streams as _faust_streams
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import EventT
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
@@ -65,6 +79,7 @@ __all__ = [
     "TaxiiHTTPConnection",
     "as_current_event",
     "leave_group_when_stopped",
+    "seek_uncommitted_to_start",
     "serve_only",
 ]
 
@@ -113,6 +128,31 @@ def leave_group_when_stopped() -> None:
 
     maybe_leave_group._stixbus_leaves = True  # type: ignore[attr-defined]
     GroupCoordinator._maybe_leave_group = maybe_leave_group
+
+
+def seek_uncommitted_to_start() -> None:
+    """After Faust's seek to the committed offsets, seek every stream partition that has no
+    committed offset (or 0) to its first offset (idempotent; see the module doc)."""
+    original: Any = FaustConsumer.perform_seek
+    if getattr(original, "_stixbus_rewinds", False):
+        return
+
+    async def perform_seek(self: Any) -> None:
+        await original(self)
+        uncommitted = sorted(
+            tp
+            for tp in self.assignment()
+            if not self._is_changelog_tp(tp) and self._committed_offset.get(tp) is None
+        )
+        if uncommitted:
+            await self._thread.seek_to_beginning(
+                *(TopicPartition(tp.topic, tp.partition) for tp in uncommitted)
+            )
+            for tp in uncommitted:
+                self._read_offset[tp] = None
+
+    perform_seek._stixbus_rewinds = True  # type: ignore[attr-defined]
+    FaustConsumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 FAUST_OFFSET_KEY = b"__faust\0offset__"
@@ -187,6 +227,8 @@ class FaustStoreWriter:
         self.flush()
         self._db.flush()
         self._db.close()
+
+
 @contextmanager
 def as_current_event(event: EventT) -> Iterator[None]:
     """Table writes inside this block belong to `event`'s partition."""

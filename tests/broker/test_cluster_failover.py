@@ -259,11 +259,6 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
 
 
 @pytest.mark.timeout(600)  # three brokers, two workers and a restart on a shared 2-core machine
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: passed in the CI run of 2026-12-02 03:10, failed in the one at 03:27; "
-    "same family as docs/runbook.md 'Known issue: submissions lost across kill -9 under backlog'",
-)
 def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> None:
     (tmp_path / "w1").mkdir()
     (tmp_path / "w2").mkdir()

@@ -11,19 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from tests.helpers.bus import Bus
 from tests.helpers.recovery import Follower, crash, send, spawn
 
 DELIVERING_AGAIN_S = 10.0  # issue #17 "Done when"; median 4.4 s (bench/recovery.py)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (docs/runbook.md 'Known issue: submissions lost across kill -9 under "
-    "backlog'): in the final CI run of 2026-12-02 life 1 delivered nothing within 30 s",
-)
 def test_killed_worker_delivers_again_within_10_s_every_life(fresh_bus: Bus) -> None:
     bus = fresh_bus
     bus.env["STIXBUS_STORE"] = "rocksdb://"  # the production store, kept across the kill

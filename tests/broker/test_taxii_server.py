@@ -143,12 +143,6 @@ def delivered(bus: Bus, org: str) -> dict[tuple[str, str], Obj]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG found when the session's branches were merged (docs/runbook.md, 'Known "
-    "issue: submissions lost across kill -9 under backlog'): in this module, after the "
-    "worker's kill -9, the submissions it had not normalised yet never reach `claims`",
-)
 def test_poll_loops_while_publishing_through_the_worker_and_restarts(
     server: TaxiiServer, tbus: Bus
 ) -> None:
