@@ -31,6 +31,7 @@ from tests.helpers.paths import AGREEMENTS_YAML, ORGS_YAML, REPO_ROOT
 
 AGREEMENTS = AGREEMENTS_YAML
 BOOTSTRAP = os.environ.get("STIXBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+WORKER_LOGLEVEL = os.environ.get("STIXBUS_TEST_WORKER_LOGLEVEL", "warning")
 
 
 def free_port() -> int:
@@ -120,7 +121,8 @@ class Bus:
         """Start the worker process without waiting for it (several workers start together)."""
         log = (self.home / "worker.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", "warning"],
+            # STIXBUS_TEST_WORKER_LOGLEVEL=info: Faust's rebalance and recovery lines, to debug
+            [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", WORKER_LOGLEVEL],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
