@@ -24,6 +24,7 @@ from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schem
 from stixbus.errors import StixbusError
 from stixbus.kafka.quotas import Quota
 
+_ENTITY = Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8")))
 USER = "user"
 MATCH_SPECIFIED = 2  # DescribeClientQuotas: any named entity (not the <default> one)
 TIMEOUT_MS = 15000
@@ -33,7 +34,7 @@ class QuotaError(StixbusError, RuntimeError):
     """The broker refused a quota request; the message names the user and the broker's error."""
 
 
-class AlterClientQuotasResponse_v0(Response):  # noqa: N801  (Kafka's protocol naming)
+class AlterClientQuotasResponse_v0(Response):  # Kafka protocol naming, as aiokafka's
     API_KEY = 49
     API_VERSION = 0
     SCHEMA = Schema(
@@ -43,13 +44,13 @@ class AlterClientQuotasResponse_v0(Response):  # noqa: N801  (Kafka's protocol n
             Array(
                 ("error_code", Int16),
                 ("error_message", String("utf-8")),
-                ("entity", Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8")))),
+                ("entity", _ENTITY),
             ),
         ),
     )
 
 
-class AlterClientQuotasRequest_v0(RequestStruct):  # noqa: N801
+class AlterClientQuotasRequest_v0(RequestStruct):
     API_KEY = 49
     API_VERSION = 0
     RESPONSE_TYPE = AlterClientQuotasResponse_v0
@@ -57,7 +58,7 @@ class AlterClientQuotasRequest_v0(RequestStruct):  # noqa: N801
         (
             "entries",
             Array(
-                ("entity", Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8")))),
+                ("entity", _ENTITY),
                 ("ops", Array(("key", String("utf-8")), ("value", Float64), ("remove", Boolean))),
             ),
         ),
@@ -92,7 +93,7 @@ async def _describe(conn: dict[str, Any]) -> list[Quota]:
     await admin.start()
     try:
         request = DescribeClientQuotasRequest([(USER, MATCH_SPECIFIED, None)], True)
-        response = await admin._send_request(request)  # noqa: SLF001  (no public call)
+        response = await admin._send_request(request)  # no public call for it
         _check(response.error_code, response.error_message, "describe client quotas")
         out: list[Quota] = []
         for entity, values in response.entries:
@@ -117,7 +118,7 @@ async def _alter(conn: dict[str, Any], to_set: list[Quota], remove: list[Quota])
     try:
         entries = [([(USER, user)], user_ops) for user, user_ops in sorted(ops.items())]
         # Quotas live in the KRaft metadata log: any broker forwards the change to the controller.
-        response = await admin._send_request(AlterClientQuotasRequest(entries))  # noqa: SLF001
+        response = await admin._send_request(AlterClientQuotasRequest(entries))
         for code, message, entity in response.entries:
             _check(code, message, f"set the quotas of user {entity[0][1]!r}")
     finally:

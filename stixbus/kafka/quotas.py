@@ -94,9 +94,7 @@ def derive_quotas(registry: Registry, base: OrgQuotas, largest_record: int) -> l
 def settings_quotas(registry: Registry, settings: Settings) -> list[Quota]:
     """`derive_quotas` with the defaults and the record limit of `settings`."""
     q = settings.quota
-    base = defaults(
-        q.producer_bytes_per_second, q.consumer_bytes_per_second, q.request_percentage
-    )
+    base = defaults(q.producer_bytes_per_second, q.consumer_bytes_per_second, q.request_percentage)
     return derive_quotas(registry, base, settings.limits.message_bytes)
 
 
