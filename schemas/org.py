@@ -43,6 +43,27 @@ class Role(StrEnum):
     SUBSCRIBER = "subscriber"
 
 
+class OrgQuotas(BaseModel):
+    """Per-org override of the Kafka client quotas of its principal (docs/security.md, "Quotas").
+
+    A value left out takes the bus default (STIXBUS_QUOTA_*); names and units are Kafka's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    producer_byte_rate: int | None = Field(
+        default=None, ge=1, description="Bytes per second the org may produce, per broker"
+    )
+    consumer_byte_rate: int | None = Field(
+        default=None, ge=1, description="Bytes per second the org may fetch, per broker"
+    )
+    request_percentage: int | None = Field(
+        default=None,
+        ge=1,
+        description="Share of one broker thread's time (%) its requests may use per quota window",
+    )
+
+
 class Org(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,6 +84,10 @@ class Org(BaseModel):
     )
     networks: tuple[str, ...] = Field(
         default=(), description="The org's own address ranges (CIDR), never blocked"
+    )
+    quotas: OrgQuotas = Field(
+        default_factory=OrgQuotas,
+        description="Kafka client quotas of the org's principal (unset values: the bus defaults)",
     )
 
     @field_validator("networks")

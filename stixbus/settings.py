@@ -72,6 +72,34 @@ class Retention(BaseSettings):
     )
 
 
+MIB = 1024 * 1024
+
+
+class QuotaDefaults(BaseSettings):
+    """Kafka client quotas of every org principal (STIXBUS_QUOTA_*; docs/security.md, "Quotas").
+
+    Applied per broker by `stixbus security apply` (and the Strimzi KafkaUsers); an org's
+    `quotas` in the registry override them.  0 means no quota of that kind.  The bus principals
+    (worker, egress, operator, admin) get none.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STIXBUS_QUOTA_")
+
+    producer_bytes_per_second: int = Field(
+        default=8 * MIB,
+        ge=0,
+        description="producer_byte_rate: twice the largest submission (4 MiB) per second",
+    )
+    consumer_bytes_per_second: int = Field(
+        default=16 * MIB, ge=0, description="consumer_byte_rate (receipts and deliveries)"
+    )
+    request_percentage: int = Field(
+        default=100,
+        ge=0,
+        description="request_percentage: one broker thread's time per quota window, at most",
+    )
+
+
 class TaxiiServer(BaseSettings):
     """The subscribers' TAXII 2.1 server (STIXBUS_TAXII_*; docs/taxii.md)."""
 
@@ -272,6 +300,7 @@ class Settings(BaseSettings):
         ),
     )
     limits: Limits = Field(default_factory=Limits)
+    quota: QuotaDefaults = Field(default_factory=QuotaDefaults)
     retention: Retention = Field(default_factory=Retention)
     taxii: TaxiiServer = Field(default_factory=TaxiiServer)
 

@@ -1,4 +1,5 @@
-"""`stixbus security apply|show|plan`: SCRAM users and Kafka ACLs derived from the org registry."""
+"""`stixbus security apply|show|plan`: SCRAM users, Kafka ACLs and user quotas derived from the org
+registry."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from rich.table import Table
 
 from schemas.org import load_registry
 from stixbus.kafka.acls import AclBinding, derive_acls, users
+from stixbus.kafka.quotas import Quota, settings_quotas
 from stixbus.settings import Settings, get_settings
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="Kafka principals and ACLs from the org registry (docs/security.md).",
+    help="Kafka principals, ACLs and quotas from the org registry (docs/security.md).",
 )
 out = Console()
 
@@ -52,6 +54,21 @@ def _table(title: str, bindings: list[AclBinding], marks: dict[AclBinding, str])
     return table
 
 
+def _quota_table(title: str, quotas: list[Quota], marks: dict[Quota, str]) -> Table:
+    table = Table(title=title)
+    for column in ("principal", "quota", "value"):
+        table.add_column(column)
+    if marks:
+        table.add_column("change")
+    for q in quotas:
+        value = f"{int(q.value)}" if q.value == int(q.value) else f"{q.value}"
+        row = [f"User:{q.user}", q.key, value]
+        if marks:
+            row.append(marks.get(q, ""))
+        table.add_row(*row)
+    return table
+
+
 @app.command("apply")
 def apply_cmd(
     registry: RegistryOpt = None,
@@ -60,9 +77,11 @@ def apply_cmd(
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only")] = False,
 ) -> None:
-    """Create/update SCRAM users and ACLs so the broker matches the registry (idempotent).
+    """Create/update SCRAM users, ACLs and org quotas so the broker matches the registry
+    (idempotent).
 
-    Runs as the super user `admin`.  Orgs removed from the registry lose their user and ACLs.
+    Runs as the super user `admin`.  Orgs removed from the registry lose their user, ACLs and
+    quotas.
     """
     from stixbus.kafka.acl_admin import apply
 
@@ -74,11 +93,15 @@ def apply_cmd(
     if marks:
         changed = sorted(marks)
         out.print(_table(f"ACL changes ({verb})", changed, marks))
+    qmarks = {q: "set" for q in result.quotas.set} | {q: "- remove" for q in result.quotas.remove}
+    if qmarks:
+        out.print(_quota_table(f"Quota changes ({verb})", sorted(qmarks), qmarks))
     out.print(
         f"users: {verb} create/re-key {len(result.users.upsert)} "
         f"({', '.join(result.users.upsert) or '-'}), delete {len(result.users.delete)} "
         f"({', '.join(result.users.delete) or '-'}); ACLs: {verb} create "
-        f"{len(result.acls.create)}, delete {len(result.acls.delete)}"
+        f"{len(result.acls.create)}, delete {len(result.acls.delete)}; quotas: {verb} set "
+        f"{len(result.quotas.set)}, remove {len(result.quotas.remove)}"
     )
     if result.users.upsert and not dry_run:
         out.print(f"passwords stored in {settings.credentials_file} (mode 600)")
@@ -86,21 +109,26 @@ def apply_cmd(
 
 @app.command("show")
 def show_cmd() -> None:
-    """Print the ACLs and SCRAM users the broker enforces now."""
-    from stixbus.kafka.acl_admin import show
+    """Print the ACLs, SCRAM users and user quotas the broker enforces now."""
+    from stixbus.kafka.acl_admin import show, show_quotas
 
-    bindings, names = show(get_settings())
+    settings = get_settings()
+    bindings, names = show(settings)
     out.print(_table("Effective ACLs (ALLOW; everything else is denied)", bindings, {}))
+    quotas = show_quotas(settings)
+    out.print(_quota_table("User quotas (per broker; absent: unlimited)", quotas, {}))
     out.print(f"SCRAM users: {', '.join(sorted(names)) or '-'} (admin is the super user)")
 
 
 @app.command("plan")
 def plan_cmd(registry: RegistryOpt = None) -> None:
-    """Print the ACLs the registry implies, without contacting the broker."""
+    """Print the ACLs and quotas the registry implies, without contacting the broker."""
     settings = _settings(registry)
     reg = load_registry(settings.registry_path)
     bindings = derive_acls(reg, settings.topic_prefix, settings.app_id)
     out.print(_table(f"ACLs derived from {settings.registry_path}", bindings, {}))
+    quotas = settings_quotas(reg, settings)
+    out.print(_quota_table("User quotas (STIXBUS_QUOTA_* and the orgs' overrides)", quotas, {}))
     out.print(f"principals: {', '.join(users(reg))}")
 
 
@@ -125,8 +153,9 @@ def k8s_cmd(
         Path | None, typer.Option("--output", "-o", help="Write the YAML here (default: stdout)")
     ] = None,
 ) -> None:
-    """Print Strimzi KafkaTopic and KafkaUser resources (the ACLs of `security apply`) and the
-    worker's ConfigMap, Deployment and NetworkPolicy, from the registry (no broker needed)."""
+    """Print Strimzi KafkaTopic and KafkaUser resources (the ACLs and quotas of `security apply`)
+    and the worker's ConfigMap, Deployment and NetworkPolicy, from the registry (no broker
+    needed)."""
     from stixbus.kafka.strimzi import K8sTarget, manifests, to_yaml, topic_specs
 
     settings = _settings(registry)
@@ -152,6 +181,7 @@ def k8s_cmd(
         reg,
         settings.topic_prefix,
         settings.app_id,
+        settings_quotas(reg, settings),
         specs,
         settings.registry_path.read_text(encoding="utf-8"),
         settings.agreements_path.read_text(encoding="utf-8"),

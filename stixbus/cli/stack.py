@@ -106,8 +106,8 @@ def up(
         applied = apply_security(settings, load_registry(settings.registry_path))
         out.print(
             f"security: {settings.security_protocol}; users created {len(applied.users.upsert)}, "
-            f"ACLs created {len(applied.acls.create)}, removed {len(applied.acls.delete)} "
-            "(stixbus security show)"
+            f"ACLs created {len(applied.acls.create)}, removed {len(applied.acls.delete)}, "
+            f"quotas set {len(applied.quotas.set)} (stixbus security show)"
         )
     created = _create_topics(settings)
     out.print(f"topics: {len(created)} created under prefix '{settings.topic_prefix}'")

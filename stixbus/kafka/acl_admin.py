@@ -1,4 +1,5 @@
-"""Apply the registry's principals and ACLs to the broker (confluent-kafka AdminClient).
+"""Apply the registry's principals, ACLs and quotas to the broker (confluent-kafka AdminClient;
+the quotas through stixbus.kafka.quota_admin, librdkafka has no client-quota call).
 
 aiokafka's admin client has no ACL or SCRAM-user calls; librdkafka's has both.  Everything here
 runs as the super user `admin` (its password comes from the credentials file or
@@ -43,11 +44,14 @@ from stixbus.kafka.acls import (
 )
 from stixbus.kafka.config import (
     CredentialsError,
+    client_kwargs,
     confluent_config,
     read_credentials,
     uses_sasl,
     write_credentials,
 )
+from stixbus.kafka.quota_admin import alter_quotas, describe_quotas
+from stixbus.kafka.quotas import Quota, QuotaPlan, plan_quotas, settings_quotas
 from stixbus.settings import Settings
 
 TIMEOUT = 30.0
@@ -62,6 +66,7 @@ class SecurityError(StixbusError, RuntimeError):
 class ApplyResult:
     users: UserPlan
     acls: AclPlan
+    quotas: QuotaPlan
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -147,10 +152,10 @@ def existing_users(client: AdminClient) -> set[str]:
 def apply(
     settings: Settings, registry: Registry, *, rotate: bool = False, dry_run: bool = False
 ) -> ApplyResult:
-    """Make the broker's SCRAM users and ACLs match the registry (idempotent).
+    """Make the broker's SCRAM users, ACLs and user quotas match the registry (idempotent).
 
     New users get a random password, stored in the credentials file before the broker is told.
-    Users and ACLs of orgs no longer in the registry are deleted.
+    Users, ACLs and quotas of orgs no longer in the registry are deleted.
     """
     if settings.credentials_file is None:
         raise CredentialsError(
@@ -158,12 +163,15 @@ def apply(
             "which is not set (the local stack sets it in <STIXBUS_HOME>/secrets/client.env)"
         )
     desired_acls = derive_acls(registry, settings.topic_prefix, settings.app_id)
+    desired_quotas = settings_quotas(registry, settings)
     client = admin_client(settings)
     stored = read_credentials(settings.credentials_file)
     user_plan = plan_users(users(registry), existing_users(client), set(stored), rotate=rotate)
     acl_plan = plan_acls(desired_acls, existing_acls(client))
+    admin_conn = client_kwargs(settings, ADMIN)
+    quota_plan = plan_quotas(desired_quotas, describe_quotas(admin_conn))
     if dry_run:
-        return ApplyResult(user_plan, acl_plan)
+        return ApplyResult(user_plan, acl_plan, quota_plan)
 
     mechanism = (
         ScramMechanism.SCRAM_SHA_256
@@ -191,6 +199,8 @@ def apply(
             [_to_ck(b) for b in acl_plan.create], request_timeout=TIMEOUT
         ).items():
             _wait(fut, f"create ACL {binding}")
+    if not quota_plan.empty:
+        alter_quotas(admin_conn, list(quota_plan.set), list(quota_plan.remove))
     if user_plan.delete:
         deletions = [UserScramCredentialDeletion(u, mechanism) for u in user_plan.delete]
         for user, fut in client.alter_user_scram_credentials(
@@ -202,10 +212,16 @@ def apply(
         for user in user_plan.delete:
             remaining.pop(user, None)
         write_credentials(settings.credentials_file, remaining)
-    return ApplyResult(user_plan, acl_plan)
+    return ApplyResult(user_plan, acl_plan, quota_plan)
 
 
 def show(settings: Settings) -> tuple[list[AclBinding], set[str]]:
     """The ACLs and SCRAM users the broker has now."""
     client = admin_client(settings)
     return existing_acls(client), existing_users(client)
+
+
+def show_quotas(settings: Settings) -> list[Quota]:
+    """The user quotas the broker enforces now."""
+    admin_client(settings)  # the same "no security to manage" refusal on a plaintext broker
+    return describe_quotas(client_kwargs(settings, ADMIN))

@@ -6,7 +6,8 @@ from `stixbus topics` and `stixbus security apply`, a Strimzi cluster gets from 
 - one `KafkaTopic` per topic of `TopicNames.all_specs` (same partitions, cleanup policy, record
   limit and min.insync.replicas as `stixbus topics` creates);
 - one `KafkaUser` per principal of `acls.users` (SCRAM-SHA-512; Strimzi's user operator makes the
-  password Secret), whose ACLs are exactly `acls.derive_acls` for that principal;
+  password Secret), whose ACLs are exactly `acls.derive_acls` for that principal and whose
+  `spec.quotas` are exactly its `quotas.derive_quotas` values (none for the bus principals);
 - the worker: a ConfigMap with the registry and agreements, a Deployment (non-root,
   read-only root filesystem, state on an emptyDir at STIXBUS_HOME) and a NetworkPolicy that
   lets only Prometheus reach its web port.
@@ -32,6 +33,12 @@ from stixbus.kafka.acls import (
     derive_acls,
     principal,
     users,
+)
+from stixbus.kafka.quotas import (
+    CONSUMER_BYTE_RATE,
+    PRODUCER_BYTE_RATE,
+    REQUEST_PERCENTAGE,
+    Quota,
 )
 from stixbus.kafka.topics import TopicNames, TopicSpec, topic_configs
 
@@ -122,14 +129,41 @@ def acl_from_strimzi(user: str, acl: dict[str, Any]) -> list[AclBinding]:
     ]
 
 
+# KafkaUser `spec.quotas` field of each Kafka quota key (integers in the CRD).
+_QUOTA_FIELD = {
+    PRODUCER_BYTE_RATE: "producerByteRate",
+    CONSUMER_BYTE_RATE: "consumerByteRate",
+    REQUEST_PERCENTAGE: "requestPercentage",
+}
+
+
+def strimzi_quotas(quotas: list[Quota]) -> dict[str, int]:
+    """One principal's quotas as a KafkaUser `spec.quotas` object."""
+    return {_QUOTA_FIELD[q.key]: int(q.value) for q in quotas}
+
+
+def quotas_from_strimzi(user: str, spec: dict[str, Any]) -> list[Quota]:
+    """The inverse of `strimzi_quotas`: what the user operator sets on the broker."""
+    keys = {v: k for k, v in _QUOTA_FIELD.items()}
+    return sorted(Quota(user, keys[f], float(v)) for f, v in spec.get("quotas", {}).items())
+
+
 def kafka_users(
-    registry: Registry, prefix: str, app_id: str, target: K8sTarget
+    registry: Registry, prefix: str, app_id: str, quotas: list[Quota], target: K8sTarget
 ) -> list[dict[str, Any]]:
-    """A KafkaUser per bus principal, with that principal's ACLs from `derive_acls`."""
+    """A KafkaUser per bus principal, with that principal's ACLs from `derive_acls` and its
+    quotas from `quotas` (`quotas.settings_quotas`)."""
     bindings = derive_acls(registry, prefix, app_id)
     out = []
     for user in users(registry):
         own = [b for b in bindings if b.user == user]
+        spec: dict[str, Any] = {
+            "authentication": {"type": "scram-sha-512"},
+            "authorization": {"type": "simple", "acls": [strimzi_acl(b) for b in own]},
+        }
+        own_quotas = [q for q in quotas if q.user == user]
+        if own_quotas:
+            spec["quotas"] = strimzi_quotas(own_quotas)
         out.append(
             {
                 "apiVersion": API_VERSION,
@@ -139,13 +173,7 @@ def kafka_users(
                     "namespace": target.namespace,
                     "labels": {CLUSTER_LABEL: target.cluster},
                 },
-                "spec": {
-                    "authentication": {"type": "scram-sha-512"},
-                    "authorization": {
-                        "type": "simple",
-                        "acls": [strimzi_acl(b) for b in own],
-                    },
-                },
+                "spec": spec,
             }
         )
     return out
@@ -293,6 +321,7 @@ def manifests(
     registry: Registry,
     prefix: str,
     app_id: str,
+    quotas: list[Quota],
     specs: list[TopicSpec],
     registry_yaml: str,
     agreements_yaml: str,
@@ -308,7 +337,7 @@ def manifests(
     k8s_name(target.namespace, "namespace")
     return [
         *kafka_topics(specs, target),
-        *kafka_users(registry, prefix, app_id, target),
+        *kafka_users(registry, prefix, app_id, quotas, target),
         *worker_resources(prefix, app_id, partitions, registry_yaml, agreements_yaml, target),
     ]
 

@@ -31,13 +31,14 @@ from aiokafka.errors import (
 )
 
 from schemas.org import load_registry
-from stixbus.kafka.acl_admin import apply, show
+from stixbus.kafka.acl_admin import apply, show, show_quotas
 from stixbus.kafka.acls import ADMIN, EGRESS, WORKER
 from stixbus.kafka.admin import ensure_topics, list_topics
 from stixbus.kafka.client import publish, read_topic
-from stixbus.kafka.config import client_kwargs, read_credentials
+from stixbus.kafka.config import client_kwargs, confluent_config, read_credentials
+from stixbus.kafka.quotas import PRODUCER_BYTE_RATE, Quota, settings_quotas
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import Limits, Settings
 from tests.helpers.bus import free_port
 from tests.helpers.paths import REPO_ROOT
 
@@ -201,9 +202,21 @@ def test_cert_publish_reaches_bank_a_through_the_worker(secure_bus: SecureBus) -
 def test_security_apply_is_idempotent_and_show_lists_acls(secure_bus: SecureBus) -> None:
     again = apply(secure_bus.settings, load_registry(REGISTRY))
     assert again.acls.empty and not again.users.upsert and not again.users.delete
+    assert again.quotas.empty
     shown = secure_bus.cli("security", "show", env={**secure_bus.env, "COLUMNS": "200"})
     assert shown.returncode == 0, shown.stderr
     assert "User:bank-a" in shown.stdout and "stixbus.deliver.bank-a" in shown.stdout
+    assert "producer_byte_rate" in shown.stdout and "33554432" in shown.stdout  # the CERT's
+
+
+def test_security_apply_sets_the_planned_quotas(secure_bus: SecureBus) -> None:
+    """What the broker enforces, read back from it, is the plan: every org its quotas (the
+    CERT its registry override), no bus principal any."""
+    registry = load_registry(REGISTRY)
+    on_broker = show_quotas(secure_bus.settings)
+    assert on_broker == settings_quotas(registry, secure_bus.settings)
+    assert {q.user for q in on_broker} == {o.id for o in registry.orgs}
+    assert Quota("cert", PRODUCER_BYTE_RATE, 32 * 1024 * 1024) in on_broker
 
 
 # -- denials by the broker ------------------------------------------------------------------------
@@ -220,9 +233,7 @@ def test_bank_a_cannot_read_bank_b_delivery(secure_bus: SecureBus) -> None:
         asyncio.run(run())
 
 
-@pytest.mark.parametrize(
-    "topic", [NAMES.feedback, NAMES.feedback_sources, NAMES.false_positives]
-)
+@pytest.mark.parametrize("topic", [NAMES.feedback, NAMES.feedback_sources, NAMES.false_positives])
 def test_no_org_reads_the_feedback_topics(secure_bus: SecureBus, topic: str) -> None:
     """Who received and sighted what (docs/feedback.md) stays with the worker."""
 
@@ -313,12 +324,19 @@ def test_removed_org_loses_its_credentials_and_acls(
             "identity_id": "identity--0b9ef2f5-5d5e-4b4b-9a7e-2f5d3c1f0a11",
             "default_tlp": "amber",
             "roles": ["publisher", "subscriber"],
+            "quotas": {"producer_byte_rate": 12 * 1024 * 1024},
         }
     )
     with_z = tmp_path / "orgs-with-z.yaml"
     with_z.write_text(yaml.safe_dump(data))
     added = apply(secure_bus.settings, load_registry(with_z))
     assert "bank-z" in added.users.upsert
+    z_quotas = [
+        q for q in settings_quotas(load_registry(with_z), secure_bus.settings) if q.user == "bank-z"
+    ]
+    assert Quota("bank-z", PRODUCER_BYTE_RATE, 12 * 1024 * 1024) in z_quotas
+    assert set(added.quotas.set) == set(z_quotas)
+    assert [q for q in show_quotas(secure_bus.settings) if q.user == "bank-z"] == z_quotas
     old_password = read_credentials(secure_bus.settings.credentials_file)["bank-z"]  # type: ignore[arg-type]
     bank_z = secure_bus.conn("bank-z")
     asyncio.run(asyncio.wait_for(list_topics(bank_z), 30))  # authenticates while registered
@@ -333,8 +351,10 @@ def test_removed_org_loses_its_credentials_and_acls(
         for b in removed.acls.delete
         if b.user in (WORKER, EGRESS)
     )
+    assert removed.quotas.remove == tuple(z_quotas) and not removed.quotas.set
     acls, users = show(secure_bus.settings)
     assert "bank-z" not in users and all(b.user != "bank-z" for b in acls)
+    assert all(q.user != "bank-z" for q in show_quotas(secure_bus.settings))
     assert "bank-z" not in read_credentials(secure_bus.settings.credentials_file)  # type: ignore[arg-type]
 
     caplog.set_level(logging.ERROR, logger="aiokafka")
@@ -351,6 +371,92 @@ def test_worker_principal_cannot_read_a_delivery_topic(secure_bus: SecureBus) ->
 
     with pytest.raises(TopicAuthorizationFailedError):
         asyncio.run(run())
+
+
+def _flood(bus: SecureBus, user: str, topic: str, total: int = 1536 * 1024) -> float:
+    """Produce `total` bytes as `user` as fast as the client goes; stop at the broker's first
+    throttle.  Returns the largest throttle time (seconds) the broker reported, 0 if none."""
+    from confluent_kafka import Producer
+
+    throttles: list[float] = []
+    conf = {
+        **confluent_config(bus.settings, user),
+        "linger.ms": 5,
+        "throttle_cb": lambda event: throttles.append(event.throttle_time),
+    }
+    producer = Producer(conf)
+    record, sent = b"x" * (32 * 1024), 0
+    deadline = time.monotonic() + 20
+    while sent < total and not any(throttles) and time.monotonic() < deadline:
+        try:
+            producer.produce(topic, record)
+            sent += len(record)
+        except BufferError:
+            pass
+        producer.poll(0.01)
+    end = time.monotonic() + 8
+    while not any(throttles) and time.monotonic() < end and producer.flush(0.2):
+        pass  # the last requests' responses may carry the throttle
+    producer.purge()  # what is still queued or in flight fails locally
+    producer.flush(1)
+    return max(throttles, default=0.0)
+
+
+def test_a_publisher_over_its_byte_rate_is_throttled_while_other_receipts_flow(
+    secure_bus: SecureBus, tmp_path: Path
+) -> None:
+    """bank-q floods its own ingest topic: under the default quota (8 MiB/s) the broker never
+    throttles it; with its registry override of 64 KiB/s the broker throttles it, and a CERT
+    submission sent meanwhile gets its receipt through the worker as usual."""
+    data = yaml.safe_load(REGISTRY.read_text())
+    data["orgs"].append(
+        {
+            "id": "bank-q",
+            "name": "Quota Bank (floods)",
+            "sector": "bank",
+            "identity_id": "identity--7c1d7e1a-3b6f-4d2b-8f3e-5a4c2b1d0e9f",
+            "default_tlp": "amber",
+            "roles": ["publisher"],
+        }
+    )
+    plain = tmp_path / "orgs-with-q.yaml"
+    plain.write_text(yaml.safe_dump(data))
+    data["orgs"][-1]["quotas"] = {"producer_byte_rate": 64 * 1024}
+    limited = tmp_path / "orgs-with-q-limited.yaml"
+    limited.write_text(yaml.safe_dump(data))
+    topic = NAMES.ingest("bank-q")
+    try:
+        apply(secure_bus.settings, load_registry(plain))
+        specs = NAMES.all_specs(load_registry(plain), 2, app_id="stixbus")
+        asyncio.run(ensure_topics(secure_bus.conn(ADMIN), [s for s in specs if s.name == topic]))
+        assert _flood(secure_bus, "bank-q", topic) == 0.0, "throttled under the default quota"
+
+        # 64 KiB/s is below the 4 MiB submission floor: allowed here with a smaller record limit.
+        small = secure_bus.settings.model_copy(update={"limits": Limits(message_bytes=64 * 1024)})
+        applied = apply(small, load_registry(limited))
+        assert Quota("bank-q", PRODUCER_BYTE_RATE, 64 * 1024) in applied.quotas.set
+        throttle = _flood(secure_bus, "bank-q", topic)
+        assert throttle > 0, "the broker did not throttle bank-q over its 64 KiB/s quota"
+
+        started = time.monotonic()
+        payload = (REPO_ROOT / "deploy/demo/cert.json").read_bytes()
+        sent = asyncio.run(publish(secure_bus.conn("cert"), NAMES.ingest("cert"), payload))
+
+        async def receipt() -> bool:
+            async for r in read_topic(
+                secure_bus.conn("cert"), NAMES.receipts("cert"), from_beginning=True, max_wait=5
+            ):
+                if r.key == sent.submission_id.encode():
+                    return True
+            return False
+
+        while not asyncio.run(receipt()):
+            assert time.monotonic() - started < 30, "no CERT receipt while bank-q was throttled"
+        waited = time.monotonic() - started
+        print(f"bank-q throttled {throttle:.2f} s; CERT receipt after {waited:.2f} s")
+    finally:
+        apply(secure_bus.settings, load_registry(REGISTRY))
+    assert all(q.user != "bank-q" for q in show_quotas(secure_bus.settings))
 
 
 def _readyz(port: str) -> tuple[int, dict[str, Any]]:
@@ -379,13 +485,15 @@ def test_readyz_reports_a_lost_broker_and_recovers(secure_bus: SecureBus) -> Non
 
 
 def test_strimzi_kafka_users_carry_exactly_the_broker_acls(secure_bus: SecureBus) -> None:
-    """`stixbus security k8s` gives a Strimzi cluster the ACLs `security apply` gave this broker:
-    the bindings the broker enforces now (read back from it) equal those of the generated
-    KafkaUser resources for the same registry, prefix and app id."""
-    from stixbus.kafka.strimzi import K8sTarget, acl_from_strimzi, kafka_users
+    """`stixbus security k8s` gives a Strimzi cluster the ACLs and quotas `security apply` gave
+    this broker: the bindings and user quotas the broker enforces now (read back from it) equal
+    those of the generated KafkaUser resources for the same registry, prefix and app id."""
+    from stixbus.kafka.strimzi import K8sTarget, acl_from_strimzi, kafka_users, quotas_from_strimzi
 
     enforced, _ = show(secure_bus.settings)
-    docs = kafka_users(load_registry(REGISTRY), "stixbus", "stixbus", K8sTarget())
+    registry = load_registry(REGISTRY)
+    quotas = settings_quotas(registry, secure_bus.settings)
+    docs = kafka_users(registry, "stixbus", "stixbus", quotas, K8sTarget())
     generated = sorted(
         binding
         for doc in docs
@@ -393,3 +501,8 @@ def test_strimzi_kafka_users_carry_exactly_the_broker_acls(secure_bus: SecureBus
         for binding in acl_from_strimzi(doc["metadata"]["name"], acl)
     )
     assert generated == sorted(b for b in enforced if b.user != ADMIN)
+    # and the KafkaUsers' spec.quotas are the user quotas this broker enforces
+    generated_quotas = sorted(
+        q for doc in docs for q in quotas_from_strimzi(doc["metadata"]["name"], doc["spec"])
+    )
+    assert generated_quotas == [q for q in show_quotas(secure_bus.settings) if q.user != ADMIN]

@@ -5,9 +5,9 @@ the generator prints for deploy/orgs.yaml; each resource validates against a JSO
 fields the Strimzi CRDs document (kafka.strimzi.io/v1beta2 KafkaUser and KafkaTopic, from
 strimzi-kafka-operator packaging/install/cluster-operator/04{3,4}-Crd-*.yaml, written out here
 with unknown fields refused, which is stricter than the API server's pruning); the KafkaUser
-ACLs are exactly `derive_acls` (the broker-side equality is in
-tests/broker/test_security_broker.py); the Deployment runs non-root on a read-only root
-filesystem with its state on a volume and only real settings in its environment.
+ACLs are exactly `derive_acls` and their quotas exactly `settings_quotas` (the broker-side
+equality is in tests/broker/test_security_broker.py); the Deployment runs non-root on a
+read-only root filesystem with its state on a volume and only real settings in its environment.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ import yaml
 from schemas.org import load_registry
 from stixbus.app import WEB_PATHS
 from stixbus.errors import ConfigError
-from stixbus.kafka.acls import derive_acls, users
+from stixbus.kafka.acls import SERVICE_PRINCIPALS, derive_acls, users
+from stixbus.kafka.quotas import settings_quotas
 from stixbus.kafka.strimzi import (
     K8sTarget,
     acl_from_strimzi,
     kafka_users,
     manifests,
+    quotas_from_strimzi,
     to_yaml,
     topic_specs,
 )
@@ -120,7 +122,16 @@ KAFKA_USER = {
                         },
                     },
                 },
-                "quotas": {"type": "object"},
+                "quotas": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "producerByteRate": {"type": "integer", "minimum": 0},
+                        "consumerByteRate": {"type": "integer", "minimum": 0},
+                        "requestPercentage": {"type": "integer", "minimum": 0},
+                        "controllerMutationRate": {"type": "number", "minimum": 0},
+                    },
+                },
                 "template": {"type": "object"},
             },
         },
@@ -158,7 +169,8 @@ def generate(target: K8sTarget | None = None) -> list[dict[str, Any]]:
         s.limits.message_bytes,
     )  # fmt: skip
     return manifests(
-        REGISTRY, s.topic_prefix, s.app_id, specs, ORGS_YAML.read_text(),
+        REGISTRY, s.topic_prefix, s.app_id, settings_quotas(REGISTRY, s), specs,
+        ORGS_YAML.read_text(),
         AGREEMENTS_YAML.read_text(), s.partitions, target or K8sTarget(),
     )  # fmt: skip
 
@@ -202,10 +214,20 @@ def test_the_schema_refuses_what_strimzi_would_not_understand() -> None:
         }
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, KAFKA_USER)
+    quotas = of_kind(generate(), "KafkaUser")[-1]["spec"]["quotas"]
+    for broken_quotas in (
+        {**quotas, "producer_byte_rate": 1},  # Kafka's key, not Strimzi's field
+        {**quotas, "requestPercentage": 12.5},  # the CRD takes integers
+    ):
+        bad = {**user, "spec": {**user["spec"], "quotas": broken_quotas}}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, KAFKA_USER)
 
 
 def test_kafka_user_acls_are_exactly_the_derived_acls() -> None:
-    docs = kafka_users(REGISTRY, "stixbus", "stixbus", K8sTarget())
+    docs = kafka_users(
+        REGISTRY, "stixbus", "stixbus", settings_quotas(REGISTRY, DEFAULTS), K8sTarget()
+    )
     assert [d["metadata"]["name"] for d in docs] == users(REGISTRY)
     generated = sorted(
         b
@@ -214,6 +236,25 @@ def test_kafka_user_acls_are_exactly_the_derived_acls() -> None:
         for b in acl_from_strimzi(d["metadata"]["name"], acl)
     )
     assert generated == derive_acls(REGISTRY, "stixbus", "stixbus")
+
+
+def test_kafka_user_quotas_are_exactly_the_derived_quotas() -> None:
+    """Every org's KafkaUser carries its quotas (the CERT its registry override), the bus
+    principals none; read back, they are `settings_quotas` value for value."""
+    derived = settings_quotas(REGISTRY, DEFAULTS)
+    users_docs = of_kind(generate(), "KafkaUser")
+    generated = sorted(
+        q for d in users_docs for q in quotas_from_strimzi(d["metadata"]["name"], d["spec"])
+    )
+    assert generated == derived
+    by_name = {d["metadata"]["name"]: d["spec"] for d in users_docs}
+    assert all("quotas" not in by_name[p] for p in SERVICE_PRINCIPALS)
+    assert by_name["cert"]["quotas"]["producerByteRate"] == 32 * 1024 * 1024
+    assert by_name["bank-a"]["quotas"] == {
+        "consumerByteRate": DEFAULTS.quota.consumer_bytes_per_second,
+        "producerByteRate": DEFAULTS.quota.producer_bytes_per_second,
+        "requestPercentage": DEFAULTS.quota.request_percentage,
+    }
 
 
 def test_kafka_topics_are_what_stixbus_topics_creates() -> None:
