@@ -64,12 +64,12 @@ from stixbus.http import listen, not_acceptable, retry_after, taxii_error, taxii
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import ConnectionBounds, Settings
 
 STIX_MEDIA = "application/stix+json;version=2.1"
 
 
-class InboxConfig(ConnectorConfig):
+class InboxConfig(ConnectorConfig, ConnectionBounds):
     connector: Literal["inbox"] = "inbox"
     host: str = "127.0.0.1"
     port: int = Field(default=6443, ge=0, le=65535)
@@ -96,17 +96,8 @@ class InboxConfig(ConnectorConfig):
     tls_key: Path | None = Field(
         default=None, description="PEM key; default <STIXBUS_HOME>/secrets/inbox.key"
     )
-    idle_timeout_seconds: float = Field(
-        default=30, gt=0, description="Close a connection with no complete request this long"
-    )
-    header_timeout_seconds: float = Field(
-        default=10, gt=0, description="Close a connection whose request headers take longer"
-    )
     body_timeout_seconds: float = Field(
         default=60, gt=0, description="408 when a POST body takes longer to arrive"
-    )
-    max_connections: int = Field(
-        default=256, ge=1, description="Open connections at most; more get 503 and are closed"
     )
     auth_attempts_per_minute: int = Field(
         default=10, ge=1, description="Token checks per token id per minute; more get 429"
