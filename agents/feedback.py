@@ -9,7 +9,7 @@ false-positive counts the route stage reads (pure logic: stixbus/core/feedback.p
 - `feedback-sources` → table `stixbus-feedback-sources`: the aggregate per producer object,
   delivered on `deliver.<producer>`; the key's false-positive count to `false-positives`
   (compacted) plus a tick on `ticks`, so the route agent re-plans that key;
-- a timer sends flushes for keys whose coalescing window is over;
+- a timer sends flushes for keys whose coalescing window is over (`FlushSchedule`);
 - `follow_false_positives`: every worker replays `false-positives` for the route stage.
 """
 
@@ -29,22 +29,18 @@ from stixbus.context import BusContext
 from stixbus.core.audit import delivery_facts
 from stixbus.core.feedback import (
     DeliveredIndex,
+    FlushSchedule,
+    ForwardedDeliveries,
     KeyFeedback,
     accept_report,
     apply_delivery,
     contribute,
-    due_at,
     flush,
+    flush_interval,
 )
 from stixbus.kafka.config import client_kwargs
 from stixbus.kafka.replay import Records, follow
 from stixbus.kafka.topics import FEEDBACK_SOURCES_TABLE, FEEDBACK_TABLE
-
-# The flush timer runs at least this often (and at most every `feedback_window_seconds`).
-MAX_FLUSH_INTERVAL_SECONDS = 5.0
-MIN_FLUSH_INTERVAL_SECONDS = 0.2
-# Deliveries the index agent remembers having forwarded (cleared when full).
-INDEXED_MEMORY = 100_000
 
 
 @dataclass
@@ -98,9 +94,8 @@ def register(app: faust.App, ctx: BusContext) -> None:
         FEEDBACK_SOURCES_TABLE, partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
     window = settings.feedback_window_seconds
-    due: dict[bytes, datetime] = {}  # keys with coalesced changes → when to flush them
-    stale = [True]  # rebuild `due` from the local table (after start and each rebalance)
-    indexed: dict[tuple[str, str], tuple[object, ...]] = {}  # last delivery sent per id/recipient
+    schedule = FlushSchedule()
+    forwarded = ForwardedDeliveries()
 
     @app.agent(app.topic(names.audit), name="stixbus.feedback.index")
     async def index_deliveries(stream: faust.StreamT[bytes]) -> None:
@@ -108,18 +103,8 @@ def register(app: faust.App, ctx: BusContext) -> None:
             if b'"deliveries":[]' in value:
                 continue  # a step that delivered nothing: nothing to index (cheap skip)
             for fact in delivery_facts(AuditEntry.model_validate_json(value)):
-                # A new version of a delivery it already indexed changes nothing downstream
-                # (apply_delivery ignores the time): skip re-sending it, within a bounded memory.
-                # Only the last one sent per (id, recipient) counts: an agreement changed back
-                # and forth must reach the index again.
-                pair = (fact.delivered_id, fact.subscriber)
-                terms = (fact.agreement_id, fact.attribution,
-                         tuple((s.publisher, s.object_id) for s in fact.sources))  # fmt: skip
-                if indexed.get(pair) == terms:
+                if not forwarded.is_new(fact):
                     continue
-                if len(indexed) >= INDEXED_MEMORY:
-                    indexed.clear()
-                indexed[pair] = terms
                 event = FeedbackEvent(delivery=fact)
                 await feedback_topic.send(
                     key=fact.delivered_id.encode(), value=event.model_dump_json().encode()
@@ -156,7 +141,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
 
     @aggregates.on_recover
     async def _recovered() -> None:
-        stale[0] = True
+        schedule.stale = True
 
     @app.agent(sources_topic, name="stixbus.feedback.aggregate")
     async def aggregate(stream: faust.StreamT[bytes]) -> None:
@@ -189,24 +174,12 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 await false_positives.send(key=key, value=value)
                 await ticks.send(key=key, value=value)  # the route agent re-plans the key
             aggregates[key] = step.state.encode()
-            if step.due is None:
-                due.pop(key, None)
-            else:
-                due[key] = step.due
+            schedule.set(key, step.due)
 
-    interval = min(max(window / 2, MIN_FLUSH_INTERVAL_SECONDS), MAX_FLUSH_INTERVAL_SECONDS)
-
-    @app.timer(interval=interval)
+    @app.timer(interval=flush_interval(window))
     async def flush_coalesced() -> None:
-        if stale[0]:
-            stale[0] = False
-            due.clear()
-            for key, raw in list(aggregates.items()):
-                when = due_at(KeyFeedback.decode(raw), window)
-                if when is not None:
-                    due[key] = when
-        now = datetime.now(UTC)
-        for key in [k for k, when in due.items() if when <= now]:
-            due.pop(key, None)  # the agent sets it again if something is still held back
+        if schedule.stale:
+            schedule.rebuild(list(aggregates.items()), window)
+        for key in schedule.take_due(datetime.now(UTC)):
             event = FeedbackEvent(flush=True)
             await sources_topic.send(key=key, value=event.model_dump_json().encode())

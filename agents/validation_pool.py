@@ -2,7 +2,7 @@
 the OASIS validator) run in a process pool, under a per-submission time budget.
 
 The ingest agent calls `ValidationPool.normalise` instead of `normalise_submission`:
-- first in-process with the heavy checks deferred (`normalise_in_process`): plain indicators,
+- first in-process with the heavy checks deferred (`defer_heavy=True`): plain indicators,
   the bulk of the traffic, are decided there at full speed;
 - a submission that needs a heavy check runs again whole in a pool process
   (`normalise_submission`, the same pure code), so the event loop keeps serving other
@@ -38,8 +38,8 @@ from typing import Any
 
 from schemas.org import Org, Registry
 from stixbus.core.normalise import (
+    HeavyChecksDeferred,
     NormaliseOutcome,
-    normalise_in_process,
     normalise_submission,
     over_budget,
 )
@@ -139,9 +139,10 @@ class ValidationPool:
             "published_at": published_at,
             "remembered_markings": remembered_markings,
         }
-        outcome = normalise_in_process(**arguments)
-        if outcome is not None:
-            return outcome
+        try:
+            return normalise_submission(**arguments, defer_heavy=True)
+        except HeavyChecksDeferred:
+            pass
         self.stats.heavy += 1
         if self._free is None:
             self._free = asyncio.Semaphore(self.workers)

@@ -55,21 +55,21 @@ from connectors.inbox_auth import (
     token_from_request,
 )
 from connectors.inbox_status import StatusEntry, StatusStore
-from connectors.inbox_tls import ensure_server_cert, server_context
 from schemas.envelope import Receipt
 from schemas.org import Registry, load_registry
+from stixbus import http
 from stixbus.core.ids import stix_time, uuid5
-from stixbus.http import listen
+from stixbus.core.taxii import TAXII_MEDIA, TAXII_MEDIA_BASE
+from stixbus.http import listen, not_acceptable, retry_after, taxii_error, taxii_response
 from stixbus.kafka.client import publish
 from stixbus.kafka.config import client_kwargs, read_credentials, uses_sasl
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import ConnectionBounds, Settings
 
-TAXII_MEDIA = "application/taxii+json;version=2.1"
 STIX_MEDIA = "application/stix+json;version=2.1"
 
 
-class InboxConfig(ConnectorConfig):
+class InboxConfig(ConnectorConfig, ConnectionBounds):
     connector: Literal["inbox"] = "inbox"
     host: str = "127.0.0.1"
     port: int = Field(default=6443, ge=0, le=65535)
@@ -96,17 +96,8 @@ class InboxConfig(ConnectorConfig):
     tls_key: Path | None = Field(
         default=None, description="PEM key; default <STIXBUS_HOME>/secrets/inbox.key"
     )
-    idle_timeout_seconds: float = Field(
-        default=30, gt=0, description="Close a connection with no complete request this long"
-    )
-    header_timeout_seconds: float = Field(
-        default=10, gt=0, description="Close a connection whose request headers take longer"
-    )
     body_timeout_seconds: float = Field(
         default=60, gt=0, description="408 when a POST body takes longer to arrive"
-    )
-    max_connections: int = Field(
-        default=256, ge=1, description="Open connections at most; more get 503 and are closed"
     )
     auth_attempts_per_minute: int = Field(
         default=10, ge=1, description="Token checks per token id per minute; more get 429"
@@ -122,24 +113,8 @@ class InboxConfig(ConnectorConfig):
 # -- server -------------------------------------------------------------------------------
 
 
-def taxii_error(
-    status: int, title: str, description: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    body = {"title": title, "description": description, "http_status": str(status)}
-    return web.Response(
-        status=status,
-        body=orjson.dumps(body),
-        headers={"Content-Type": TAXII_MEDIA, **(headers or {})},
-    )
-
-
-TAXII_MEDIA_BASE = "application/taxii+json"
-
-
 def taxii_json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), headers={"Content-Type": TAXII_MEDIA}
-    )
+    return taxii_response(orjson.dumps(data), status)
 
 
 def collection_id(org: str) -> str:
@@ -150,20 +125,6 @@ def _media_ok(value: str) -> bool:
     """`application/taxii+json;version=2.1` (spaces and parameter case tolerated)."""
     parts = [p.strip().lower() for p in value.split(";")]
     return parts[0] == TAXII_MEDIA_BASE and "version=2.1" in parts[1:]
-
-
-def _accept_ok(value: str) -> bool:
-    if not value:
-        return True
-    for item in value.split(","):
-        parts = [p.strip().lower() for p in item.split(";")]
-        if parts[0] in ("*/*", "application/*"):
-            return True
-        if parts[0] == TAXII_MEDIA_BASE and (
-            "version=2.1" in parts[1:] or not any(p.startswith("version=") for p in parts[1:])
-        ):
-            return True
-    return False
 
 
 @dataclass
@@ -329,7 +290,7 @@ class Inbox:
                 "Too Many Requests",
                 f"too many token attempts: at most {self.config.auth_attempts_per_minute} per "
                 "minute per token id; wait and retry",
-                {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))},
+                retry_after(exc.retry_after),
             )
         if org is not None and org not in self.served:
             org = None  # a token for an org this inbox does not serve: no different answer
@@ -350,9 +311,7 @@ class Inbox:
                 f"no API root {request.match_info['root']!r}; "
                 f"this server has /taxii2/{self.config.api_root}/",
             )
-        if not _accept_ok(request.headers.get("Accept", "")):
-            return taxii_error(406, "Not Acceptable", f"send 'Accept: {TAXII_MEDIA}'")
-        return None
+        return not_acceptable(request)
 
     def _collection_info(self, org: str) -> dict[str, Any]:
         return {
@@ -551,11 +510,12 @@ async def run(inbox: Inbox, stop: asyncio.Event | None = None) -> None:
     config = inbox.config
     context = None
     if config.tls:
-        secrets_dir = inbox.settings.home / "secrets"
-        cert = config.tls_cert or secrets_dir / "inbox.pem"
-        key = config.tls_key or secrets_dir / "inbox.key"
-        ensure_server_cert(secrets_dir, cert, key, [config.host])
-        context = server_context(cert, key)
+        try:
+            context = http.tls_context(
+                inbox.settings.home, config.host, "inbox", config.tls_cert, config.tls_key
+            )
+        except http.ServeError as exc:
+            raise ConnectorError(exc.what) from exc
     runner = web.AppRunner(inbox.app(), keepalive_timeout=config.idle_timeout_seconds)
     await runner.setup()
     listener = await listen(runner, config.host, config.port, config, context)

@@ -9,7 +9,7 @@ the same id again and readers count it once (`stixbus audit verify`).
 Written by the route stage (stixbus/core/audit.py builds them from a plan) and read by
 `stixbus audit` / `stixbus audit verify`; this model is the contract, like the records in
 schemas/envelope.py.  Reason codes and transformation kinds are the values of
-`stixbus.core.decide.ReasonCode` / `TransformKind` (kept as strings here: schemas sit below the
+`stixbus.core.decision.ReasonCode` / `TransformKind` (kept as strings here: schemas sit below the
 core and must not import it).
 """
 
@@ -25,7 +25,7 @@ from schemas.agreement import Attribution
 class AuditReason(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: str = Field(description="A stixbus.core.decide.ReasonCode value, e.g. 'allowed'")
+    code: str = Field(description="A stixbus.core.decision.ReasonCode value, e.g. 'allowed'")
     message: str = Field(description="Why, in words, naming the rule")
     agreement_id: str | None = Field(default=None, description="The agreement the reason is about")
 
@@ -33,7 +33,7 @@ class AuditReason(BaseModel):
 class AuditTransformation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: str = Field(description="A stixbus.core.decide.TransformKind value")
+    kind: str = Field(description="A stixbus.core.decision.TransformKind value")
     detail: str
 
 

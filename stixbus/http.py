@@ -1,5 +1,6 @@
 """HTTP serving shared by the bus's servers (TAXII inbox, TAXII server, sink lists): TLS with
-the local CA, and aiohttp's request handler with a connection cap and a header deadline.
+the local CA, aiohttp's request handler with a connection cap and a header deadline, and the
+TAXII 2.1 responses both TAXII servers send (media type, error body, Retry-After, Accept check).
 
 TLS: the secured stack's CA (`deploy/kafka/kafka.sh`: `<STIXBUS_HOME>/secrets/ca.pem`, `ca.key`)
 signs a server certificate the first time a server starts with TLS and no certificate of its
@@ -16,11 +17,13 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from stixbus.core import taxii
 from stixbus.errors import StixbusError
 from stixbus.kafka._compat import RequestHandler
 
@@ -108,6 +111,52 @@ def server_context(
             raise ServeError(f"{what} TLS: cannot load client CA {client_ca}: {exc}") from exc
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def tls_context(
+    home: Path,
+    host: str,
+    what: str,
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None = None,
+) -> ssl.SSLContext:
+    """The `what` server's TLS context: its own `cert`/`key`, or by default
+    `<home>/secrets/<what>.pem` and `.key`, made and signed by the local CA at first start."""
+    secrets_dir = home / "secrets"
+    cert = cert or secrets_dir / f"{what}.pem"
+    key = key or secrets_dir / f"{what}.key"
+    ensure_server_cert(secrets_dir, cert, key, [host], what)
+    return server_context(cert, key, client_ca, what)
+
+
+# -- TAXII 2.1 responses: every answer, errors included, is application/taxii+json;version=2.1 --
+
+
+def taxii_response(
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=body, headers={"Content-Type": taxii.TAXII_MEDIA, **(headers or {})}
+    )
+
+
+def taxii_error(
+    status: int, title: str, description: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return taxii_response(taxii.error_body(status, title, description), status, headers)
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header for a wait of `seconds` (whole seconds, at least one)."""
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+
+
+def not_acceptable(request: web.Request) -> web.Response | None:
+    """The 406 for a request whose Accept header a TAXII 2.1 server may not answer, else None."""
+    if taxii.accept_ok(request.headers.get("Accept", "")):
+        return None
+    return taxii_error(406, "Not Acceptable", f"send 'Accept: {taxii.TAXII_MEDIA}'")
 
 
 class ServerLimits(Protocol):

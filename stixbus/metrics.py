@@ -6,9 +6,9 @@ Served on the worker's `/metrics` together with Faust's own sensor metrics (`fau
 Naming follows the Prometheus conventions: a `stixbus_` prefix, the unit in the name
 (`_seconds`, `_records`), `_total` on counters. Labels are bounded: org ids (`publisher`,
 `subscriber`), agreement ids (`agreement`) and reason codes (`reason`, from
-`schemas.envelope.Reason` for rejections and `stixbus.core.decide.ReasonCode` for denials). A value
-outside those sets is recorded as `other` (reason) or `unknown` (org, once `init_orgs` ran), so a
-hostile or buggy input cannot blow up the series count.
+`schemas.envelope.Reason` for rejections and `stixbus.core.decision.ReasonCode` for denials).
+A value outside those sets is recorded as `other` (reason) or `unknown` (org, once `init_orgs`
+ran), so a hostile or buggy input cannot blow up the series count.
 
 Agents call the `observe_*` / `set_*` functions below; they never touch the metric objects.
 """
@@ -95,7 +95,7 @@ LAST_DELIVERY = Gauge(
 )
 DENIALS = Counter(
     "stixbus_denials_total",
-    "Routing decisions that denied delivery, per reason (stixbus.core.decide.ReasonCode)",
+    "Routing decisions that denied delivery, per reason (stixbus.core.decision.ReasonCode)",
     ["reason"],
 )
 DELIVERY_LATENCY = Histogram(
@@ -223,7 +223,7 @@ def _denials() -> frozenset[str] | None:
     global _denial_reasons
     if _denial_reasons is None:
         try:
-            from stixbus.core.decide import ReasonCode
+            from stixbus.core.decision import ReasonCode
 
             _denial_reasons = frozenset(r.value for r in ReasonCode)
         except Exception:  # the decision module failing to import must not break metrics

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stixbus.core.decay import DEFAULT_LIFETIMES
@@ -100,7 +100,23 @@ class QuotaDefaults(BaseSettings):
     )
 
 
-class TaxiiServer(BaseSettings):
+class ConnectionBounds(BaseModel):
+    """The connection bounds of an HTTP server served through stixbus/http.py `listen` (its
+    `ServerLimits`): the TAXII server (STIXBUS_TAXII_*) and the TAXII inbox (its YAML config,
+    connectors/inbox.py) share them, names and defaults included."""
+
+    idle_timeout_seconds: float = Field(
+        default=30, gt=0, description="Close a connection with no complete request this long"
+    )
+    header_timeout_seconds: float = Field(
+        default=10, gt=0, description="Close a connection whose request headers take longer"
+    )
+    max_connections: int = Field(
+        default=256, ge=1, description="Open connections at most; more get 503 and are closed"
+    )
+
+
+class TaxiiServer(BaseSettings, ConnectionBounds):
     """The subscribers' TAXII 2.1 server (STIXBUS_TAXII_*; docs/taxii.md)."""
 
     model_config = SettingsConfigDict(env_prefix="STIXBUS_TAXII_")
@@ -138,9 +154,6 @@ class TaxiiServer(BaseSettings):
     auth_attempts_per_minute: int = Field(
         default=20, ge=1, description="Password/token checks per username or token id per minute"
     )
-    max_connections: int = Field(default=256, ge=1, description="Open connections at most")
-    idle_timeout_seconds: float = Field(default=30, gt=0, description="Idle keep-alive limit")
-    header_timeout_seconds: float = Field(default=10, gt=0, description="Request header deadline")
     request_timeout_seconds: float = Field(default=30, gt=0, description="A request's deadline")
     settle_seconds: float = Field(
         default=1.0,

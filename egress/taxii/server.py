@@ -40,10 +40,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from egress.credentials import CredentialStore, RateLimited, default_path
 from schemas.org import Registry, load_registry
+from stixbus import http
 from stixbus.core import taxii
 from stixbus.core.ratelimit import AttemptLimiter
 from stixbus.core.taxii import BadRequest, CollectionIndex, Filters, Position
-from stixbus.http import ensure_server_cert, listen, server_context
+from stixbus.http import listen, not_acceptable, retry_after, taxii_error, taxii_response
 from stixbus.kafka.acls import EGRESS
 from stixbus.kafka.config import client_kwargs, uses_sasl
 from stixbus.kafka.topics import TopicNames
@@ -53,15 +54,6 @@ from stixbus.settings import Settings, TaxiiServer
 log = logging.getLogger("stixbus.taxii")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-HEADERS = {"Content-Type": taxii.TAXII_MEDIA}
-
-
-def respond(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=body, headers={**HEADERS, **(headers or {})})
-
-
-def error(status: int, title: str, description: str, **headers: str) -> web.Response:
-    return respond(taxii.error_body(status, title, description), status, headers)
 
 
 NOT_FOUND = (404, "Not Found", "no such collection or object")
@@ -245,47 +237,47 @@ class TaxiiApp:
                 try:
                     org = await self._caller(request)
                 except RateLimited as exc:
-                    return error(
+                    return taxii_error(
                         429,
                         "Too Many Requests",
                         "too many failed logins for this username or token: wait and retry",
-                        **{"Retry-After": str(max(1, int(exc.retry_after + 0.999)))},
+                        retry_after(exc.retry_after),
                     )
                 if org is None:
-                    return error(
+                    return taxii_error(
                         401,
                         "Unauthorized",
                         "send HTTP Basic or 'Authorization: Bearer <token>' with a credential "
                         "from `stixbus taxii credentials add`",
-                        **{"WWW-Authenticate": 'Basic realm="stixbus TAXII"'},
+                        {"WWW-Authenticate": 'Basic realm="stixbus TAXII"'},
                     )
-                if not taxii.accept_ok(request.headers.get("Accept", "")):
-                    return error(406, "Not Acceptable", f"send 'Accept: {taxii.TAXII_MEDIA}'")
+                if (refused := not_acceptable(request)) is not None:
+                    return refused
                 try:
                     self.rate.check(org)
                 except RateLimited as exc:
-                    return error(
+                    return taxii_error(
                         429,
                         "Too Many Requests",
                         f"at most {self.config.requests_per_minute} requests per minute per "
                         "organisation: wait and retry",
-                        **{"Retry-After": str(max(1, int(exc.retry_after + 0.999)))},
+                        retry_after(exc.retry_after),
                     )
                 request["org"] = org
                 try:
                     return await handler(request)
                 except BadRequest as exc:
-                    return error(400, "Bad Request", str(exc))
+                    return taxii_error(400, "Bad Request", str(exc))
                 except web.HTTPException as exc:
                     if exc.status == 404:
-                        return error(*NOT_FOUND)
-                    return error(exc.status, exc.reason, exc.reason)
+                        return taxii_error(*NOT_FOUND)
+                    return taxii_error(exc.status, exc.reason, exc.reason)
         except TimeoutError:
-            return error(
+            return taxii_error(
                 503,
                 "Service Unavailable",
                 "the collections are still loading or the request took too long: retry",
-                **{"Retry-After": "5"},
+                {"Retry-After": "5"},
             )
 
     # -- helpers --
@@ -354,7 +346,7 @@ class TaxiiApp:
                 self.key, self.collection_of[org], page.entries[-1].pos, filters
             )
         first, last = page.header_times(filters, after)
-        return respond(
+        return taxii_response(
             build(page, token),
             headers={"X-TAXII-Date-Added-First": first, "X-TAXII-Date-Added-Last": last},
         )
@@ -369,7 +361,7 @@ class TaxiiApp:
             "default": root,
             "api_roots": [root],
         }
-        return respond(orjson.dumps(body))
+        return taxii_response(orjson.dumps(body))
 
     async def api_root(self, request: web.Request) -> web.Response:
         self._root(request)
@@ -378,14 +370,14 @@ class TaxiiApp:
             "versions": [taxii.TAXII_MEDIA],
             "max_content_length": 0,
         }
-        return respond(orjson.dumps(body))
+        return taxii_response(orjson.dumps(body))
 
     async def list_collections(self, request: web.Request) -> web.Response:
         self._root(request)
-        return respond(orjson.dumps({"collections": [self._collection(request["org"])]}))
+        return taxii_response(orjson.dumps({"collections": [self._collection(request["org"])]}))
 
     async def get_collection(self, request: web.Request) -> web.Response:
-        return respond(orjson.dumps(self._collection(self._own(request))))
+        return taxii_response(orjson.dumps(self._collection(self._own(request))))
 
     async def get_objects(self, request: web.Request) -> web.Response:
         return await self._page(request, taxii.envelope_body)
@@ -401,17 +393,16 @@ class TaxiiApp:
 
     async def refuse_write(self, request: web.Request) -> web.Response:
         self._own(request)
-        return error(403, "Forbidden", "this collection is read-only (can_write is false)")
+        return taxii_error(403, "Forbidden", "this collection is read-only (can_write is false)")
 
 
 def tls_context(app: TaxiiApp) -> ssl.SSLContext | None:
     if not app.tls:
         return None
-    config, secrets_dir = app.config, app.settings.home / "secrets"
-    cert = config.tls_cert or secrets_dir / "taxii.pem"
-    key = config.tls_key or secrets_dir / "taxii.key"
-    ensure_server_cert(secrets_dir, cert, key, [config.host], "taxii")
-    return server_context(cert, key, config.client_ca, "taxii")
+    config = app.config
+    return http.tls_context(
+        app.settings.home, config.host, "taxii", config.tls_cert, config.tls_key, config.client_ca
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:

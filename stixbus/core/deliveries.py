@@ -16,7 +16,8 @@ from typing import Any
 from schemas.agreement import Agreement, FalsePositiveAction
 from schemas.org import Org, Registry
 from stixbus.core.decay import DecayPolicy
-from stixbus.core.decide import AgreementIndex, Decision
+from stixbus.core.decide import AgreementIndex
+from stixbus.core.decision import Decision
 from stixbus.core.dedup import KeyState, SubscriberView, with_views
 from stixbus.core.fp_policy import capped_body, policy_decision, triggered_policy
 from stixbus.core.guard import WarninglistIndex

@@ -17,6 +17,7 @@ Three steps, each keyed so that one Faust table partition holds what it needs:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -297,12 +298,7 @@ class KeyFeedback:
 
     def false_positive_reporters(self) -> int:
         return len(
-            {
-                e.reporter
-                for s in self.sources.values()
-                for e in s.entries.values()
-                if e.kind == _FP
-            }
+            {e.reporter for s in self.sources.values() for e in s.entries.values() if e.kind == _FP}
         )
 
 
@@ -434,6 +430,70 @@ def due_at(state: KeyFeedback, window_seconds: float) -> datetime | None:
         if s.pending and s.last_emit is not None
     ]
     return min(dues) if dues else None
+
+
+# --- the worker's memory around the tables ----------------------------------------------------
+# The flush timer runs at least this often (and at most every `feedback_window_seconds`).
+MAX_FLUSH_INTERVAL_SECONDS = 5.0
+MIN_FLUSH_INTERVAL_SECONDS = 0.2
+# Deliveries the index stage remembers having forwarded (cleared when full).
+INDEXED_MEMORY = 100_000
+
+
+def flush_interval(window_seconds: float) -> float:
+    """How often the flush timer looks for keys whose coalescing window is over."""
+    return min(max(window_seconds / 2, MIN_FLUSH_INTERVAL_SECONDS), MAX_FLUSH_INTERVAL_SECONDS)
+
+
+@dataclass
+class ForwardedDeliveries:
+    """The last delivery the index stage forwarded per (delivered id, recipient), in a bounded
+    memory: a new version of one it already forwarded changes nothing downstream
+    (`apply_delivery` ignores the time), so it need not be sent again.  Only the last one
+    counts: an agreement changed back and forth must reach the index again."""
+
+    limit: int = INDEXED_MEMORY
+    _last: dict[tuple[str, str], tuple[object, ...]] = field(default_factory=dict)
+
+    def is_new(self, fact: DeliveryFact) -> bool:
+        """Whether `fact` should be forwarded (and, if so, remember it as the last one)."""
+        pair = (fact.delivered_id, fact.subscriber)
+        terms = (fact.agreement_id, fact.attribution,
+                 tuple((s.publisher, s.object_id) for s in fact.sources))  # fmt: skip
+        if self._last.get(pair) == terms:
+            return False
+        if len(self._last) >= self.limit:
+            self._last.clear()
+        self._last[pair] = terms
+        return True
+
+
+@dataclass
+class FlushSchedule:
+    """Keys with coalesced changes → when to flush them.  `stale` (after start and each
+    rebalance) asks for a rebuild from the local aggregates table before the next look."""
+
+    due: dict[bytes, datetime] = field(default_factory=dict)
+    stale: bool = True
+
+    def set(self, key: bytes, when: datetime | None) -> None:
+        if when is None:
+            self.due.pop(key, None)
+        else:
+            self.due[key] = when
+
+    def rebuild(self, aggregates: Iterable[tuple[bytes, bytes]], window_seconds: float) -> None:
+        self.stale = False
+        self.due.clear()
+        for key, raw in aggregates:
+            self.set(key, due_at(KeyFeedback.decode(raw), window_seconds))
+
+    def take_due(self, now: datetime) -> Iterator[bytes]:
+        """The keys due by `now`, each forgotten as it is taken (the aggregator sets it again
+        if something is still held back)."""
+        for key in [k for k, when in self.due.items() if when <= now]:
+            self.due.pop(key, None)
+            yield key
 
 
 def _stix(emitted: Emitted) -> dict[str, Any]:

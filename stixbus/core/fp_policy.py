@@ -13,14 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.agreement import FalsePositiveAction, FalsePositivePolicy
-from stixbus.core.decide import (
-    AgreementIndex,
-    Decision,
-    Reason,
-    ReasonCode,
-    Transformation,
-    TransformKind,
-)
+from stixbus.core.decide import AgreementIndex
+from stixbus.core.decision import Decision, Reason, ReasonCode, Transformation, TransformKind
 from stixbus.core.routing import agreements_by_id
 
 

@@ -17,7 +17,7 @@ from schemas.envelope import NormalizedObject
 from schemas.org import Registry
 from schemas.tlp import TLP
 from stixbus.core.decay import accepted_since, capped_until
-from stixbus.core.decide import Decision
+from stixbus.core.decision import Decision
 from stixbus.core.dedup import KeyState, SourceVersion, SubscriberView
 from stixbus.core.ids import parse_time, stix_time, uuid5
 from stixbus.core.redact import pseudonym_identity_id

@@ -317,6 +317,17 @@ def parse_pattern(
     return result
 
 
+def _read_comparison(match: re.Match[str]) -> tuple[str, tuple[str, ...], str]:
+    """(object type, property path, unescaped value) of one `_COMPARISON` match: the one reader
+    of comparisons for `pattern_observables` (the guard) and `pattern_terms` (the sinks)."""
+    object_type, prop, value = match.group("type", "prop", "value")
+    if "\\" in value:
+        value = _UNESCAPE.sub(r"\1", value)
+    if prop is None:
+        return object_type, ("hashes", match.group("qhash") or match.group("hash")), value
+    return object_type, (prop,), value
+
+
 def pattern_observables(pattern: str) -> tuple[tuple[str, str], ...]:
     """(object type, canonical value) of every `value`/`name`/hash comparison in a pattern.
 
@@ -325,14 +336,7 @@ def pattern_observables(pattern: str) -> tuple[tuple[str, str], ...]:
     cannot be are skipped).  Over-reporting errs on the safe side: a hit only withholds."""
     found: list[tuple[str, str]] = []
     for match in _COMPARISON.finditer(pattern):
-        object_type, prop, value = match.group("type", "prop", "value")
-        if "\\" in value:
-            value = _UNESCAPE.sub(r"\1", value)
-        if prop is None:
-            hash_name = match.group("qhash") or match.group("hash")
-            path: tuple[str, ...] = ("hashes", hash_name)
-        else:
-            path = (prop,)
+        object_type, path, value = _read_comparison(match)
         try:
             canonical = canonical_observable(object_type, path, value)
         except CanonicalError:
@@ -365,12 +369,8 @@ def pattern_terms(pattern: str, pattern_version: str = "2.1") -> tuple[tuple[Com
         match = _COMPARISON.match(text, position, end)
         if match is None:  # cannot happen for a canonical text; stay total anyway
             return ()
-        object_type, prop, value = match.group("type", "prop", "value")
-        if "\\" in value:
-            value = _UNESCAPE.sub(r"\1", value)
-        hash_name = match.group("qhash") or match.group("hash")
-        path = prop if prop is not None else f"hashes.{hash_name}"
-        terms[-1].append(Comparison(object_type, path, value))
+        object_type, path, value = _read_comparison(match)
+        terms[-1].append(Comparison(object_type, ".".join(path), value))
         position = match.end()
         join = _JOIN.match(text, position, end)
         if join is None:

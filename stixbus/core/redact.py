@@ -27,7 +27,7 @@ from typing import Any
 
 from schemas.agreement import Agreement, Attribution
 from schemas.org import Registry
-from stixbus.core.decide import Decision
+from stixbus.core.decision import Decision
 from stixbus.core.ids import uuid5
 
 SOURCE_REFERENCE_NAME = "stixbus-source"

@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 from schemas.agreement import Agreement, Attribution
 from schemas.envelope import NormalizedObject
 from schemas.org import Org, Registry
-from stixbus.core.decide import AgreementIndex, Decision, shareable
+from stixbus.core.decide import AgreementIndex
+from stixbus.core.decision import Decision, shareable
 from stixbus.core.guard import NO_HITS, Hits, WarninglistIndex
 from stixbus.core.redact import (
     bus_identity,

@@ -11,7 +11,8 @@ from schemas.agreement import Agreement, AgreementSet, Attribution
 from schemas.envelope import NormalizedObject
 from schemas.org import Org, Sector
 from schemas.tlp import TLP, TLP1_MARKING_ID, TLP2_MARKING_ID
-from stixbus.core.decide import AgreementIndex, ReasonCode, TransformKind, decide
+from stixbus.core.decide import AgreementIndex, decide
+from stixbus.core.decision import ReasonCode, TransformKind
 from tests.helpers.agreements import make_agreement
 from tests.helpers.paths import example_registry
 

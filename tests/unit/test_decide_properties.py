@@ -12,7 +12,8 @@ from schemas.agreement import Agreement
 from schemas.envelope import NormalizedObject
 from schemas.org import Sector
 from schemas.tlp import TLP
-from stixbus.core.decide import ReasonCode, decide
+from stixbus.core.decide import decide
+from stixbus.core.decision import ReasonCode
 from tests.helpers.paths import example_registry
 
 REGISTRY = example_registry()

@@ -20,12 +20,15 @@ from stixbus.core.feedback import (
     MAX_REPORTS_PER_REPORTER,
     NOT_DELIVERED_MESSAGE,
     DeliveredIndex,
+    FlushSchedule,
+    ForwardedDeliveries,
     KeyFeedback,
     accept_report,
     apply_delivery,
     contribute,
     due_at,
     flush,
+    flush_interval,
     reports_of,
     split_feedback,
 )
@@ -316,6 +319,39 @@ def test_changes_within_the_window_are_coalesced_and_flushed_after_it() -> None:
         KeyFeedback.decode(done.state.encode()), REGISTRY, T0 + timedelta(seconds=200), window
     )
     assert again.outputs == []
+
+
+def test_the_flush_schedule_rebuilds_from_the_table_and_hands_each_due_key_once() -> None:
+    window = 60.0
+    held = feed(
+        feed(KeyFeedback(), contribution("bank-a"), T0, window).state,
+        contribution("bank-b"),
+        T0 + timedelta(seconds=10),
+        window,
+    )
+    assert held.due == T0 + timedelta(seconds=window)
+    schedule = FlushSchedule()
+    assert schedule.stale  # a fresh worker rebuilds from its table first
+    schedule.rebuild([(b"k1", held.state.encode()), (b"k2", KeyFeedback().encode())], window)
+    assert not schedule.stale and schedule.due == {b"k1": held.due}
+    assert list(schedule.take_due(held.due - timedelta(seconds=1))) == []
+    assert list(schedule.take_due(held.due)) == [b"k1"]
+    assert list(schedule.take_due(held.due + timedelta(hours=1))) == []  # taken once
+    schedule.set(b"k3", T0)
+    schedule.set(b"k3", None)  # nothing held back any more
+    assert schedule.due == {}
+    assert flush_interval(60.0) == 5.0 and flush_interval(0.0) == 0.2 and flush_interval(1) == 0.5
+
+
+def test_forwarded_deliveries_skip_repeats_but_not_a_change_back() -> None:
+    forwarded = ForwardedDeliveries(limit=2)
+    first = fact("bank-a", "indicator--1", ("cert", "indicator--0"))
+    assert forwarded.is_new(first) and not forwarded.is_new(first)
+    changed = fact("bank-a", "indicator--1", ("cert", "indicator--0"), attribution="attributed")
+    assert forwarded.is_new(changed) and forwarded.is_new(first)  # back and forth both pass
+    assert forwarded.is_new(fact("bank-b", "indicator--1"))
+    assert forwarded.is_new(fact("bank-c", "indicator--1"))  # over the limit: memory cleared
+    assert forwarded.is_new(first)
 
 
 def test_a_replayed_or_older_report_changes_nothing() -> None:

@@ -18,7 +18,8 @@ from pydantic import ValidationError
 
 from schemas.agreement import Agreement, load_agreements
 from schemas.envelope import NormalizedObject, Receipt
-from stixbus.core.decide import AgreementIndex, ReasonCode
+from stixbus.core.decide import AgreementIndex
+from stixbus.core.decision import ReasonCode
 from stixbus.core.deliveries import RouteConfig
 from stixbus.core.guard import (
     CHOSEN_LISTS,

@@ -17,15 +17,19 @@ Modules:
 """
 
 from stixbus.core.normalise.checks import FAST_PATH_TYPES, OFFICIALLY_CHECKED_PROPERTIES
-from stixbus.core.normalise.envelope import normalise_in_process, normalise_submission, over_budget
+from stixbus.core.normalise.envelope import (
+    HeavyChecksDeferred,
+    normalise_submission,
+    over_budget,
+)
 from stixbus.core.normalise.outcome import NormaliseOutcome, Submission
 
 __all__ = [
     "FAST_PATH_TYPES",
     "OFFICIALLY_CHECKED_PROPERTIES",
+    "HeavyChecksDeferred",
     "NormaliseOutcome",
     "Submission",
-    "normalise_in_process",
     "normalise_submission",
     "over_budget",
 ]

@@ -29,6 +29,12 @@ from stixbus.core.pattern import OfficialGrammarDeferred
 from stixbus.core.payload import InputLimits, PayloadProblem, decode_payload
 
 
+class HeavyChecksDeferred(Exception):
+    """`normalise_submission(..., defer_heavy=True)` met a submission that needs the official
+    pattern grammar or the OASIS validator: run it again without `defer_heavy` (CPU-heavy, so
+    off the event loop and under a time budget: agents/validation_pool.py)."""
+
+
 def normalise_submission(
     raw: bytes,
     publisher: Org,
@@ -39,51 +45,65 @@ def normalise_submission(
     received_at: datetime,
     published_at: datetime,
     remembered_markings: frozenset[str] = frozenset(),
+    defer_heavy: bool = False,
 ) -> NormaliseOutcome:
-    """Validate and normalise one ingest record from `publisher`; never raises.
+    """Validate and normalise one ingest record from `publisher`; never raises, but for
+    `HeavyChecksDeferred` when `defer_heavy` asks for it.
 
     `remembered_markings`: ids of marking-definitions this publisher had accepted before
-    (stixbus/core/marking_memory.py), which its objects may reference without repeating them."""
-    outcome = _normalise_guarded(
-        raw,
+    (stixbus/core/marking_memory.py), which its objects may reference without repeating them.
+    `defer_heavy`: raise `HeavyChecksDeferred` instead of running the official pattern grammar
+    or the OASIS validator (plain indicators never need them), so the caller can run those
+    elsewhere."""
+    collecting = gc.isenabled()
+    submission = Submission(
         publisher,
         registry,
-        limits,
         submission_id,
         received_at,
         published_at,
-        remembered_markings,
-        defer_heavy=False,
+        collector_paused=collecting,
+        plain_types=(
+            type(submission_id) is str
+            and type(received_at) is datetime
+            and type(published_at) is datetime
+            and type(publisher.id) is str
+        ),
+        defer_heavy=defer_heavy,
     )
-    assert outcome is not None
-    return outcome
-
-
-def normalise_in_process(
-    raw: bytes,
-    publisher: Org,
-    registry: Registry,
-    limits: InputLimits,
-    *,
-    submission_id: str,
-    received_at: datetime,
-    published_at: datetime,
-    remembered_markings: frozenset[str] = frozenset(),
-) -> NormaliseOutcome | None:
-    """`normalise_submission`, or None when the submission needs the official pattern grammar
-    or the OASIS validator (CPU-heavy: the caller runs `normalise_submission` off its event
-    loop, under a time budget).  Plain indicators never need them."""
-    return _normalise_guarded(
-        raw,
-        publisher,
-        registry,
-        limits,
-        submission_id,
-        received_at,
-        published_at,
-        remembered_markings,
-        defer_heavy=True,
-    )
+    # The cyclic garbage collector is paused for the call (it is CPU-bound, synchronous and
+    # bounded by the input limits): its generation-0/1/2 passes over the thousands of young
+    # objects a bundle makes cost about a fifth of the time, while everything the call creates
+    # is freed by reference counting anyway.  Left as it was found (a caller may have disabled it).
+    if collecting:
+        gc.disable()
+    try:
+        outcome = _normalise(raw, submission, limits, remembered_markings)
+    except (OfficialGrammarDeferred, OasisValidatorDeferred) as deferred:
+        if defer_heavy:
+            raise HeavyChecksDeferred(str(deferred)) from None
+        raise  # cannot happen: only deferring checks raise them
+    except Exception as exc:  # the promise is a receipt for every record, bugs included
+        rejection = Rejection(
+            reason=Reason.INTERNAL_ERROR,
+            message=(
+                f"the bus failed while normalising this submission ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); nothing was accepted. Resend it later or contact the "
+                "bus operator with the submission id"
+            ),
+        )
+        try:
+            outcome = build_outcome(raw, submission, [], [rejection], rejected_count=1, warnings=[])
+        except Exception:  # e.g. raw was not bytes: still hand back a receipt
+            outcome = build_outcome(b"", submission, [], [rejection], rejected_count=1, warnings=[])
+    finally:
+        if collecting:
+            gc.enable()
+    if outcome.dead_letter is None or not isinstance(raw, bytes):
+        return outcome
+    # An input over the ingest limit keeps only its head, size and sha256 in its dead letter:
+    # verbatim it may not fit any record, and its receipt must still go out.
+    return replace(outcome, dead_letter=bounded(outcome.dead_letter, raw, limits.message_bytes))
 
 
 def over_budget(
@@ -110,69 +130,6 @@ def over_budget(
         "nesting), then resend",
     )
     assert outcome.dead_letter is not None
-    return replace(outcome, dead_letter=bounded(outcome.dead_letter, raw, limits.message_bytes))
-
-
-def _normalise_guarded(
-    raw: bytes,
-    publisher: Org,
-    registry: Registry,
-    limits: InputLimits,
-    submission_id: str,
-    received_at: datetime,
-    published_at: datetime,
-    remembered_markings: frozenset[str],
-    *,
-    defer_heavy: bool,
-) -> NormaliseOutcome | None:
-    collecting = gc.isenabled()
-    submission = Submission(
-        publisher,
-        registry,
-        submission_id,
-        received_at,
-        published_at,
-        collector_paused=collecting,
-        plain_types=(
-            type(submission_id) is str
-            and type(received_at) is datetime
-            and type(published_at) is datetime
-            and type(publisher.id) is str
-        ),
-        defer_heavy=defer_heavy,
-    )
-    # The cyclic garbage collector is paused for the call (it is CPU-bound, synchronous and
-    # bounded by the input limits): its generation-0/1/2 passes over the thousands of young
-    # objects a bundle makes cost about a fifth of the time, while everything the call creates
-    # is freed by reference counting anyway.  Left as it was found (a caller may have disabled it).
-    if collecting:
-        gc.disable()
-    try:
-        outcome = _normalise(raw, submission, limits, remembered_markings)
-    except (OfficialGrammarDeferred, OasisValidatorDeferred):
-        if defer_heavy:
-            return None
-        raise  # cannot happen: only deferring checks raise them
-    except Exception as exc:  # the promise is a receipt for every record, bugs included
-        rejection = Rejection(
-            reason=Reason.INTERNAL_ERROR,
-            message=(
-                f"the bus failed while normalising this submission ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); nothing was accepted. Resend it later or contact the "
-                "bus operator with the submission id"
-            ),
-        )
-        try:
-            outcome = build_outcome(raw, submission, [], [rejection], rejected_count=1, warnings=[])
-        except Exception:  # e.g. raw was not bytes: still hand back a receipt
-            outcome = build_outcome(b"", submission, [], [rejection], rejected_count=1, warnings=[])
-    finally:
-        if collecting:
-            gc.enable()
-    if outcome.dead_letter is None or not isinstance(raw, bytes):
-        return outcome
-    # An input over the ingest limit keeps only its head, size and sha256 in its dead letter:
-    # verbatim it may not fit any record, and its receipt must still go out.
     return replace(outcome, dead_letter=bounded(outcome.dead_letter, raw, limits.message_bytes))
 
 

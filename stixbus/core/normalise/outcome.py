@@ -42,7 +42,7 @@ class Submission:
     collector_paused: bool = False  # normalise_submission paused the cyclic GC for the call
     plain_types: bool = False  # str id, datetime times: the lean NormalizedObject may be used
     # The official pattern grammar and the OASIS validator raise *Deferred instead of running
-    # (normalise_in_process: the caller runs them off its event loop).
+    # (normalise_submission(defer_heavy=True): the caller runs them off its event loop).
     defer_heavy: bool = False
 
 
