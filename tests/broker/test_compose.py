@@ -17,37 +17,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+from pydantic_settings import BaseSettings
+
 import pytest
+import requests
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from schemas.agreement import load_agreements
 from schemas.org import load_registry
-from stixbus.kafka.acls import ADMIN, WORKER
+from egress.credentials import add_credential
+from stixbus.core.taxii import TAXII_MEDIA, collection_id
+from stixbus.kafka.acls import (
+    ADMIN,
+    EGRESS,
+    WORKER,
+    AclBinding,
+    Operation,
+    PatternType,
+    ResourceType,
+    derive_acls,
+    principal,
+)
 from stixbus.kafka.admin import list_topics
 from stixbus.kafka.client import read_topic
 from stixbus.kafka.config import client_kwargs, read_credentials
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import Settings, SinkSettings, TaxiiServer
 from tests.helpers.bus import free_port
+from tests.helpers.dedup_samples import indicator
 from tests.helpers.paths import REPO_ROOT
 
 DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
-SETTINGS_ENV = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
+
+
+def _groups() -> dict[str, type[BaseSettings]]:
+    """The nested settings groups (taxii, sinks, limits, retention): field -> class."""
+    return {
+        name: f.annotation
+        for name, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseSettings)
+    }
+
+
+def _group_env(group: type[BaseSettings], field: str) -> str:
+    return f"{group.model_config['env_prefix']}{field}".upper()
+
+
+# Every variable stixbus reads: STIXBUS_<field> and each group's STIXBUS_TAXII_<field>, ...
+SETTINGS_ENV = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields} | {
+    _group_env(group, field) for group in _groups().values() for field in group.model_fields
+}
+EGRESS_SERVICES = ("taxii", "sinks")
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 KAFKA_SCRIPT = (REPO_ROOT / "deploy" / "kafka" / "kafka.sh").read_text()
 POM = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
 
 
 def test_services_present() -> None:
-    assert {"kafka", "worker", "prometheus", "grafana"} <= set(COMPOSE["services"])
+    assert {"kafka", "worker", "prometheus", "grafana", *EGRESS_SERVICES} <= set(
+        COMPOSE["services"]
+    )
 
 
 def test_worker_env_names_are_real_settings_with_local_defaults() -> None:
     env = COMPOSE["services"]["worker"]["environment"]
-    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
-    unknown = set(env) - fields
+    unknown = set(env) - SETTINGS_ENV
     assert not unknown, f"compose sets env vars stixbus does not read: {unknown}"
     # Compare with the documented defaults, not this process's environment (tests override it).
     assert env["STIXBUS_TOPIC_PREFIX"] == DEFAULTS["topic_prefix"]
@@ -110,6 +147,103 @@ def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned() -> None:
         assert (REPO_ROOT / host).exists(), f"grafana mounts missing {host}"
 
 
+# -- the egress services: taxii and sinks ----------------------------------------------------------
+
+# What each egress service publishes on the Docker host: (host port, container port/protocol).
+EGRESS_PORTS = {
+    "taxii": {("6444", "6444/tcp")},
+    "sinks": {("6445", "6445/tcp"), ("6453", "6453/tcp"), ("6453", "6453/udp")},
+}
+
+
+def test_egress_ports_are_the_settings_defaults_published_on_loopback_only() -> None:
+    taxii, sinks = TaxiiServer.model_fields, SinkSettings.model_fields
+    port = str(taxii["port"].default)
+    assert EGRESS_PORTS["taxii"] == {(port, f"{port}/tcp")}
+    http, dns = str(sinks["http_port"].default), str(sinks["dns_port"].default)
+    assert EGRESS_PORTS["sinks"] == {
+        (http, f"{http}/tcp"), (dns, f"{dns}/tcp"), (dns, f"{dns}/udp")  # RPZ: TCP and UDP
+    }
+    for service, expected in EGRESS_PORTS.items():
+        published = set()
+        for mapping in SERVICES[service]["ports"]:
+            host_ip, host_port, container = mapping.split(":")
+            assert host_ip == "127.0.0.1", f"{service} publishes {mapping} beyond loopback"
+            published.add((host_port, container if "/" in container else container + "/tcp"))
+        assert published == expected, service
+    # Inside its container each server binds every address (the published port reaches it
+    # through the bridge) on the port the settings default to.
+    for service, prefix, ports in (
+        ("taxii", "STIXBUS_TAXII_", ("PORT",)),
+        ("sinks", "STIXBUS_SINKS_", ("HTTP_PORT", "DNS_PORT")),
+    ):
+        env = SERVICES[service]["environment"]
+        assert env[prefix + "HOST"] == "0.0.0.0"
+        container_ports = {c.split("/")[0] for _, c in EGRESS_PORTS[service]}
+        assert {env[prefix + p] for p in ports} == container_ports
+    assert TaxiiServer.model_fields["host"].default == "127.0.0.1"  # outside compose: loopback
+    assert SinkSettings.model_fields["host"].default == "127.0.0.1"
+
+
+def test_egress_services_run_hardened_like_the_worker_after_setup() -> None:
+    worker, setup = SERVICES["worker"], SERVICES["setup"]
+    setup_volumes = {v.split(":")[0]: v.split(":")[1] for v in setup["volumes"] if isinstance(v, str)}
+    chown = next(step for step in _shell_steps("setup") if step.startswith("chown ${STIXBUS_UID"))
+    data_volumes = set()
+    for service in EGRESS_SERVICES:
+        svc = SERVICES[service]
+        assert svc["image"] == worker["image"], service
+        for key in ("user", "read_only", "tmpfs", "security_opt", "cap_drop", "depends_on"):
+            assert svc[key] == worker[key], f"{service} {key}: {svc[key]!r} != {worker[key]!r}"
+        assert "privileged" not in svc and "cap_add" not in svc
+        assert svc["command"] == [service, "serve"]  # `stixbus taxii serve`, `stixbus sinks serve`
+        assert svc["networks"] == ["bus"]  # the broker; not the worker's monitoring network
+        # Its own state volume at STIXBUS_HOME, which setup hands to the services' user.
+        (volume,) = [
+            v.split(":")[0] for v in svc["volumes"] if isinstance(v, str) and v.endswith(":/data")
+        ]
+        assert svc["environment"]["STIXBUS_HOME"] == "/data"
+        assert volume in COMPOSE["volumes"] and volume != "worker-data"
+        assert setup_volumes[volume] in chown.split(), f"setup does not chown {volume}"
+        data_volumes.add(volume)
+        # The image's healthcheck asks the worker's web port: each service checks its own.
+        health = " ".join(svc["healthcheck"]["test"])
+        assert "6066" not in health and "STIXBUS_" in health
+    assert len(data_volumes) == len(EGRESS_SERVICES)
+
+
+def test_egress_tls_and_credentials_come_from_the_mounted_secrets() -> None:
+    taxii = _settings(SERVICES["taxii"]["environment"])
+    assert taxii.taxii.tls is True
+    assert str(taxii.taxii.tls_cert) == f"{SECRETS_MOUNT}/taxii.pem"
+    assert str(taxii.taxii.tls_key) == f"{SECRETS_MOUNT}/taxii.key"
+    assert taxii.taxii.public_url == f"https://localhost:{taxii.taxii.port}"
+    sinks = _settings(SERVICES["sinks"]["environment"])
+    # Bound beyond loopback the lists server refuses plain HTTP: it must have its certificate.
+    assert str(sinks.sinks.tls_cert) == f"{SECRETS_MOUNT}/sinks.pem"
+    assert str(sinks.sinks.tls_key) == f"{SECRETS_MOUNT}/sinks.key"
+    assert str(sinks.sinks.config) == "/app/deploy/sinks.yaml"
+    assert "./deploy/sinks.yaml:/app/deploy/sinks.yaml:ro" in SERVICES["sinks"]["volumes"]
+    # One pull-credentials file for both (the lists take the TAXII credentials), in the
+    # secrets folder, where `stixbus taxii credentials add` run in setup writes it.
+    for settings in (taxii, sinks, _settings(SERVICES["setup"]["environment"])):
+        assert str(settings.taxii.credentials_file) == f"{SECRETS_MOUNT}/taxii-credentials.yaml"
+    for name in ("taxii", "sinks"):  # written by compose-secrets (SAN checked below, live)
+        assert f"make_server_cert {name}" in KAFKA_SCRIPT
+
+
+def test_the_image_holds_every_package_and_the_sinks_config() -> None:
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    match = re.search(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert match
+    packages = [p.strip().strip('"').rstrip("*") for p in match.group(1).split(",")]
+    assert "egress" in packages
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, f"the image lacks {package}/"
+    assert "deploy/sinks.yaml" in dockerfile
+
+
 # -- security: SASL_SSL by default ----------------------------------------------------------------
 #
 # `deploy/kafka/kafka.sh compose-secrets` generates what the containers mount; the tests below
@@ -158,10 +292,16 @@ def _port_mapping(service: str) -> tuple[str, str, str]:
 
 def _settings(env: dict[str, str]) -> Settings:
     """Settings as a container with only `env` sees them (this process's STIXBUS_* ignored)."""
+    nothing = "STIXBUS_TEST_NOTHING_"
     fields: dict[str, Any] = {
-        k.removeprefix("STIXBUS_").lower(): v for k, v in env.items() if k in SETTINGS_ENV
+        name: env[f"STIXBUS_{name.upper()}"]
+        for name in Settings.model_fields
+        if f"STIXBUS_{name.upper()}" in env
     }
-    return Settings(_env_prefix="STIXBUS_TEST_NOTHING_", _env_file=None, **fields)
+    for name, group in _groups().items():
+        given = {f: env[_group_env(group, f)] for f in group.model_fields if _group_env(group, f) in env}
+        fields[name] = group(_env_prefix=nothing, _env_file=None, **given)
+    return Settings(_env_prefix=nothing, _env_file=None, **fields)
 
 
 def _shell_steps(service: str) -> list[str]:
@@ -172,10 +312,9 @@ def _shell_steps(service: str) -> list[str]:
 
 
 def test_every_stixbus_container_speaks_sasl_ssl_with_mounted_secrets() -> None:
-    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
-    for service in ("setup", "worker"):
+    for service in ("setup", "worker", *EGRESS_SERVICES):
         env = SERVICES[service]["environment"]
-        assert not set(env) - fields, f"{service} sets env vars stixbus does not read"
+        assert not set(env) - SETTINGS_ENV, f"{service} sets env vars stixbus does not read"
         settings = _settings(env)
         assert settings.security_protocol == "SASL_SSL"
         assert settings.sasl_mechanism == "SCRAM-SHA-512"
