@@ -374,15 +374,25 @@ class ComposeBroker:
 
     def localise(self, text: str) -> str:
         """One pass, so a replacement is never rewritten again."""
-        keys = sorted(self.local, key=len, reverse=True)
-        pattern = "|".join(re.escape(k) for k in keys)
-        return re.sub(pattern, lambda m: self.local[m.group(0)], text)
+        return _replace(text, self.local)
+
+    def data_dir(self, service: str) -> Path:
+        """Where the service's /data volume lives on this machine."""
+        volumes = SERVICES[service].get("volumes", [])
+        named = [v.split(":")[0] for v in volumes if isinstance(v, str) and v.endswith(":/data")]
+        return self.home.parent / (named[0] if named else "worker-data")
 
     def env(self, service: str) -> dict[str, str]:
         """The service's environment as this machine sees it (paths and host names rewritten)."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("STIXBUS_")}
         compose_env = SERVICES[service]["environment"]
-        return {**base, **{k: self.localise(str(v)) for k, v in compose_env.items()}}
+        local = dict(self.local, **{"/data": str(self.data_dir(service))})
+        return {**base, **{k: _replace(str(v), local) for k, v in compose_env.items()}}
+
+
+def _replace(text: str, mapping: dict[str, str]) -> str:
+    keys = sorted(mapping, key=len, reverse=True)
+    return re.sub("|".join(re.escape(k) for k in keys), lambda m: mapping[m.group(0)], text)
 
 
 def _local_listeners(text: str, ports: dict[tuple[str, str], int]) -> str:
@@ -548,9 +558,11 @@ def test_broker_certificate_is_valid_for_the_compose_host_name(
         context.wrap_socket(raw, server_hostname="not-kafka")
 
 
-def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeBroker) -> None:
-    # The setup service's stixbus steps, in order, with its environment (in-process: the
-    # same Typer app as the `stixbus` entry point, without paying its import three times).
+@pytest.fixture(scope="module")
+def compose_setup(compose_broker: ComposeBroker) -> ComposeBroker:
+    """The broker after the setup service's stixbus steps, in order, with its environment
+    (in-process: the same Typer app as the `stixbus` entry point, without paying its import
+    three times)."""
     from typer.testing import CliRunner
 
     from stixbus.cli.main import cli
@@ -568,6 +580,13 @@ def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeB
         finally:
             get_settings.cache_clear()
         assert done.exit_code == 0, f"setup {step!r} failed:\n{done.output}\n{done.exception!r}"
+    for service in ("worker", *EGRESS_SERVICES):  # the volumes setup chowns, present
+        compose_broker.data_dir(service).mkdir(mode=0o700, exist_ok=True)
+    return compose_broker
+
+
+def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_setup: ComposeBroker) -> None:
+    compose_broker = compose_setup
     users = read_credentials(compose_broker.secrets / "credentials.json")
     assert {ADMIN, WORKER} <= set(users)
 
@@ -677,3 +696,167 @@ def test_stixbus_services_run_the_image_without_installing_anything() -> None:
     assert f"worker-data:{home}" in worker["volumes"]
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "ENV PATH=/app/.venv/bin:$PATH" in dockerfile and "USER 10001:10001" in dockerfile
+
+
+# -- the egress services, run with their compose environment -------------------------------------
+
+
+def test_egress_principal_may_read_exactly_the_topics_the_services_follow(
+    compose_setup: ComposeBroker,
+) -> None:
+    from egress.sinks.run import subscriber_orgs
+    from egress.taxii.server import TaxiiApp
+
+    taxii = _settings(compose_setup.env("taxii"))
+    sinks = _settings(compose_setup.env("sinks"))
+    registry = load_registry(taxii.registry_path)
+    names = TopicNames(taxii.topic_prefix)
+    granted = {
+        b for b in derive_acls(registry, taxii.topic_prefix, taxii.app_id) if b.user == EGRESS
+    }
+    reads = {b.resource_name for b in granted}
+    assert granted == {
+        AclBinding(
+            principal(EGRESS), ResourceType.TOPIC, PatternType.LITERAL, topic, Operation.READ
+        )
+        for topic in reads
+    }, "stixbus-egress: READ on literal topics, nothing else (no group, no write)"
+    app = TaxiiApp(taxii)  # connects as stixbus-egress (its password from credentials.json)
+    try:
+        assert app.follower.conn["sasl_plain_username"] == EGRESS
+        assert set(app.follower.topics) == reads
+    finally:
+        app.credentials.close()
+    assert {names.deliver(org) for org in subscriber_orgs(sinks)} == reads
+    assert reads == {names.deliver(o.id) for o in registry.subscribers}
+
+
+def _start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    import sys
+
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stixbus.cli.main", *SERVICES[service]["command"]],
+            env=env,
+            cwd=REPO_ROOT,  # the image's WORKDIR /app
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _healthy(service: str, env: dict[str, str]) -> bool:
+    """The service's compose healthcheck, run here (`python` is this interpreter)."""
+    import sys
+
+    cmd, python, *args = SERVICES[service]["healthcheck"]["test"]
+    assert (cmd, python) == ("CMD", "python")
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True).returncode == 0
+
+
+def test_taxii_and_sinks_serve_with_their_compose_environment(
+    compose_setup: ComposeBroker, tmp_path: Path
+) -> None:
+    """`stixbus taxii serve` and `stixbus sinks serve` with exactly the compose environment
+    (paths and kafka:9092 mapped to this machine; free ports instead of 6444/6445/6453): TLS
+    from compose-secrets' certificates, Kafka as stixbus-egress, the pull credentials that
+    `stixbus taxii credentials add` writes into the secrets folder."""
+    ports = {name: free_port() for name in ("taxii", "http", "dns")}
+    taxii_env = compose_setup.env("taxii") | {"STIXBUS_TAXII_PORT": str(ports["taxii"])}
+    sinks_env = compose_setup.env("sinks") | {
+        "STIXBUS_SINKS_HTTP_PORT": str(ports["http"]),
+        "STIXBUS_SINKS_DNS_PORT": str(ports["dns"]),
+    }
+    setup = _settings(compose_setup.env("setup"))
+    assert setup.taxii.credentials_file is not None
+    passwords = {
+        org: add_credential(setup.taxii.credentials_file, org)[1] for org in ("bank-b", "isp-one")
+    }
+    names = TopicNames(setup.topic_prefix)
+    ca = str(compose_setup.secrets / "ca.pem")
+    ip = "198.51.100.77"
+    obj = indicator(f"[ipv4-addr:value = '{ip}']")
+
+    async def deliver() -> None:  # as the worker would (admin here: the worker has no console)
+        producer = AIOKafkaProducer(**client_kwargs(setup, ADMIN))
+        await producer.start()
+        try:
+            for org in passwords:
+                await producer.send_and_wait(
+                    names.deliver(org), orjson.dumps(obj), key=obj["id"].encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(deliver())
+    taxii = _start("taxii", taxii_env, tmp_path / "taxii.log")
+    sinks = _start("sinks", sinks_env, tmp_path / "sinks.log")
+    try:
+        objects_url = (
+            f"https://127.0.0.1:{ports['taxii']}/taxii2/{setup.taxii.api_root}/collections/"
+            f"{collection_id(setup.topic_prefix, 'bank-b')}/objects/"
+        )
+        list_url = f"https://localhost:{ports['http']}/lists/isp-one/ipv4.txt"
+        served: dict[str, bool] = {}
+        deadline = time.monotonic() + 40
+        while len(served) < 2 and time.monotonic() < deadline:
+            for name, proc in (("taxii", taxii), ("sinks", sinks)):
+                log = (tmp_path / f"{name}.log").read_text(errors="replace")
+                assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{log[-3000:]}"
+            try:
+                got = requests.get(
+                    objects_url,
+                    auth=("bank-b", passwords["bank-b"]),
+                    headers={"Accept": TAXII_MEDIA},
+                    verify=ca,
+                    timeout=5,
+                )
+                if got.status_code == 200 and obj["id"] in got.text:
+                    served["taxii"] = True
+                listed = requests.get(
+                    list_url, auth=("isp-one", passwords["isp-one"]), verify=ca, timeout=5
+                )
+                if listed.status_code == 200 and ip in listed.text:
+                    served["sinks"] = True
+            except requests.ConnectionError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace")[-2000:] for n in ("taxii", "sinks")}
+        assert served == {"taxii": True, "sinks": True}, f"served {served}; logs {logs}"
+        assert _healthy("taxii", taxii_env) and _healthy("sinks", sinks_env)
+        # The certificates hold the compose service names (clients on the bus network) and
+        # localhost / 127.0.0.1 (the Docker host), nothing else.
+        context = ssl.create_default_context(cafile=ca)
+        for port, good in ((ports["taxii"], "taxii"), (ports["http"], "sinks")):
+            for name in (good, "localhost", "127.0.0.1"):
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    context.wrap_socket(raw, server_hostname=name) as tls,
+                ):
+                    assert tls.version()
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                pytest.raises(ssl.SSLCertVerificationError),
+            ):
+                context.wrap_socket(raw, server_hostname="kafka")
+        # The other org's credential does not open bank-b's collection.
+        other = requests.get(
+            objects_url, auth=("isp-one", passwords["isp-one"]), verify=ca, timeout=5
+        )
+        assert other.status_code in (403, 404)
+    finally:
+        _stop(taxii)
+        _stop(sinks)
+    # Kafka as stixbus-egress, and nothing written outside the services' own volumes.
+    assert (compose_setup.data_dir("taxii") / "secrets" / "taxii-next.key").is_file()
+    assert (compose_setup.data_dir("sinks") / "sinks" / "isp-one").is_dir()
