@@ -18,17 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic_settings import BaseSettings
-
 import pytest
 import requests
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
+from pydantic_settings import BaseSettings
 
+from egress.credentials import add_credential
 from schemas.agreement import load_agreements
 from schemas.org import load_registry
-from egress.credentials import add_credential
 from stixbus.core.taxii import TAXII_MEDIA, collection_id
 from stixbus.kafka.acls import (
     ADMIN,
@@ -162,7 +161,9 @@ def test_egress_ports_are_the_settings_defaults_published_on_loopback_only() -> 
     assert EGRESS_PORTS["taxii"] == {(port, f"{port}/tcp")}
     http, dns = str(sinks["http_port"].default), str(sinks["dns_port"].default)
     assert EGRESS_PORTS["sinks"] == {
-        (http, f"{http}/tcp"), (dns, f"{dns}/tcp"), (dns, f"{dns}/udp")  # RPZ: TCP and UDP
+        (http, f"{http}/tcp"),
+        (dns, f"{dns}/tcp"),
+        (dns, f"{dns}/udp"),  # RPZ: TCP and UDP
     }
     for service, expected in EGRESS_PORTS.items():
         published = set()
@@ -187,7 +188,9 @@ def test_egress_ports_are_the_settings_defaults_published_on_loopback_only() -> 
 
 def test_egress_services_run_hardened_like_the_worker_after_setup() -> None:
     worker, setup = SERVICES["worker"], SERVICES["setup"]
-    setup_volumes = {v.split(":")[0]: v.split(":")[1] for v in setup["volumes"] if isinstance(v, str)}
+    setup_volumes = {
+        v.split(":")[0]: v.split(":")[1] for v in setup["volumes"] if isinstance(v, str)
+    }
     chown = next(step for step in _shell_steps("setup") if step.startswith("chown ${STIXBUS_UID"))
     data_volumes = set()
     for service in EGRESS_SERVICES:
@@ -299,7 +302,9 @@ def _settings(env: dict[str, str]) -> Settings:
         if f"STIXBUS_{name.upper()}" in env
     }
     for name, group in _groups().items():
-        given = {f: env[_group_env(group, f)] for f in group.model_fields if _group_env(group, f) in env}
+        given: dict[str, Any] = {
+            f: env[_group_env(group, f)] for f in group.model_fields if _group_env(group, f) in env
+        }
         fields[name] = group(_env_prefix=nothing, _env_file=None, **given)
     return Settings(_env_prefix=nothing, _env_file=None, **fields)
 
@@ -831,7 +836,10 @@ def test_taxii_and_sinks_serve_with_their_compose_environment(
             except requests.ConnectionError:
                 pass  # not listening yet
             time.sleep(0.5)
-        logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace")[-2000:] for n in ("taxii", "sinks")}
+        logs = {
+            n: (tmp_path / f"{n}.log").read_text(errors="replace")[-2000:]
+            for n in ("taxii", "sinks")
+        }
         assert served == {"taxii": True, "sinks": True}, f"served {served}; logs {logs}"
         assert _healthy("taxii", taxii_env) and _healthy("sinks", sinks_env)
         # The certificates hold the compose service names (clients on the bus network) and
