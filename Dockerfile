@@ -1,4 +1,5 @@
-# The stixbus image: the worker and the CLI, from the locked environment (uv.lock).
+# The stixbus image: the worker, the egress servers (TAXII, sinks) and the CLI, from the locked
+# environment (uv.lock).
 #
 #   docker build -t stixbus:0.1.0 .
 #   docker run --read-only --tmpfs /tmp -v stixbus-data:/data stixbus:0.1.0 worker
@@ -26,6 +27,7 @@ COPY stixbus ./stixbus
 COPY agents ./agents
 COPY schemas ./schemas
 COPY connectors ./connectors
+COPY egress ./egress
 RUN uv sync --frozen --no-dev --no-editable --python /usr/local/bin/python3.11
 
 FROM python:3.11.14-slim-bookworm
@@ -35,7 +37,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /data \
     && chown 10001:10001 /data \
     && chmod 700 /data
 COPY --from=build /app/.venv /app/.venv
-COPY deploy/orgs.yaml deploy/agreements.yaml /app/deploy/
+COPY deploy/orgs.yaml deploy/agreements.yaml deploy/sinks.yaml /app/deploy/
 WORKDIR /app
 ENV PATH=/app/.venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

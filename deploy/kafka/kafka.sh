@@ -45,6 +45,8 @@
 #                            the admin CLI's config with the paths and names inside the containers
 #   compose-format.args      (compose-secrets only) the broker container's StorageTool arguments
 #                            (java @file: the admin SCRAM credential stays off every command line)
+#   taxii.pem/taxii.key, sinks.pem/sinks.key   (compose-secrets only) the TAXII and sink-list
+#                            servers' certificates (SAN the service name, localhost, 127.0.0.1)
 # and formats the storage with the admin SCRAM user (`--add-scram`).  sasl_plaintext is the same
 # without TLS.  plaintext (no authentication, no ACLs) is an explicit opt-in for quick demos.
 #
@@ -144,6 +146,28 @@ make_broker_cert() {
     -certfile "$secdir/ca.pem" -name broker -out "$secdir/broker.p12" \
     -passout stdin <<<"$KEYSTORE_PASSWORD" || die "openssl could not write the broker keystore"
   rm -f "$secdir/broker.csr" "$secdir/broker.ext"
+}
+
+make_server_cert() {
+  # $1 name (taxii, sinks): $1.pem/$1.key, a TLS server certificate signed by the local CA for
+  # the compose service of that name, localhost and 127.0.0.1 (its port published on the
+  # Docker host).  Kept while it still verifies against ca.pem and names the service.
+  local name="$1"
+  if [ -f "$secdir/$name.key" ] && openssl verify -CAfile "$secdir/ca.pem" "$secdir/$name.pem" >/dev/null 2>&1 \
+    && openssl x509 -in "$secdir/$name.pem" -noout -text 2>/dev/null | grep -Eq "DNS:$name(,|\$)"; then
+    return 0
+  fi
+  echo "kafka.sh: generating the $name server certificate in $secdir"
+  umask 077
+  openssl req -newkey rsa:3072 -sha256 -nodes -subj "/CN=stixbus $name" \
+    -keyout "$secdir/$name.key" -out "$secdir/$name.csr" >/dev/null 2>&1 \
+    || die "openssl could not create the $name key in $secdir"
+  printf 'subjectAltName=DNS:%s,DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$name" >"$secdir/$name.ext"
+  openssl x509 -req -sha256 -days 825 -in "$secdir/$name.csr" -CA "$secdir/ca.pem" \
+    -CAkey "$secdir/ca.key" -CAcreateserial -extfile "$secdir/$name.ext" \
+    -out "$secdir/$name.pem" >/dev/null 2>&1 || die "openssl could not sign the $name certificate"
+  rm -f "$secdir/$name.csr" "$secdir/$name.ext"
+  chmod 600 "$secdir/$name.key" "$secdir/$name.pem"
 }
 
 make_secrets() {
@@ -292,6 +316,9 @@ compose_secrets() {
     # A certificate from before compose support: re-issue it (same CA) with the name kafka.
     make_broker_cert
   fi
+  # The egress services' HTTPS/TLS: TAXII (port 6444) and the sink lists (6445).
+  make_server_cert taxii
+  make_server_cert sinks
   ( umask 077
     # Internal listener kafka:9092 (other containers); HOST listener on container port 19092,
     # published as 127.0.0.1:9092 and advertised so (clients on the Docker host).

@@ -17,37 +17,73 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import requests
 import yaml
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
+from pydantic_settings import BaseSettings
 
+from egress.credentials import add_credential
 from schemas.agreement import load_agreements
 from schemas.org import load_registry
-from stixbus.kafka.acls import ADMIN, WORKER
+from stixbus.core.taxii import TAXII_MEDIA, collection_id
+from stixbus.kafka.acls import (
+    ADMIN,
+    EGRESS,
+    WORKER,
+    AclBinding,
+    Operation,
+    PatternType,
+    ResourceType,
+    derive_acls,
+    principal,
+)
 from stixbus.kafka.admin import list_topics
 from stixbus.kafka.client import read_topic
 from stixbus.kafka.config import client_kwargs, read_credentials
 from stixbus.kafka.topics import TopicNames
-from stixbus.settings import Settings
+from stixbus.settings import Settings, SinkSettings, TaxiiServer
 from tests.helpers.bus import free_port
+from tests.helpers.dedup_samples import indicator
 from tests.helpers.paths import REPO_ROOT
 
 DEFAULTS = {name: f.default for name, f in Settings.model_fields.items()}
-SETTINGS_ENV = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
+
+
+def _groups() -> dict[str, type[BaseSettings]]:
+    """The nested settings groups (taxii, sinks, limits, retention): field -> class."""
+    return {
+        name: f.annotation
+        for name, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseSettings)
+    }
+
+
+def _group_env(group: type[BaseSettings], field: str) -> str:
+    return f"{group.model_config['env_prefix']}{field}".upper()
+
+
+# Every variable stixbus reads: STIXBUS_<field> and each group's STIXBUS_TAXII_<field>, ...
+SETTINGS_ENV = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields} | {
+    _group_env(group, field) for group in _groups().values() for field in group.model_fields
+}
+EGRESS_SERVICES = ("taxii", "sinks")
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
 KAFKA_SCRIPT = (REPO_ROOT / "deploy" / "kafka" / "kafka.sh").read_text()
 POM = (REPO_ROOT / "deploy" / "kafka" / "pom.xml").read_text()
 
 
 def test_services_present() -> None:
-    assert {"kafka", "worker", "prometheus", "grafana"} <= set(COMPOSE["services"])
+    assert {"kafka", "worker", "prometheus", "grafana", *EGRESS_SERVICES} <= set(
+        COMPOSE["services"]
+    )
 
 
 def test_worker_env_names_are_real_settings_with_local_defaults() -> None:
     env = COMPOSE["services"]["worker"]["environment"]
-    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
-    unknown = set(env) - fields
+    unknown = set(env) - SETTINGS_ENV
     assert not unknown, f"compose sets env vars stixbus does not read: {unknown}"
     # Compare with the documented defaults, not this process's environment (tests override it).
     assert env["STIXBUS_TOPIC_PREFIX"] == DEFAULTS["topic_prefix"]
@@ -110,6 +146,107 @@ def test_prometheus_scrapes_the_worker_and_grafana_is_provisioned() -> None:
         assert (REPO_ROOT / host).exists(), f"grafana mounts missing {host}"
 
 
+# -- the egress services: taxii and sinks ----------------------------------------------------------
+
+# What each egress service publishes on the Docker host: (host port, container port/protocol).
+EGRESS_PORTS = {
+    "taxii": {("6444", "6444/tcp")},
+    "sinks": {("6445", "6445/tcp"), ("6453", "6453/tcp"), ("6453", "6453/udp")},
+}
+
+
+def test_egress_ports_are_the_settings_defaults_published_on_loopback_only() -> None:
+    taxii, sinks = TaxiiServer.model_fields, SinkSettings.model_fields
+    port = str(taxii["port"].default)
+    assert EGRESS_PORTS["taxii"] == {(port, f"{port}/tcp")}
+    http, dns = str(sinks["http_port"].default), str(sinks["dns_port"].default)
+    assert EGRESS_PORTS["sinks"] == {
+        (http, f"{http}/tcp"),
+        (dns, f"{dns}/tcp"),
+        (dns, f"{dns}/udp"),  # RPZ: TCP and UDP
+    }
+    for service, expected in EGRESS_PORTS.items():
+        published = set()
+        for mapping in SERVICES[service]["ports"]:
+            host_ip, host_port, container = mapping.split(":")
+            assert host_ip == "127.0.0.1", f"{service} publishes {mapping} beyond loopback"
+            published.add((host_port, container if "/" in container else container + "/tcp"))
+        assert published == expected, service
+    # Inside its container each server binds every address (the published port reaches it
+    # through the bridge) on the port the settings default to.
+    for service, prefix, ports in (
+        ("taxii", "STIXBUS_TAXII_", ("PORT",)),
+        ("sinks", "STIXBUS_SINKS_", ("HTTP_PORT", "DNS_PORT")),
+    ):
+        env = SERVICES[service]["environment"]
+        assert env[prefix + "HOST"] == "0.0.0.0"
+        container_ports = {c.split("/")[0] for _, c in EGRESS_PORTS[service]}
+        assert {env[prefix + p] for p in ports} == container_ports
+    assert TaxiiServer.model_fields["host"].default == "127.0.0.1"  # outside compose: loopback
+    assert SinkSettings.model_fields["host"].default == "127.0.0.1"
+
+
+def test_egress_services_run_hardened_like_the_worker_after_setup() -> None:
+    worker, setup = SERVICES["worker"], SERVICES["setup"]
+    setup_volumes = {
+        v.split(":")[0]: v.split(":")[1] for v in setup["volumes"] if isinstance(v, str)
+    }
+    chown = next(step for step in _shell_steps("setup") if step.startswith("chown ${STIXBUS_UID"))
+    data_volumes = set()
+    for service in EGRESS_SERVICES:
+        svc = SERVICES[service]
+        assert svc["image"] == worker["image"], service
+        for key in ("user", "read_only", "tmpfs", "security_opt", "cap_drop", "depends_on"):
+            assert svc[key] == worker[key], f"{service} {key}: {svc[key]!r} != {worker[key]!r}"
+        assert "privileged" not in svc and "cap_add" not in svc
+        assert svc["command"] == [service, "serve"]  # `stixbus taxii serve`, `stixbus sinks serve`
+        assert svc["networks"] == ["bus"]  # the broker; not the worker's monitoring network
+        # Its own state volume at STIXBUS_HOME, which setup hands to the services' user.
+        (volume,) = [
+            v.split(":")[0] for v in svc["volumes"] if isinstance(v, str) and v.endswith(":/data")
+        ]
+        assert svc["environment"]["STIXBUS_HOME"] == "/data"
+        assert volume in COMPOSE["volumes"] and volume != "worker-data"
+        assert setup_volumes[volume] in chown.split(), f"setup does not chown {volume}"
+        data_volumes.add(volume)
+        # The image's healthcheck asks the worker's web port: each service checks its own.
+        health = " ".join(svc["healthcheck"]["test"])
+        assert "6066" not in health and "STIXBUS_" in health
+    assert len(data_volumes) == len(EGRESS_SERVICES)
+
+
+def test_egress_tls_and_credentials_come_from_the_mounted_secrets() -> None:
+    taxii = _settings(SERVICES["taxii"]["environment"])
+    assert taxii.taxii.tls is True
+    assert str(taxii.taxii.tls_cert) == f"{SECRETS_MOUNT}/taxii.pem"
+    assert str(taxii.taxii.tls_key) == f"{SECRETS_MOUNT}/taxii.key"
+    assert taxii.taxii.public_url == f"https://localhost:{taxii.taxii.port}"
+    sinks = _settings(SERVICES["sinks"]["environment"])
+    # Bound beyond loopback the lists server refuses plain HTTP: it must have its certificate.
+    assert str(sinks.sinks.tls_cert) == f"{SECRETS_MOUNT}/sinks.pem"
+    assert str(sinks.sinks.tls_key) == f"{SECRETS_MOUNT}/sinks.key"
+    assert str(sinks.sinks.config) == "/app/deploy/sinks.yaml"
+    assert "./deploy/sinks.yaml:/app/deploy/sinks.yaml:ro" in SERVICES["sinks"]["volumes"]
+    # One pull-credentials file for both (the lists take the TAXII credentials), in the
+    # secrets folder, where `stixbus taxii credentials add` run in setup writes it.
+    for settings in (taxii, sinks, _settings(SERVICES["setup"]["environment"])):
+        assert str(settings.taxii.credentials_file) == f"{SECRETS_MOUNT}/taxii-credentials.yaml"
+    for name in ("taxii", "sinks"):  # written by compose-secrets (SAN checked below, live)
+        assert f"make_server_cert {name}" in KAFKA_SCRIPT
+
+
+def test_the_image_holds_every_package_and_the_sinks_config() -> None:
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    match = re.search(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)
+    assert match
+    packages = [p.strip().strip('"').rstrip("*") for p in match.group(1).split(",")]
+    assert "egress" in packages
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, f"the image lacks {package}/"
+    assert "deploy/sinks.yaml" in dockerfile
+
+
 # -- security: SASL_SSL by default ----------------------------------------------------------------
 #
 # `deploy/kafka/kafka.sh compose-secrets` generates what the containers mount; the tests below
@@ -158,10 +295,18 @@ def _port_mapping(service: str) -> tuple[str, str, str]:
 
 def _settings(env: dict[str, str]) -> Settings:
     """Settings as a container with only `env` sees them (this process's STIXBUS_* ignored)."""
+    nothing = "STIXBUS_TEST_NOTHING_"
     fields: dict[str, Any] = {
-        k.removeprefix("STIXBUS_").lower(): v for k, v in env.items() if k in SETTINGS_ENV
+        name: env[f"STIXBUS_{name.upper()}"]
+        for name in Settings.model_fields
+        if f"STIXBUS_{name.upper()}" in env
     }
-    return Settings(_env_prefix="STIXBUS_TEST_NOTHING_", _env_file=None, **fields)
+    for name, group in _groups().items():
+        given: dict[str, Any] = {
+            f: env[_group_env(group, f)] for f in group.model_fields if _group_env(group, f) in env
+        }
+        fields[name] = group(_env_prefix=nothing, _env_file=None, **given)
+    return Settings(_env_prefix=nothing, _env_file=None, **fields)
 
 
 def _shell_steps(service: str) -> list[str]:
@@ -172,10 +317,9 @@ def _shell_steps(service: str) -> list[str]:
 
 
 def test_every_stixbus_container_speaks_sasl_ssl_with_mounted_secrets() -> None:
-    fields = {f"STIXBUS_{name.upper()}" for name in Settings.model_fields}
-    for service in ("setup", "worker"):
+    for service in ("setup", "worker", *EGRESS_SERVICES):
         env = SERVICES[service]["environment"]
-        assert not set(env) - fields, f"{service} sets env vars stixbus does not read"
+        assert not set(env) - SETTINGS_ENV, f"{service} sets env vars stixbus does not read"
         settings = _settings(env)
         assert settings.security_protocol == "SASL_SSL"
         assert settings.sasl_mechanism == "SCRAM-SHA-512"
@@ -235,15 +379,25 @@ class ComposeBroker:
 
     def localise(self, text: str) -> str:
         """One pass, so a replacement is never rewritten again."""
-        keys = sorted(self.local, key=len, reverse=True)
-        pattern = "|".join(re.escape(k) for k in keys)
-        return re.sub(pattern, lambda m: self.local[m.group(0)], text)
+        return _replace(text, self.local)
+
+    def data_dir(self, service: str) -> Path:
+        """Where the service's /data volume lives on this machine."""
+        volumes = SERVICES[service].get("volumes", [])
+        named = [v.split(":")[0] for v in volumes if isinstance(v, str) and v.endswith(":/data")]
+        return self.home.parent / (named[0] if named else "worker-data")
 
     def env(self, service: str) -> dict[str, str]:
         """The service's environment as this machine sees it (paths and host names rewritten)."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("STIXBUS_")}
         compose_env = SERVICES[service]["environment"]
-        return {**base, **{k: self.localise(str(v)) for k, v in compose_env.items()}}
+        local = dict(self.local, **{"/data": str(self.data_dir(service))})
+        return {**base, **{k: _replace(str(v), local) for k, v in compose_env.items()}}
+
+
+def _replace(text: str, mapping: dict[str, str]) -> str:
+    keys = sorted(mapping, key=len, reverse=True)
+    return re.sub("|".join(re.escape(k) for k in keys), lambda m: mapping[m.group(0)], text)
 
 
 def _local_listeners(text: str, ports: dict[tuple[str, str], int]) -> str:
@@ -409,9 +563,11 @@ def test_broker_certificate_is_valid_for_the_compose_host_name(
         context.wrap_socket(raw, server_hostname="not-kafka")
 
 
-def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeBroker) -> None:
-    # The setup service's stixbus steps, in order, with its environment (in-process: the
-    # same Typer app as the `stixbus` entry point, without paying its import three times).
+@pytest.fixture(scope="module")
+def compose_setup(compose_broker: ComposeBroker) -> ComposeBroker:
+    """The broker after the setup service's stixbus steps, in order, with its environment
+    (in-process: the same Typer app as the `stixbus` entry point, without paying its import
+    three times)."""
     from typer.testing import CliRunner
 
     from stixbus.cli.main import cli
@@ -429,6 +585,13 @@ def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_broker: ComposeB
         finally:
             get_settings.cache_clear()
         assert done.exit_code == 0, f"setup {step!r} failed:\n{done.output}\n{done.exception!r}"
+    for service in ("worker", *EGRESS_SERVICES):  # the volumes setup chowns, present
+        compose_broker.data_dir(service).mkdir(mode=0o700, exist_ok=True)
+    return compose_broker
+
+
+def test_setup_then_worker_admin_and_orgs_over_sasl_ssl(compose_setup: ComposeBroker) -> None:
+    compose_broker = compose_setup
     users = read_credentials(compose_broker.secrets / "credentials.json")
     assert {ADMIN, WORKER} <= set(users)
 
@@ -538,3 +701,170 @@ def test_stixbus_services_run_the_image_without_installing_anything() -> None:
     assert f"worker-data:{home}" in worker["volumes"]
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "ENV PATH=/app/.venv/bin:$PATH" in dockerfile and "USER 10001:10001" in dockerfile
+
+
+# -- the egress services, run with their compose environment -------------------------------------
+
+
+def test_egress_principal_may_read_exactly_the_topics_the_services_follow(
+    compose_setup: ComposeBroker,
+) -> None:
+    from egress.sinks.run import subscriber_orgs
+    from egress.taxii.server import TaxiiApp
+
+    taxii = _settings(compose_setup.env("taxii"))
+    sinks = _settings(compose_setup.env("sinks"))
+    registry = load_registry(taxii.registry_path)
+    names = TopicNames(taxii.topic_prefix)
+    granted = {
+        b for b in derive_acls(registry, taxii.topic_prefix, taxii.app_id) if b.user == EGRESS
+    }
+    reads = {b.resource_name for b in granted}
+    assert granted == {
+        AclBinding(
+            principal(EGRESS), ResourceType.TOPIC, PatternType.LITERAL, topic, Operation.READ
+        )
+        for topic in reads
+    }, "stixbus-egress: READ on literal topics, nothing else (no group, no write)"
+    app = TaxiiApp(taxii)  # connects as stixbus-egress (its password from credentials.json)
+    try:
+        assert app.follower.conn["sasl_plain_username"] == EGRESS
+        assert set(app.follower.topics) == reads
+    finally:
+        app.credentials.close()
+    assert {names.deliver(org) for org in subscriber_orgs(sinks)} == reads
+    assert reads == {names.deliver(o.id) for o in registry.subscribers}
+
+
+def _start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    import sys
+
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stixbus.cli.main", *SERVICES[service]["command"]],
+            env=env,
+            cwd=REPO_ROOT,  # the image's WORKDIR /app
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _healthy(service: str, env: dict[str, str]) -> bool:
+    """The service's compose healthcheck, run here (`python` is this interpreter)."""
+    import sys
+
+    cmd, python, *args = SERVICES[service]["healthcheck"]["test"]
+    assert (cmd, python) == ("CMD", "python")
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True).returncode == 0
+
+
+def test_taxii_and_sinks_serve_with_their_compose_environment(
+    compose_setup: ComposeBroker, tmp_path: Path
+) -> None:
+    """`stixbus taxii serve` and `stixbus sinks serve` with exactly the compose environment
+    (paths and kafka:9092 mapped to this machine; free ports instead of 6444/6445/6453): TLS
+    from compose-secrets' certificates, Kafka as stixbus-egress, the pull credentials that
+    `stixbus taxii credentials add` writes into the secrets folder."""
+    ports = {name: free_port() for name in ("taxii", "http", "dns")}
+    taxii_env = compose_setup.env("taxii") | {"STIXBUS_TAXII_PORT": str(ports["taxii"])}
+    sinks_env = compose_setup.env("sinks") | {
+        "STIXBUS_SINKS_HTTP_PORT": str(ports["http"]),
+        "STIXBUS_SINKS_DNS_PORT": str(ports["dns"]),
+    }
+    setup = _settings(compose_setup.env("setup"))
+    assert setup.taxii.credentials_file is not None
+    passwords = {
+        org: add_credential(setup.taxii.credentials_file, org)[1] for org in ("bank-b", "isp-one")
+    }
+    names = TopicNames(setup.topic_prefix)
+    ca = str(compose_setup.secrets / "ca.pem")
+    ip = "198.51.100.77"
+    obj = indicator(f"[ipv4-addr:value = '{ip}']")
+
+    async def deliver() -> None:  # as the worker would (admin here: the worker has no console)
+        producer = AIOKafkaProducer(**client_kwargs(setup, ADMIN))
+        await producer.start()
+        try:
+            for org in passwords:
+                await producer.send_and_wait(
+                    names.deliver(org), orjson.dumps(obj), key=obj["id"].encode()
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(deliver())
+    taxii = _start("taxii", taxii_env, tmp_path / "taxii.log")
+    sinks = _start("sinks", sinks_env, tmp_path / "sinks.log")
+    try:
+        objects_url = (
+            f"https://127.0.0.1:{ports['taxii']}/taxii2/{setup.taxii.api_root}/collections/"
+            f"{collection_id(setup.topic_prefix, 'bank-b')}/objects/"
+        )
+        list_url = f"https://localhost:{ports['http']}/lists/isp-one/ipv4.txt"
+        served: dict[str, bool] = {}
+        deadline = time.monotonic() + 40
+        while len(served) < 2 and time.monotonic() < deadline:
+            for name, proc in (("taxii", taxii), ("sinks", sinks)):
+                log = (tmp_path / f"{name}.log").read_text(errors="replace")
+                assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{log[-3000:]}"
+            try:
+                got = requests.get(
+                    objects_url,
+                    auth=("bank-b", passwords["bank-b"]),
+                    headers={"Accept": TAXII_MEDIA},
+                    verify=ca,
+                    timeout=5,
+                )
+                if got.status_code == 200 and obj["id"] in got.text:
+                    served["taxii"] = True
+                listed = requests.get(
+                    list_url, auth=("isp-one", passwords["isp-one"]), verify=ca, timeout=5
+                )
+                if listed.status_code == 200 and ip in listed.text:
+                    served["sinks"] = True
+            except requests.ConnectionError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        logs = {
+            n: (tmp_path / f"{n}.log").read_text(errors="replace")[-2000:]
+            for n in ("taxii", "sinks")
+        }
+        assert served == {"taxii": True, "sinks": True}, f"served {served}; logs {logs}"
+        assert _healthy("taxii", taxii_env) and _healthy("sinks", sinks_env)
+        # The certificates hold the compose service names (clients on the bus network) and
+        # localhost / 127.0.0.1 (the Docker host), nothing else.
+        context = ssl.create_default_context(cafile=ca)
+        for port, good in ((ports["taxii"], "taxii"), (ports["http"], "sinks")):
+            for name in (good, "localhost", "127.0.0.1"):
+                with (
+                    socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                    context.wrap_socket(raw, server_hostname=name) as tls,
+                ):
+                    assert tls.version()
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                pytest.raises(ssl.SSLCertVerificationError),
+            ):
+                context.wrap_socket(raw, server_hostname="kafka")
+        # The other org's credential does not open bank-b's collection.
+        other = requests.get(
+            objects_url, auth=("isp-one", passwords["isp-one"]), verify=ca, timeout=5
+        )
+        assert other.status_code in (403, 404)
+    finally:
+        _stop(taxii)
+        _stop(sinks)
+    # Kafka as stixbus-egress, and nothing written outside the services' own volumes.
+    assert (compose_setup.data_dir("taxii") / "secrets" / "taxii-next.key").is_file()
+    assert (compose_setup.data_dir("sinks") / "sinks" / "isp-one").is_dir()
