@@ -30,6 +30,7 @@ from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka import _compat
+from stixbus.kafka.fast_producer import Batch, DeliveryFailed, FastProducer
 from stixbus.kafka.topics import DEDUP_TABLE
 from stixbus.warninglists import guard_index
 
@@ -64,6 +65,8 @@ def register(
     expiry_timer.register(app, ctx, table, expiry)
 
     companions = CompanionMemory(settings.companion_refresh_seconds)
+    # The outputs through librdkafka (stixbus/kafka/fast_producer.py), or Faust's producer.
+    fast = FastProducer.from_settings(settings) if settings.fast_producer else None
 
     @table.on_recover
     async def _recovered() -> None:
@@ -79,7 +82,13 @@ def register(
             settings.route_batch_max, within=settings.route_batch_seconds
         )
         async for events in batches:
-            await _batch(events)
+            try:
+                await _batch(events)
+            except DeliveryFailed as exc:
+                # A record the broker refused: the batch's state and offsets must not be
+                # written.  Stop the worker (its events are replayed after the restart).
+                await app.crash(exc)
+                raise
 
     async def _batch(events: Sequence[faust.EventT]) -> None:
         """One batch of events: steps in order (a key's later event sees its earlier one's
@@ -88,6 +97,7 @@ def register(
         pending: dict[bytes, bytes | None] = {}  # key -> state this batch wrote (None: deleted)
         writes: dict[bytes, tuple[faust.EventT, StepResult]] = {}
         acks: list[Awaitable[object]] = []
+        out = _Out(acks, fast.batch() if fast is not None else None)
         for event in events:
             key = bytes(event.key or b"")
             raw = pending[key] if key in pending else table.get(key)
@@ -104,11 +114,11 @@ def register(
                 state, registry, store.index, now, config, grace,
             )  # fmt: skip
             if step.quarantine is not None and record is not None:
-                acks.extend(await _quarantine(record, step.quarantine))
+                await _quarantine(out, record, step.quarantine)
             if step.suppressed:
                 metrics.observe_suppressed()
             if step.deliveries or step.audit_entry is not None:
-                acks.extend(await _send(step, now, record))
+                await _send(out, step, now, record)
             if step.table is TableWrite.PUT and step.state is not None:
                 pending[key] = encode_state(step.state)
                 writes[key] = (event, step)
@@ -121,6 +131,8 @@ def register(
         # re-sends identical deliveries (same (id, modified): consumers drop them,
         # stixbus.kafka.client.VersionFilter) and audit records (same audit_id) on replay.
         await asyncio.gather(*acks)
+        if out.batch is not None:
+            await out.batch.acked()  # raises DeliveryFailed if the broker refused any record
         for key, (event, step) in writes.items():
             with _compat.as_current_event(event):
                 value = pending[key]
@@ -131,20 +143,33 @@ def register(
                     table.pop(key, None)
                     expiry.discard(key)
 
+    class _Out:
+        """Where a batch's records go: the fast producer's batch, or Faust (acks collected)."""
+
+        __slots__ = ("acks", "batch")
+
+        def __init__(self, acks: list[Awaitable[object]], batch: Batch | None) -> None:
+            self.acks, self.batch = acks, batch
+
+        async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> None:
+            if self.batch is not None and fast is not None:
+                await fast.send(self.batch, topic.get_topic_name(), key, value)
+            else:
+                self.acks.append(await topic.send(key=key, value=value))
+
     async def _send(
-        step: StepResult, now: datetime, record: NormalizedObject | None
-    ) -> list[Awaitable[object]]:
-        """Send one step's deliveries and audit records; their acks, not awaited."""
-        acks: list[Awaitable[object]] = []
+        out: _Out, step: StepResult, now: datetime, record: NormalizedObject | None
+    ) -> None:
+        """Send one step's deliveries and audit records (their acks are awaited per batch)."""
         clock = time.monotonic()
         for delivery in step.deliveries:
             topic = deliver[delivery.subscriber]
             for companion in delivery.companions:
                 encoded = companions.due(delivery.subscriber, companion, clock)
                 if encoded is not None:
-                    acks.append(await topic.send(key=companion["id"].encode(), value=encoded))
+                    await out.send(topic, companion["id"].encode(), encoded)
             obj = delivery.stix_object
-            acks.append(await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj)))
+            await out.send(topic, obj["id"].encode(), orjson.dumps(obj))
             latency = (
                 (now - delivery.published_at).total_seconds() if delivery.published_at else None
             )
@@ -156,7 +181,7 @@ def register(
         entry = step.audit_entry
         if entry is not None:  # one record per step, every decision and delivery folded in
             value = entry.model_dump_json().encode()
-            acks.append(await audit.send(key=entry.key.encode(), value=value))
+            await out.send(audit, entry.key.encode(), value)
         for decision in step.audit:
             for reason in [] if decision.allow else decision.reasons:
                 metrics.observe_denial(reason.code)
@@ -164,18 +189,13 @@ def register(
             metrics.observe_revocation_fanout(
                 (datetime.now(UTC) - record.published_at).total_seconds()
             )
-        return acks
 
-    async def _quarantine(
-        record: NormalizedObject, quarantine: Quarantine
-    ) -> list[Awaitable[object]]:
+    async def _quarantine(out: _Out, record: NormalizedObject, quarantine: Quarantine) -> None:
         receipt, letter = quarantine.receipt, quarantine.dead_letter
         metrics.observe_rejections(record.publisher, [r.reason.value for r in receipt.rejections])
-        return [
-            await deadletter.send(
-                key=record.object_id.encode(), value=letter.model_dump_json().encode()
-            ),
-            await receipts[record.publisher].send(
-                key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
-            ),
-        ]
+        await out.send(deadletter, record.object_id.encode(), letter.model_dump_json().encode())
+        await out.send(
+            receipts[record.publisher],
+            record.submission_id.encode(),
+            receipt.model_dump_json().encode(),
+        )
