@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import faust
@@ -30,7 +30,7 @@ from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka import _compat
-from stixbus.kafka.fast_producer import Batch, DeliveryFailed, FastProducer
+from stixbus.kafka.fast_producer import DeliveryFailed, FastProducer, Outputs
 from stixbus.kafka.topics import DEDUP_TABLE
 from stixbus.warninglists import guard_index
 
@@ -44,7 +44,9 @@ def register(
     store: AgreementStore,
     agreements_loaded: asyncio.Event,
     false_positives: FalsePositiveCounts,
+    fast: FastProducer | None = None,
 ) -> None:
+    """`fast`: the worker's librdkafka producer for the outputs (None: Faust's producer)."""
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
@@ -65,8 +67,6 @@ def register(
     expiry_timer.register(app, ctx, table, expiry)
 
     companions = CompanionMemory(settings.companion_refresh_seconds)
-    # The outputs through librdkafka (stixbus/kafka/fast_producer.py), or Faust's producer.
-    fast = FastProducer.from_settings(settings) if settings.fast_producer else None
 
     @table.on_recover
     async def _recovered() -> None:
@@ -96,8 +96,7 @@ def register(
         now = datetime.now(UTC)
         pending: dict[bytes, bytes | None] = {}  # key -> state this batch wrote (None: deleted)
         writes: dict[bytes, tuple[faust.EventT, StepResult]] = {}
-        acks: list[Awaitable[object]] = []
-        out = _Out(acks, fast.batch() if fast is not None else None)
+        out = Outputs(fast)
         for event in events:
             key = bytes(event.key or b"")
             raw = pending[key] if key in pending else table.get(key)
@@ -130,9 +129,7 @@ def register(
         # between would lose them: wait for every ack of the batch first.  The reverse only
         # re-sends identical deliveries (same (id, modified): consumers drop them,
         # stixbus.kafka.client.VersionFilter) and audit records (same audit_id) on replay.
-        await asyncio.gather(*acks)
-        if out.batch is not None:
-            await out.batch.acked()  # raises DeliveryFailed if the broker refused any record
+        await out.acked()  # raises DeliveryFailed if the broker refused any record
         for key, (event, step) in writes.items():
             with _compat.as_current_event(event):
                 value = pending[key]
@@ -143,22 +140,8 @@ def register(
                     table.pop(key, None)
                     expiry.discard(key)
 
-    class _Out:
-        """Where a batch's records go: the fast producer's batch, or Faust (acks collected)."""
-
-        __slots__ = ("acks", "batch")
-
-        def __init__(self, acks: list[Awaitable[object]], batch: Batch | None) -> None:
-            self.acks, self.batch = acks, batch
-
-        async def send(self, topic: faust.TopicT, key: bytes, value: bytes) -> None:
-            if self.batch is not None and fast is not None:
-                await fast.send(self.batch, topic.get_topic_name(), key, value)
-            else:
-                self.acks.append(await topic.send(key=key, value=value))
-
     async def _send(
-        out: _Out, step: StepResult, now: datetime, record: NormalizedObject | None
+        out: Outputs, step: StepResult, now: datetime, record: NormalizedObject | None
     ) -> None:
         """Send one step's deliveries and audit records (their acks are awaited per batch)."""
         clock = time.monotonic()
@@ -190,7 +173,7 @@ def register(
                 (datetime.now(UTC) - record.published_at).total_seconds()
             )
 
-    async def _quarantine(out: _Out, record: NormalizedObject, quarantine: Quarantine) -> None:
+    async def _quarantine(out: Outputs, record: NormalizedObject, quarantine: Quarantine) -> None:
         receipt, letter = quarantine.receipt, quarantine.dead_letter
         metrics.observe_rejections(record.publisher, [r.reason.value for r in receipt.rejections])
         await out.send(deadletter, record.object_id.encode(), letter.model_dump_json().encode())

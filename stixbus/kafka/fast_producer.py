@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Awaitable
 from typing import Any
 
+import faust
 from confluent_kafka import KafkaError, Message, Producer
 
 from stixbus.errors import StixbusError
@@ -147,9 +149,37 @@ class FastProducer:
             batch._count()
             return
 
+    def outputs(self) -> Outputs:
+        return Outputs(self)
+
     def close(self, timeout: float = 10.0) -> int:
         """Flush what is queued, stop the poll thread; returns the records still undelivered."""
         self._stopping.set()
         if self._thread is not None:
             self._thread.join()
         return self._producer.flush(timeout)
+
+
+class Outputs:
+    """One agent batch's records: through the fast producer when there is one, else through
+    Faust (`Topic.send`, acks collected).  `acked()` waits for every acknowledgement."""
+
+    __slots__ = ("_acks", "_batch", "_fast")
+
+    def __init__(self, fast: FastProducer | None) -> None:
+        self._fast = fast
+        self._batch = fast.batch() if fast is not None else None
+        self._acks: list[Awaitable[object]] = []
+
+    async def send(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
+        if self._fast is not None and self._batch is not None:
+            await self._fast.send(self._batch, topic.get_topic_name(), key, value)
+        else:
+            self._acks.append(await topic.send(key=key, value=value))
+
+    async def acked(self) -> None:
+        """Return once the broker acknowledged every record of the batch (`DeliveryFailed`
+        if it refused one through the fast producer)."""
+        await asyncio.gather(*self._acks)
+        if self._batch is not None:
+            await self._batch.acked()
