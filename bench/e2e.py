@@ -3,6 +3,7 @@
 Run (a broker must be up: `make up`, or deploy/kafka/kafka.sh with your ports):
     .venv/bin/python -m bench.e2e [--count 20000] [--runs 3]          # throughput (make bench-e2e)
     .venv/bin/python -m bench.e2e --rate 500 --duration 20              # latency at one subscriber
+    .venv/bin/python -m bench.e2e --count 5000 --workers 2              # 1 vs 2 workers, one group
 
 Throughput, per run (median of `--runs`):
 1. a fresh bus (own topic prefix, a `stixbus worker` on rocksdb) with the example agreements;
