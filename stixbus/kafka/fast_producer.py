@@ -26,7 +26,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stixbus.errors import StixbusError
 from stixbus.kafka.acls import WORKER
@@ -146,6 +146,12 @@ class FastProducer:
             except BufferError:  # librdkafka's local queue is full: let the poll thread drain
                 await asyncio.sleep(QUEUE_FULL_WAIT)
                 continue
+            except KafkaException as exc:  # refused before sending (e.g. over the size limit)
+                raise DeliveryFailed(
+                    f"record to topic {topic!r} ({len(value):,} bytes) was refused by the "
+                    f"producer: {exc.args[0].str()}; the batch is not committed and will be "
+                    "replayed after the worker restarts"
+                ) from exc
             batch._count()
             return
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from stixbus.kafka.fast_producer import Batch, DeliveryFailed, producer_config
+from stixbus.kafka.fast_producer import Batch, DeliveryFailed, FastProducer, producer_config
 from stixbus.settings import Settings
 
 
@@ -100,3 +100,20 @@ def test_a_refused_record_fails_the_batch_loudly() -> None:
             await _reports(batch, [None, err, None])
 
     asyncio.run(go())
+
+
+def test_a_record_the_producer_refuses_fails_loudly_too() -> None:
+    """Refused before any broker is involved (over message.max.bytes): DeliveryFailed, not a
+    bare KafkaException (the agents crash the worker on DeliveryFailed)."""
+    settings = Settings(bootstrap_servers="127.0.0.1:1", max_record_bytes=1000)
+    producer = FastProducer.from_settings(settings)
+
+    async def go() -> None:
+        batch = producer.batch()
+        with pytest.raises(DeliveryFailed, match=r"'p\.audit' \(5,000 bytes\) was refused"):
+            await producer.send(batch, "p.audit", b"k", b"x" * 5000)
+
+    try:
+        asyncio.run(go())
+    finally:
+        producer.close(0)
