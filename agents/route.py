@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import faust
@@ -30,6 +30,7 @@ from stixbus.core.expiry import ExpiryIndex
 from stixbus.core.route_step import Quarantine, StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka import _compat
+from stixbus.kafka.fast_producer import DeliveryFailed, FastProducer, Outputs
 from stixbus.kafka.topics import DEDUP_TABLE
 from stixbus.warninglists import guard_index
 
@@ -43,7 +44,9 @@ def register(
     store: AgreementStore,
     agreements_loaded: asyncio.Event,
     false_positives: FalsePositiveCounts,
+    fast: FastProducer | None = None,
 ) -> None:
+    """`fast`: the worker's librdkafka producer for the outputs (None: Faust's producer)."""
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     audit, deadletter = app.topic(names.audit), app.topic(names.deadletter)
     deliver = {o.id: app.topic(names.deliver(o.id)) for o in registry.subscribers}
@@ -79,7 +82,13 @@ def register(
             settings.route_batch_max, within=settings.route_batch_seconds
         )
         async for events in batches:
-            await _batch(events)
+            try:
+                await _batch(events)
+            except DeliveryFailed as exc:
+                # A record the broker refused: the batch's state and offsets must not be
+                # written.  Stop the worker (its events are replayed after the restart).
+                await app.crash(exc)
+                raise
 
     async def _batch(events: Sequence[faust.EventT]) -> None:
         """One batch of events: steps in order (a key's later event sees its earlier one's
@@ -87,7 +96,7 @@ def register(
         now = datetime.now(UTC)
         pending: dict[bytes, bytes | None] = {}  # key -> state this batch wrote (None: deleted)
         writes: dict[bytes, tuple[faust.EventT, StepResult]] = {}
-        acks: list[Awaitable[object]] = []
+        out = Outputs(fast)
         for event in events:
             key = bytes(event.key or b"")
             raw = pending[key] if key in pending else table.get(key)
@@ -104,11 +113,11 @@ def register(
                 state, registry, store.index, now, config, grace,
             )  # fmt: skip
             if step.quarantine is not None and record is not None:
-                acks.extend(await _quarantine(record, step.quarantine))
+                await _quarantine(out, record, step.quarantine)
             if step.suppressed:
                 metrics.observe_suppressed()
             if step.deliveries or step.audit_entry is not None:
-                acks.extend(await _send(step, now, record))
+                await _send(out, step, now, record)
             if step.table is TableWrite.PUT and step.state is not None:
                 pending[key] = encode_state(step.state)
                 writes[key] = (event, step)
@@ -120,7 +129,7 @@ def register(
         # between would lose them: wait for every ack of the batch first.  The reverse only
         # re-sends identical deliveries (same (id, modified): consumers drop them,
         # stixbus.kafka.client.VersionFilter) and audit records (same audit_id) on replay.
-        await asyncio.gather(*acks)
+        await out.acked()  # raises DeliveryFailed if the broker refused any record
         for key, (event, step) in writes.items():
             with _compat.as_current_event(event):
                 value = pending[key]
@@ -132,19 +141,18 @@ def register(
                     expiry.discard(key)
 
     async def _send(
-        step: StepResult, now: datetime, record: NormalizedObject | None
-    ) -> list[Awaitable[object]]:
-        """Send one step's deliveries and audit records; their acks, not awaited."""
-        acks: list[Awaitable[object]] = []
+        out: Outputs, step: StepResult, now: datetime, record: NormalizedObject | None
+    ) -> None:
+        """Send one step's deliveries and audit records (their acks are awaited per batch)."""
         clock = time.monotonic()
         for delivery in step.deliveries:
             topic = deliver[delivery.subscriber]
             for companion in delivery.companions:
                 encoded = companions.due(delivery.subscriber, companion, clock)
                 if encoded is not None:
-                    acks.append(await topic.send(key=companion["id"].encode(), value=encoded))
+                    await out.send(topic, companion["id"].encode(), encoded)
             obj = delivery.stix_object
-            acks.append(await topic.send(key=obj["id"].encode(), value=orjson.dumps(obj)))
+            await out.send(topic, obj["id"].encode(), orjson.dumps(obj))
             latency = (
                 (now - delivery.published_at).total_seconds() if delivery.published_at else None
             )
@@ -156,7 +164,7 @@ def register(
         entry = step.audit_entry
         if entry is not None:  # one record per step, every decision and delivery folded in
             value = entry.model_dump_json().encode()
-            acks.append(await audit.send(key=entry.key.encode(), value=value))
+            await out.send(audit, entry.key.encode(), value)
         for decision in step.audit:
             for reason in [] if decision.allow else decision.reasons:
                 metrics.observe_denial(reason.code)
@@ -164,18 +172,13 @@ def register(
             metrics.observe_revocation_fanout(
                 (datetime.now(UTC) - record.published_at).total_seconds()
             )
-        return acks
 
-    async def _quarantine(
-        record: NormalizedObject, quarantine: Quarantine
-    ) -> list[Awaitable[object]]:
+    async def _quarantine(out: Outputs, record: NormalizedObject, quarantine: Quarantine) -> None:
         receipt, letter = quarantine.receipt, quarantine.dead_letter
         metrics.observe_rejections(record.publisher, [r.reason.value for r in receipt.rejections])
-        return [
-            await deadletter.send(
-                key=record.object_id.encode(), value=letter.model_dump_json().encode()
-            ),
-            await receipts[record.publisher].send(
-                key=record.submission_id.encode(), value=receipt.model_dump_json().encode()
-            ),
-        ]
+        await out.send(deadletter, record.object_id.encode(), letter.model_dump_json().encode())
+        await out.send(
+            receipts[record.publisher],
+            record.submission_id.encode(),
+            receipt.model_dump_json().encode(),
+        )

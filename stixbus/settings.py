@@ -432,6 +432,12 @@ class Settings(BaseSettings):
         description="Producer compression (none: broker and worker share the host, CPU is scarcer "
         "than bandwidth; gzip for a remote broker)",
     )
+    fast_producer: bool = Field(
+        default=True,
+        description="Route agent: write deliveries, audit, dead letters and receipts with a "
+        "librdkafka producer (acks=all, idempotent, murmur2; stixbus/kafka/fast_producer.py) "
+        "instead of Faust's; same linger/batch/compression settings",
+    )
     route_batch_max: int = Field(
         default=500, ge=1, description="Route agent: events processed per batch at most"
     )
