@@ -50,6 +50,10 @@ KILL_AT = 5.0  # seconds into the stream
 # (docs/operations.md, "Cluster", findings); `make test` kills the broker only.
 KILL_WORKER = os.environ.get("STIXBUS_CHAOS_KILL_WORKER") == "1"
 DOWN_FOR = 3.0  # seconds before the broker and the worker are started again
+# How long the deliveries may take after the stream ends.  The worker-kill variant waits
+# longer: its restarted worker warms a validation pool first (20-30 s at load 4-5), and this
+# tells a late submission from a lost one (docs/runbook.md, "Known issue: a worker killed ...").
+DELIVERY_WAIT = 240.0 if KILL_WORKER else 60.0
 
 
 @dataclass
@@ -312,7 +316,8 @@ def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> Non
         assert stream.done.is_set(), "the publisher never finished"
         assert len(stream.acked) == count, f"acked {len(stream.acked)}/{count}: {stream.errors}"
 
-        deadline = time.monotonic() + 60
+        waited_from = time.monotonic()
+        deadline = waited_from + DELIVERY_WAIT
         while True:
             seen = VersionFilter()
             delivered = [
