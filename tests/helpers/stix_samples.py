@@ -60,3 +60,18 @@ def run(raw: bytes, publisher: Any = CERT, limits: Limits | None = None) -> Norm
         received_at=NOW,
         published_at=NOW,
     )
+
+
+def numbered_domain_indicator(name: str, n: int, **props: str | bool) -> dict[str, Any]:
+    """A domain indicator with a predictable id (`n`) and fixed times: what the sinks tests
+    render and compare."""
+    return {
+        "type": "indicator",
+        "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
+        "created": "2026-11-01T08:00:00Z",
+        "modified": "2026-11-01T08:00:00Z",
+        "pattern": f"[domain-name:value = '{name}']",
+        "pattern_type": "stix",
+        "valid_from": "2026-11-01T08:00:00Z",
+        **props,
+    }

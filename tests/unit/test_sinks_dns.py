@@ -23,22 +23,10 @@ import pytest
 from egress.sinks.dns import ServedZone, ZoneServer, make_key
 from egress.sinks.subscriber import Safety, SubscriberSink
 from schemas.sinks import SubscriberSinks
+from tests.helpers.stix_samples import numbered_domain_indicator
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SECRETS = {"isp-one": b"1" * 32, "isp-two": b"2" * 32}
-
-
-def domain(name: str, n: int, **props: str | bool) -> dict[str, object]:
-    return {
-        "type": "indicator",
-        "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
-        "created": "2026-11-01T08:00:00Z",
-        "modified": "2026-11-01T08:00:00Z",
-        "pattern": f"[domain-name:value = '{name}']",
-        "pattern_type": "stix",
-        "valid_from": "2026-11-01T08:00:00Z",
-        **props,
-    }
 
 
 @dataclass
@@ -55,8 +43,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
         for org in SECRETS
     }
     for n in range(3):
-        sinks["isp-one"].current.apply(domain(f"d{n}.example", n))
-    sinks["isp-two"].current.apply(domain("two.example", 9))
+        sinks["isp-one"].current.apply(numbered_domain_indicator(f"d{n}.example", n))
+    sinks["isp-two"].current.apply(numbered_domain_indicator("two.example", 9))
     for sink in sinks.values():
         sink.publish(NOW)
     keys = {org: make_key(s.config, SECRETS[org]) for org, s in sinks.items()}
@@ -97,7 +85,7 @@ def test_signed_axfr_gives_the_zone(served: Served) -> None:
 def test_large_zone_is_sent_in_many_signed_messages(tmp_path: Path, served: Served) -> None:
     sink = served.sinks["isp-one"]
     for n in range(3, 2500):
-        sink.current.apply(domain(f"d{n}.example", n))
+        sink.current.apply(numbered_domain_indicator(f"d{n}.example", n))
     sink.publish(NOW + timedelta(seconds=1))
     zone = axfr(served.port, "isp-one.rpz.stixbus.", served.keys["isp-one"])
     assert len(names(zone)) == 2 * 2500  # > 12 messages, each TSIG-signed in sequence
@@ -144,7 +132,7 @@ def test_unknown_zone_and_plain_queries_are_refused(served: Served) -> None:
 def test_unsigned_from_an_allowed_address(tmp_path: Path) -> None:
     config = SubscriberSinks(org="isp-one", axfr_unsigned_from=["127.0.0.1/32"])
     sink = SubscriberSink(config, tmp_path, Safety(enabled=False))
-    sink.current.apply(domain("x.example", 1))
+    sink.current.apply(numbered_domain_indicator("x.example", 1))
     sink.publish(NOW)
     server = ZoneServer(
         [ServedZone(config, make_key(config, SECRETS["isp-one"]), sink.published_zone)]
@@ -161,8 +149,10 @@ def test_ixfr_sends_only_the_changes(served: Served, monkeypatch: pytest.MonkeyP
     sink = served.sinks["isp-one"]
     zone = axfr(served.port, "isp-one.rpz.stixbus.", key)
     old_serial = zone.get_soa().serial
-    sink.current.apply(domain("d0.example", 0, modified="2026-11-02T00:00:00Z", revoked=True))
-    sink.current.apply(domain("new.example", 77))
+    sink.current.apply(
+        numbered_domain_indicator("d0.example", 0, modified="2026-11-02T00:00:00Z", revoked=True)
+    )
+    sink.current.apply(numbered_domain_indicator("new.example", 77))
     sink.publish(NOW + timedelta(seconds=5))
     query, _ = dns.xfr.make_query(zone, serial=old_serial)
     query.use_tsig({key.name: key}, keyname=key.name)

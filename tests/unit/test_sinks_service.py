@@ -16,18 +16,11 @@ from egress.sinks import service
 from egress.sinks.service import Follower, run_follower
 from egress.sinks.subscriber import Outcome, Safety, SubscriberSink
 from schemas.sinks import Format, SubscriberSinks
+from tests.helpers.stix_samples import numbered_domain_indicator
 
 
 def record(name: str, n: int) -> tuple[bytes, bytes]:
-    obj = {
-        "type": "indicator",
-        "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
-        "created": "2026-11-01T08:00:00Z",
-        "modified": "2026-11-01T08:00:00Z",
-        "pattern": f"[domain-name:value = '{name}']",
-        "pattern_type": "stix",
-        "valid_from": "2026-11-01T08:00:00Z",
-    }
+    obj = numbered_domain_indicator(name, n)
     return obj["id"].encode(), orjson.dumps(obj)
 
 
