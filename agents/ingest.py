@@ -39,9 +39,13 @@ def register(
     # loop by the pool) holds up only its own partition, in order, never another publisher's.
     @app.agent(ingest, name="stixbus.core.normalise", isolated_partitions=True)
     async def normalise(stream: faust.StreamT[bytes]) -> None:
-        await markings_loaded.wait()
         pool.start()
+        # Into the stream before any wait: an isolated actor stopped by a rebalance before it
+        # iterates stays registered with Faust's conductor, and the next rebalance that does
+        # not give its partition back crashes the worker (conductor `_update_tp_index`
+        # assertion; faust-streaming#529).  The markings gate is per event (free once set).
         async for event in stream.events():
+            await markings_loaded.wait()
             message = event.message
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
             headers = dict(message.headers or [])

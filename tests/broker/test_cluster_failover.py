@@ -39,6 +39,7 @@ from stixbus.kafka.client import VersionFilter, read_topic
 from tests.broker.test_multi_worker import phishing, second_worker
 from tests.helpers.bus import Bus, free_port, make_bus
 from tests.helpers.paths import REPO_ROOT
+from tests.helpers.stage_trace import trace
 
 KAFKA_SH = REPO_ROOT / "deploy" / "kafka" / "kafka.sh"
 NODES = 3
@@ -256,9 +257,17 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
     )
     ready = [_readyz(w) for w in workers]
     tails = "\n".join(f"-- worker {i + 1}:\n{w.log_tail(25)}" for i, w in enumerate(workers))
+    names = bus.names
+    stages = trace(
+        bus.bootstrap,
+        bus.env["STIXBUS_APP_ID"],
+        [names.ingest("cert"), names.receipts("cert"), names.claims, names.normalized],
+        [n for t in sorted(tag)[:5] for n in (f"key={t}".encode(), f"//{t}.multi".encode())],
+    )
     return (
         f"ingest partitions {parts}; {in_norm}/{len(lost)} reached normalized; "
-        f"audit of their ids {sorted(ids)[:3]}: {verdicts}; readyz {ready}\n{tails}"
+        f"audit of their ids {sorted(ids)[:3]}: {verdicts}; readyz {ready}\n"
+        f"stages:\n{stages}\n{tails}"
     )
 
 
