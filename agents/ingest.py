@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,8 @@ from stixbus.core.guard import guarded_receipt
 from stixbus.core.marking_memory import MarkingMemory, marking_key
 from stixbus.core.normalise.handling import trusted_publish_time
 from stixbus.warninglists import guard_index
+
+log = logging.getLogger(__name__)
 
 
 def register(
@@ -44,9 +47,14 @@ def register(
         # iterates stays registered with Faust's conductor, and the next rebalance that does
         # not give its partition back crashes the worker (conductor `_update_tp_index`
         # assertion; faust-streaming#529).  The markings gate is per event (free once set).
+        first = True
         async for event in stream.events():
-            await markings_loaded.wait()
             message = event.message
+            if first:  # where this actor's life starts reading (rebalances, restarts)
+                log.info("ingest %s: first submission at offset %d", message.tp, message.offset)
+                first = False
+            if not markings_loaded.is_set():
+                await _wait_logged(markings_loaded, message.tp)
             publisher = ctx.registry.get(names.org_of_ingest(message.topic))
             headers = dict(message.headers or [])
             submission_id = _submission_id(headers.get(SUBMISSION_HEADER))
@@ -103,6 +111,23 @@ def register(
             await receipts[publisher.id].send(
                 key=submission_id.encode(), value=receipt.model_dump_json().encode()
             )
+
+
+MARKINGS_WAIT_WARNING_SECONDS = 10.0
+
+
+async def _wait_logged(loaded: asyncio.Event, tp: object) -> None:
+    """Wait for the markings replay; a wait past 10 s is logged once (a stalled stage)."""
+    try:
+        await asyncio.wait_for(loaded.wait(), MARKINGS_WAIT_WARNING_SECONDS)
+    except TimeoutError:
+        log.warning(
+            "ingest %s waits for the markings replay for more than %gs; no submission of this "
+            "partition is checked until it is loaded (check the markings topic's leader)",
+            tp,
+            MARKINGS_WAIT_WARNING_SECONDS,
+        )
+        await loaded.wait()
 
 
 def _submission_id(header: bytes | None) -> str:

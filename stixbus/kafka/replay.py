@@ -8,6 +8,8 @@ to the end it had when the follower started, so callers can fail closed until th
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from stixbus.errors import NotFound
 from stixbus.kafka.client import start_client
 
 Records = list[tuple[bytes | None, bytes | None]]
+log = logging.getLogger(__name__)
 
 
 async def follow(
@@ -24,6 +27,7 @@ async def follow(
 ) -> None:
     consumer = AIOKafkaConsumer(**conn, enable_auto_commit=False)
     partition = TopicPartition(topic, 0)
+    started = time.monotonic()
     await start_client(consumer)
     try:
         consumer.assign([partition])
@@ -34,6 +38,9 @@ async def follow(
             apply([(m.key, m.value) for m in batch.get(partition, [])])
             if not loaded.is_set() and await consumer.position(partition) >= end:
                 loaded.set()
+                # The stages waiting on this replay start here: say when (a stall shows).
+                log.info("%s replayed up to offset %d in %.1fs", topic, end,
+                         time.monotonic() - started)  # fmt: skip
     finally:
         await consumer.stop()
 

@@ -256,6 +256,10 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
         }
     )
     ready = [_readyz(w) for w in workers]
+    for w in workers:  # mode's Worker logs every thread's and task's stack on SIGUSR1 ("cry")
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGUSR1)
+    time.sleep(3)
     tails = "\n".join(f"-- worker {i + 1}:\n{w.log_tail(25)}" for i, w in enumerate(workers))
     names = bus.names
     stages = trace(
