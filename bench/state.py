@@ -32,7 +32,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from bench.dedup import one_source_state
-from stixbus.core.state_codec import encode_state
+from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka.topics import DEDUP_TABLE, changelog_topic
 from tests.helpers.bus import Bus, make_bus
 from tests.helpers.paths import REPO_ROOT
@@ -58,7 +58,10 @@ def disk(path: Path) -> int:
 def fill_changelog(bus: Bus, keys: int, partitions: int) -> tuple[float, int]:
     """Write `keys` states to the dedup changelog; (seconds, bytes of values)."""
     state = one_source_state()
-    template, key = encode_state(state), state.key.encode()
+    # valid a year longer (2027): live indicators, none due for an expiry tick while measuring
+    dated = encode_state(state).replace(b"2026-09-01T", b"2027-09-01T")
+    template = encode_state(decode_state(dated.replace(b"2026-07-01T", b"2027-07-01T")))
+    key = state.key.encode()
     topic = changelog_topic(bus.env["STIXBUS_APP_ID"], DEDUP_TABLE)
     producer = Producer(
         {
