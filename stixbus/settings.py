@@ -408,6 +408,14 @@ class Settings(BaseSettings):
             "(much faster than Faust's own recovery); 0 restores every gap this way"
         ),
     )
+    bulk_restore_processes: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Table partitions restored at once by the bulk restore, one process each; "
+            "0: one per CPU of the machine"
+        ),
+    )
     recovery_buffer_records: int = Field(
         default=1_000,
         ge=1,

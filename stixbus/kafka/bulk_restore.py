@@ -160,21 +160,17 @@ def _copy(config: dict[str, Any], tables_dir: Path, gap: _Gap) -> tuple[int, flo
             batch = consumer.consume(num_messages=BATCH, timeout=1.0)
             if not batch:
                 continue
-            done = False
-            for message in batch:
-                error = message.error()
-                if error is not None:
-                    if error.code() == eof:
-                        done = True
-                        continue
-                    raise RuntimeError(
-                        f"changelog restore of {gap.topic}[{gap.partition}] failed: {error}"
-                    )
-                offset = message.offset() or 0
-                store.apply(message.key() or b"", message.value(), offset)
-                records += 1
-                if offset >= last:
-                    done = True
+            done = batch[-1].offset() is not None and (batch[-1].offset() or 0) >= last
+            if any(m.error() is not None for m in batch):  # EOF (the end) or a failure
+                for message in batch:
+                    error = message.error()
+                    if error is not None and error.code() != eof:
+                        raise RuntimeError(
+                            f"changelog restore of {gap.topic}[{gap.partition}] failed: {error}"
+                        )
+                batch = [m for m in batch if m.error() is None]
+                done = True
+            records += store.apply_messages(batch)
             store.flush()
             if done:
                 break
