@@ -413,7 +413,7 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Table partitions restored at once by the bulk restore, one process each; "
-            "0: one per CPU of the machine"
+            "0: all of them (the copy waits on fetches and RocksDB more than on the CPU)"
         ),
     )
     recovery_buffer_records: int = Field(

@@ -12,17 +12,18 @@ under Faust's offset key).  Faust then finds its stores up to date and only repl
 written since.  All partitions are restored, whichever this worker is assigned later (like a
 standby replica of each); with several workers each does it for the whole table.
 
-The partitions are restored in parallel, one process each (`processes` at a time, default one
-per CPU): the copy is bound by per-record Python work in librdkafka's and rocksdict's bindings
-(one GIL), so processes, not threads.  Each opens its own consumer and its partition's store;
-the parent only plans (watermarks against the persisted offsets) and waits.
+The partitions are restored in parallel, one process each (`processes` at a time, default all):
+one process copies at ~20,000 records/s while using a quarter of a core (it waits on fetches and
+RocksDB writes), and the per-record work in librdkafka's and rocksdict's bindings holds one GIL,
+so processes, not threads (docs/performance.md, "Cold rebuild of the dedup table").  Each opens
+its own consumer and its partition's store; the parent only plans (watermarks against the
+persisted offsets) and waits.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -67,7 +68,7 @@ def restore(
 ) -> Restored:
     """Bring every changelog partition more than `min_records` ahead of its local store up to
     the changelog's end (table name -> changelog topic in `changelogs`), `processes` partitions
-    at a time (default: one per CPU; 1: in this process)."""
+    at a time (default: all at once; 1: in this process)."""
     config = _consumer_config(settings)
     started, cpu = time.monotonic(), time.process_time()
     gaps = _plan(tables_dir, changelogs, config, min_records)
@@ -79,7 +80,7 @@ def restore(
         len(gaps),
         ", ".join(f"{g.topic}[{g.partition}]" for g in gaps),
     )
-    parallel = min(len(gaps), processes or os.cpu_count() or 1)
+    parallel = min(len(gaps), processes or len(gaps))
     if parallel <= 1:
         results = [_copy(config, tables_dir, gap) for gap in gaps]
     else:
