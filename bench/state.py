@@ -22,17 +22,20 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from confluent_kafka import Producer
 
 from bench.dedup import one_source_state
-from stixbus.core.state_codec import encode_state
+from stixbus.core.state_codec import decode_state, encode_state
 from stixbus.kafka.topics import DEDUP_TABLE, changelog_topic
 from tests.helpers.bus import Bus, make_bus
-from tests.helpers.recovery import crash, spawn
+from tests.helpers.paths import REPO_ROOT
 
 GIB = 1024**3
 MIB = 1024**2
@@ -55,7 +58,10 @@ def disk(path: Path) -> int:
 def fill_changelog(bus: Bus, keys: int, partitions: int) -> tuple[float, int]:
     """Write `keys` states to the dedup changelog; (seconds, bytes of values)."""
     state = one_source_state()
-    template, key = encode_state(state), state.key.encode()
+    # valid a year longer (2027): live indicators, none due for an expiry tick while measuring
+    dated = encode_state(state).replace(b"2026-09-01T", b"2027-09-01T")
+    template = encode_state(decode_state(dated.replace(b"2026-07-01T", b"2027-07-01T")))
+    key = state.key.encode()
     topic = changelog_topic(bus.env["STIXBUS_APP_ID"], DEDUP_TABLE)
     producer = Producer(
         {
@@ -96,10 +102,71 @@ async def drop_topics(bus: Bus) -> None:
         await admin.close()
 
 
+def spawn(bus: Bus, root: Path) -> subprocess.Popen[bytes]:
+    """A worker from the checkout `root` (--worker-root: e.g. a baseline), without waiting."""
+    log = (bus.home / "worker.log").open("ab")
+    bus.proc = subprocess.Popen(
+        [sys.executable, "-m", "stixbus.cli.main", "worker", "--loglevel", "warning"],
+        env={**bus.env, "PYTHONPATH": str(root)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        start_new_session=True,
+    )
+    return bus.proc
+
+
+def crash(proc: subprocess.Popen[bytes]) -> None:
+    """kill -9 of the worker's whole process group."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def indexed_keys(bus: Bus) -> int:
+    """The worker's stixbus_dedup_keys gauge (keys in the expiry index), -1 if not up yet."""
+    try:
+        with urllib.request.urlopen(f"{bus.web}/metrics", timeout=5) as response:
+            body = response.read().decode()
+    except OSError:
+        return -1
+    for line in body.splitlines():
+        if line.startswith("stixbus_dedup_keys "):
+            return int(float(line.split()[1]))
+    return -1
+
+
+def wait_indexed(bus: Bus, keys: int, timeout: float) -> float:
+    """Seconds until the expiry index holds every key (the route timer rebuilt it)."""
+    started = time.monotonic()
+    while indexed_keys(bus) < keys:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"the expiry index did not reach {keys} keys in {timeout} s")
+        time.sleep(1)
+    return time.monotonic() - started
+
+
 def wait_ready(bus: Bus, timeout: float) -> float:
     started = time.monotonic()
     bus.wait_ready(timeout)
     return time.monotonic() - started
+
+
+def warm_restart(bus: Bus, args: argparse.Namespace, result: dict[str, object]) -> None:
+    """kill -9 is done: start again with the local state."""
+    proc = spawn(bus, args.worker_root)
+    warm = wait_ready(bus, args.timeout)
+    time.sleep(20)
+    warm_status = status(proc.pid)
+    result.update(
+        warm_restart_s=round(warm, 1),
+        warm_rss_20s_mib=warm_status["VmRSS"] // MIB,
+        warm_peak_rss_mib=warm_status["VmHWM"] // MIB,
+    )
+    print(f"  restart with local state after kill -9: ready after {warm:.1f} s; RSS 20 s "
+          f"later {warm_status['VmRSS'] / MIB:,.0f} MiB, peak "
+          f"{warm_status['VmHWM'] / MIB:,.0f} MiB", flush=True)  # fmt: skip
+    crash(proc)
 
 
 def main() -> None:
@@ -108,6 +175,12 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--keep", action="store_true", help="keep the worker home")
+    parser.add_argument(
+        "--worker-root", type=Path, default=REPO_ROOT,
+        help="run the worker from this checkout (e.g. `git archive <base> | tar -x -C DIR`)",
+    )  # fmt: skip
+    parser.add_argument("--profile", help="py-spy raw profile of the cold rebuild to this file")
+    parser.add_argument("--no-warm", action="store_true", help="skip the warm restart")
     args = parser.parse_args()
     bootstrap = os.environ.get("STIXBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     home = Path(tempfile.mkdtemp(prefix="bench-state-"))
@@ -121,9 +194,24 @@ def main() -> None:
         print(f"  changelog written: {size / GIB:.2f} GiB of values in {seconds:.0f} s "
               f"({args.keys / seconds:,.0f} records/s)", flush=True)  # fmt: skip
 
-        proc = spawn(bus)
+        proc = spawn(bus, args.worker_root)
+        profiler = None
+        if args.profile:
+            time.sleep(0.5)
+            profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses",
+                 "--format", "raw", "-r", "50", "-p", str(proc.pid), "-o", args.profile],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         cold = wait_ready(bus, args.timeout)
         ready = status(proc.pid)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
+        for line in (home / "worker.log").read_text(errors="replace").splitlines():
+            if "restored" in line:
+                print("  worker:", line.strip()[-200:], flush=True)
+        indexed = wait_indexed(bus, args.keys, args.timeout)
         time.sleep(20)
         later = status(proc.pid)
         tables = home / "worker"
@@ -131,29 +219,20 @@ def main() -> None:
             cold_rebuild_s=round(cold, 1),
             cold_records_per_s=round(args.keys / cold),
             rss_ready_mib=ready["VmRSS"] // MIB,
-            rss_20s_mib=later["VmRSS"] // MIB,
+            index_rebuilt_after_ready_s=round(indexed, 1),
+            rss_indexed_20s_mib=later["VmRSS"] // MIB,
             peak_rss_mib=later["VmHWM"] // MIB,
             local_disk_bytes=disk(tables),
         )
         print(f"  cold rebuild: ready after {cold:.1f} s ({args.keys / cold:,.0f} changelog "
-              f"records/s); RSS {ready['VmRSS'] / MIB:,.0f} MiB when ready, "
-              f"{later['VmRSS'] / MIB:,.0f} MiB 20 s later, peak {later['VmHWM'] / MIB:,.0f} "
+              f"records/s); RSS {ready['VmRSS'] / MIB:,.0f} MiB when ready; expiry index of "
+              f"every key {indexed:.0f} s later, RSS {later['VmRSS'] / MIB:,.0f} MiB 20 s "
+              f"after that, peak {later['VmHWM'] / MIB:,.0f} "
               f"MiB; local state {disk(tables) / GIB:.2f} GiB", flush=True)  # fmt: skip
 
         crash(proc)
-        proc = spawn(bus)
-        warm = wait_ready(bus, args.timeout)
-        time.sleep(20)
-        warm_status = status(proc.pid)
-        result.update(
-            warm_restart_s=round(warm, 1),
-            warm_rss_20s_mib=warm_status["VmRSS"] // MIB,
-            warm_peak_rss_mib=warm_status["VmHWM"] // MIB,
-        )
-        print(f"  restart with local state after kill -9: ready after {warm:.1f} s; RSS 20 s "
-              f"later {warm_status['VmRSS'] / MIB:,.0f} MiB, peak "
-              f"{warm_status['VmHWM'] / MIB:,.0f} MiB", flush=True)  # fmt: skip
-        crash(proc)
+        if not args.no_warm:
+            warm_restart(bus, args, result)
     finally:
         if bus.proc is not None:
             bus.stop(signal.SIGKILL)

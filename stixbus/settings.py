@@ -408,6 +408,14 @@ class Settings(BaseSettings):
             "(much faster than Faust's own recovery); 0 restores every gap this way"
         ),
     )
+    bulk_restore_processes: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Table partitions restored at once by the bulk restore, one process each; "
+            "0: all of them (the copy waits on fetches and RocksDB more than on the CPU)"
+        ),
+    )
     recovery_buffer_records: int = Field(
         default=1_000,
         ge=1,

@@ -63,7 +63,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         _log_before_faust(local_state.log)
         local_state.check(Path(app.conf.tabledir), changelogs, settings)
         bulk_restore.restore(
-            Path(app.conf.tabledir), changelogs, settings, settings.bulk_restore_min_records
+            Path(app.conf.tabledir),
+            changelogs,
+            settings,
+            settings.bulk_restore_min_records,
+            settings.bulk_restore_processes or None,
         )
     worker = faust.Worker(app, loglevel=loglevel)
     # Faust's terminal spinner (on at WARNING and above) sets the ROOT logger to DEBUG so that

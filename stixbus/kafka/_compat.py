@@ -216,6 +216,23 @@ class FaustStoreWriter:
             self._batch.put(key, value)
         self._offset = offset if self._offset is None else max(offset, self._offset)
 
+    def apply_messages(self, messages: Iterable[Any]) -> int:
+        """`apply` for librdkafka messages of this partition, in offset order and without
+        errors (the caller checks `error()`); returns how many were applied."""
+        put, delete = self._batch.put, self._batch.delete
+        count, offset = 0, None
+        for message in messages:
+            value = message.value()
+            if value is None:
+                delete(message.key() or b"")
+            else:
+                put(message.key() or b"", value)
+            count += 1
+            offset = message.offset()
+        if offset is not None:
+            self._offset = offset if self._offset is None else max(offset, self._offset)
+        return count
+
     def flush(self) -> None:
         if self._offset is None:
             return
