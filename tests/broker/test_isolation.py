@@ -13,6 +13,8 @@ from tests.helpers.isolation import grammar_bundle, percentile, run_scenario, va
 # is being checked (docs/normalise.md).  Before the pool the heavy submissions below held every
 # receipt up for the whole of their checking (tens of seconds on this machine).
 LIGHT_RECEIPT_BOUND_SECONDS = 5.0
+GRAMMAR_OBJECTS = 1000
+VALIDATOR_OBJECTS = 300
 HEALTH_ANSWER_SECONDS = 1.0
 
 
@@ -20,8 +22,10 @@ def test_heavy_input_from_one_org_does_not_hold_up_another(fresh_bus: Bus) -> No
     fresh_bus.env["STIXBUS_VALIDATION_WORKERS"] = "2"
     fresh_bus.env["STIXBUS_VALIDATION_BUDGET_SECONDS"] = "120"  # a loaded CI machine is slow
     fresh_bus.start()
-    heavy = [grammar_bundle(250, first=n * 250) for n in range(2)]
-    heavy += [validator_bundle(80) for _ in range(2)]
+    # Big enough that checking them takes several seconds even on a quiet machine (250
+    # patterns took 1.2-2.0 s there: too close to a plain receipt's 0.9 s warm-up to compare).
+    heavy = [grammar_bundle(GRAMMAR_OBJECTS, first=n * GRAMMAR_OBJECTS) for n in range(2)]
+    heavy += [validator_bundle(VALIDATOR_OBJECTS) for _ in range(2)]
     report = asyncio.run(
         run_scenario(
             fresh_bus,
@@ -35,7 +39,8 @@ def test_heavy_input_from_one_org_does_not_hold_up_another(fresh_bus: Bus) -> No
     )
     print(report.summary())
     assert len(report.heavy_receipts) == len(heavy), report.summary()
-    assert all(r["accepted"] in (80, 250) and r["rejected"] == 0 for r in report.heavy_receipts)
+    sizes = (VALIDATOR_OBJECTS, GRAMMAR_OBJECTS)
+    assert all(r["accepted"] in sizes and r["rejected"] == 0 for r in report.heavy_receipts)
     assert len(report.light_seconds) == 20, report.summary()
     assert max(report.light_seconds) < LIGHT_RECEIPT_BOUND_SECONDS, report.summary()
     # The heavy org's checking took several times longer than any plain receipt waited: the
