@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
@@ -11,6 +12,32 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stixbus.kafka.topics import TopicSpec, topic_configs
+
+
+class ClusterAdmin(AIOKafkaAdminClient):
+    """aiokafka's admin client, but a request for "any broker" goes to one that answers.
+
+    aiokafka sends such requests (list topics, describe, quotas) to a random broker of the
+    metadata, dead or alive: with one broker of a cluster down, one call in three failed with
+    `NodeNotReadyError`, and a worker started at that moment died in its topic check
+    (tests/broker/test_cluster_failover.py, worker-kill variant)."""
+
+    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
+        if node_id is None:
+            node_id = await self._ready_node()
+        return await self._client.send(node_id, request)
+
+    async def _ready_node(self) -> int | None:
+        nodes = [b.nodeId for b in self._client.cluster.brokers()]
+        random.shuffle(nodes)
+        for node in nodes:
+            if await self._client.ready(node):
+                return node
+        return nodes[0] if nodes else None  # none answers: let send() raise its own error
+
+
+def admin_client(conn: dict[str, Any], request_timeout_ms: int = 15000) -> ClusterAdmin:
+    return ClusterAdmin(**conn, request_timeout_ms=request_timeout_ms)
 
 
 async def ensure_topics(
@@ -23,7 +50,7 @@ async def ensure_topics(
     returns the names created.  Existing topics get the configs of their spec (cleanup policy,
     retention...) when theirs differ: an upgraded bus turns its delivery topics compacted (their
     partition count is left as it is)."""
-    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
+    admin = admin_client(conn)
     await _start(admin)
     try:
         existing = set(await admin.list_topics())
@@ -93,7 +120,7 @@ async def _wait_for_leaders(
 
 
 async def list_topics(conn: dict[str, Any]) -> list[str]:
-    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=15000)
+    admin = admin_client(conn)
     await _start(admin)
     try:
         return sorted(await admin.list_topics())

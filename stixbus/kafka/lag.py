@@ -15,10 +15,10 @@ import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stixbus.kafka.admin import ClusterAdmin, admin_client
 from stixbus.kafka.topics import TopicNames
 
 
@@ -56,13 +56,13 @@ class LagSampler:
         self._subscribers = subscribers
         self._template = group_template
         self._timeout = timeout
-        self._admin: AIOKafkaAdminClient | None = None
+        self._admin: ClusterAdmin | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: dict[str, list[TopicPartition]] = {}
 
     async def start(self) -> None:
         timeout_ms = int(self._timeout * 1000)
-        self._admin = AIOKafkaAdminClient(**self._conn, request_timeout_ms=timeout_ms)
+        self._admin = admin_client(self._conn, timeout_ms)
         await self._admin.start()
         self._consumer = AIOKafkaConsumer(
             **self._conn, enable_auto_commit=False, request_timeout_ms=timeout_ms

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import DescribeClientQuotasRequest
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Float64, Int16, Int32, Schema, String
 
 from stixbus.errors import StixbusError
+from stixbus.kafka.admin import admin_client
 from stixbus.kafka.quotas import Quota
 
 _ENTITY = Array(("entity_type", String("utf-8")), ("entity_name", String("utf-8")))
@@ -89,7 +89,7 @@ def _check(code: int, message: str | None, what: str) -> None:
 
 
 async def _describe(conn: dict[str, Any]) -> list[Quota]:
-    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=TIMEOUT_MS)
+    admin = admin_client(conn, TIMEOUT_MS)
     await admin.start()
     try:
         request = DescribeClientQuotasRequest([(USER, MATCH_SPECIFIED, None)], True)
@@ -113,7 +113,7 @@ async def _alter(conn: dict[str, Any], to_set: list[Quota], remove: list[Quota])
         ops.setdefault(q.user, []).append((q.key, 0.0, True))
     if not ops:
         return
-    admin = AIOKafkaAdminClient(**conn, request_timeout_ms=TIMEOUT_MS)
+    admin = admin_client(conn, TIMEOUT_MS)
     await admin.start()
     try:
         entries = [([(USER, user)], user_ops) for user, user_ops in sorted(ops.items())]

@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.envelope import SUBMISSION_HEADER
+from stixbus.kafka.admin import admin_client
 from stixbus.kafka.client import VersionFilter, read_topic
 from tests.broker.test_multi_worker import phishing, second_worker
 from tests.helpers.bus import Bus, free_port, make_bus
@@ -144,7 +144,7 @@ class Stream:
 
 
 async def _coordinator(bootstrap: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = admin_client({"bootstrap_servers": bootstrap})
     await admin.start()
     try:
         return int(await admin.find_coordinator(group))
@@ -170,7 +170,7 @@ def _wait_stable(bootstrap: str, group: str, members: int, timeout: float = 90.0
     over), so what the test measures is the failover, not the group forming."""
 
     async def state() -> tuple[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = admin_client({"bootstrap_servers": bootstrap})
         await admin.start()
         try:
             (response,) = await admin.describe_consumer_groups([group])

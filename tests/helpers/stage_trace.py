@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
+from stixbus.kafka.admin import admin_client
 from stixbus.kafka.client import Record, read_topic
 
 OFFSETS_TOPIC = "__consumer_offsets"
@@ -77,6 +77,7 @@ async def commit_history(bootstrap: str, group: str, topics: set[str]) -> list[C
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         out: list[Commit] = []
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in tps])
 
@@ -99,7 +100,7 @@ async def commit_history(bootstrap: str, group: str, topics: set[str]) -> list[C
 
 
 async def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = admin_client({"bootstrap_servers": bootstrap})
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
