@@ -446,6 +446,14 @@ class Settings(BaseSettings):
         "librdkafka producer (acks=all, idempotent, murmur2; stixbus/kafka/fast_producer.py) "
         "instead of Faust's; same linger/batch/compression settings",
     )
+    producer_delivery_timeout_ms: int = Field(
+        default=120_000,
+        ge=1000,
+        description="Fast producer: a record the broker has not acknowledged after this long "
+        "fails its batch (DeliveryFailed: the worker stops uncommitted and its restart replays "
+        "the batch) instead of holding the agent (librdkafka's message.timeout.ms, 300 s by "
+        "default); it also logs every 10 s while a batch waits",
+    )
     route_batch_max: int = Field(
         default=500, ge=1, description="Route agent: events processed per batch at most"
     )

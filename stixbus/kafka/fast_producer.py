@@ -21,8 +21,10 @@ the event loop once (`call_soon_threadsafe`) when its last record is acknowledge
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -35,6 +37,11 @@ from stixbus.settings import Settings
 
 POLL_SECONDS = 0.05  # the poll thread's wait for delivery reports when idle
 QUEUE_FULL_WAIT = 0.002  # local queue full (BufferError): wait for the poll thread to drain it
+# A batch still waiting for acknowledgements says so this often: an agent that waits on the
+# broker is otherwise indistinguishable from an idle one (docs/runbook.md).
+ACK_WAIT_LOG_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryFailed(StixbusError, RuntimeError):
@@ -56,16 +63,20 @@ def producer_config(settings: Settings, principal: str = WORKER) -> dict[str, An
         # Faust/aiokafka's DefaultPartitioner: murmur2(key) & 0x7fffffff % partitions.
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": 1_000_000,
+        "message.timeout.ms": settings.producer_delivery_timeout_ms,
     }
 
 
 class Batch:
     """The records of one agent batch; `acked()` waits for all of their acknowledgements."""
 
-    __slots__ = ("_done", "_error", "_future", "_lock", "_loop", "_sealed", "_sent")
+    __slots__ = ("_done", "_error", "_future", "_lock", "_loop", "_queued", "_sealed", "_sent")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queued: Callable[[], int] = lambda: 0
+    ) -> None:
         self._loop = loop
+        self._queued = queued  # records the producer holds in all, for the wait log
         self._future: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
         self._sent = 0
@@ -110,7 +121,24 @@ class Batch:
             finished = self._done == self._sent
         if finished:
             self._finish()
-        await self._future
+        started = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._future), ACK_WAIT_LOG_SECONDS)
+                return
+            except TimeoutError:
+                with self._lock:
+                    waiting, sent = self._sent - self._done, self._sent
+                log.warning(
+                    "fast producer: %d of %d records of a batch are not acknowledged after "
+                    "%.0f s (the producer holds %d records); the agent waits for the broker, "
+                    "and fails the batch at the delivery timeout "
+                    "(STIXBUS_PRODUCER_DELIVERY_TIMEOUT_MS)",
+                    waiting,
+                    sent,
+                    time.monotonic() - started,
+                    self._queued(),
+                )
 
 
 class FastProducer:
@@ -132,7 +160,7 @@ class FastProducer:
                 target=self._poll, name="stixbus-fast-producer", daemon=True
             )
             self._thread.start()
-        return Batch(asyncio.get_running_loop())
+        return Batch(asyncio.get_running_loop(), self._producer.__len__)
 
     def _poll(self) -> None:
         while not self._stopping.is_set():

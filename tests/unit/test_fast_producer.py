@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
+from stixbus.kafka import fast_producer
 from stixbus.kafka.fast_producer import Batch, DeliveryFailed, FastProducer, producer_config
 from stixbus.settings import Settings
 
@@ -83,6 +84,39 @@ def test_batch_waits_for_late_reports() -> None:
         await asyncio.wait_for(waiter, 5)
 
     asyncio.run(go())
+
+
+def test_a_batch_waiting_on_the_broker_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agent held by unacknowledged records logs why, and is still released by the late
+    report (the chaos run's stalled agents logged nothing)."""
+    monkeypatch.setattr(fast_producer, "ACK_WAIT_LOG_SECONDS", 0.05)
+
+    async def go() -> None:
+        batch = Batch(asyncio.get_running_loop(), queued=lambda: 7)
+        batch._count()
+        batch._count()
+        batch._on_delivery(None, _Msg())  # type: ignore[arg-type]
+        waiter = asyncio.ensure_future(batch.acked())
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        batch._on_delivery(None, _Msg())  # type: ignore[arg-type]
+        await asyncio.wait_for(waiter, 5)
+
+    with caplog.at_level("WARNING", logger=fast_producer.__name__):
+        asyncio.run(go())
+    waits = [r.getMessage() for r in caplog.records]
+    assert waits and "1 of 2 records of a batch are not acknowledged" in waits[0]
+    assert "the producer holds 7 records" in waits[0]
+
+
+def test_the_delivery_timeout_is_bounded_and_a_setting() -> None:
+    assert producer_config(Settings(bootstrap_servers="127.0.0.1:1"))["message.timeout.ms"] == (
+        120_000
+    )
+    settings = Settings(bootstrap_servers="127.0.0.1:1", producer_delivery_timeout_ms=5000)
+    assert producer_config(settings)["message.timeout.ms"] == 5000
 
 
 def test_an_empty_batch_is_acknowledged_at_once() -> None:
