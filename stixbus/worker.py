@@ -8,7 +8,7 @@ from pathlib import Path
 
 import faust
 
-from stixbus import broker_log
+from stixbus import broker_log, worker_state
 from stixbus.app import build_app
 from stixbus.context import BusContext
 from stixbus.files import atomic_write, make_private, private_files
@@ -56,6 +56,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         settings = settings.model_copy(update={"group_instance_id": instance_id(settings)})
     app = build_app(BusContext.from_settings(settings))
     broker_log.install(settings.bootstrap_servers, settings.broker_error_log_seconds)
+    worker_state.install(app)
     if settings.store.startswith("rocksdb:"):
         # A reset broker or recreated changelogs leave local state Faust would refuse
         # (ConsistencyError) or trust wrongly: check it first, rebuild when stale.

@@ -256,8 +256,10 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
         }
     )
     ready = [_readyz(w) for w in workers]
-    for w in workers:  # mode's Worker logs every thread's and task's stack on SIGUSR1 ("cry")
-        if w.proc is not None and w.proc.poll() is None:
+    for w in workers:  # SIGUSR2: partition and stream state (stixbus/worker_state.py), then
+        if w.proc is not None and w.proc.poll() is None:  # SIGUSR1: mode's task stacks ("cry")
+            w.proc.send_signal(signal.SIGUSR2)
+            time.sleep(0.5)
             w.proc.send_signal(signal.SIGUSR1)
     time.sleep(3)
     tails = "\n".join(f"-- worker {i + 1}:\n{w.log_tail(25)}" for i, w in enumerate(workers))
