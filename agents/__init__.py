@@ -15,8 +15,18 @@ if TYPE_CHECKING:
 
 def register_all(app: faust.App, ctx: BusContext) -> None:
     """ingest → ownership → route (+ expiry timer), the agreements, markings and
-    false-positive readers, feedback, health, observe."""
-    from agents import agreements, feedback, health, ingest, markings, observe, ownership, route
+    false-positive readers, feedback, health, observe, the stall watchdog."""
+    from agents import (
+        agreements,
+        feedback,
+        health,
+        ingest,
+        markings,
+        observe,
+        ownership,
+        route,
+        stall,
+    )
     from stixbus.kafka.fast_producer import FastProducer
 
     # One librdkafka producer per worker for the ownership and route outputs (None: Faust's).
@@ -30,3 +40,4 @@ def register_all(app: faust.App, ctx: BusContext) -> None:
     feedback.register(app, ctx)
     health.register(app, ctx)
     observe.register(app, ctx)
+    stall.register(app, ctx)

@@ -454,6 +454,17 @@ class Settings(BaseSettings):
         "the batch) instead of holding the agent (librdkafka's message.timeout.ms, 300 s by "
         "default); it also logs every 10 s while a batch waits",
     )
+    stall_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="Stall watchdog (agents/stall.py): records that wait this long on a "
+        "partition the worker owns while its committed offset does not move (outside a "
+        "rebalance, with the broker answering) stop the worker, so that its restart reads them "
+        "again; 0 turns it off.  Above the producer delivery timeout and the validation budget",
+    )
+    stall_check_seconds: float = Field(
+        default=5.0, gt=0, description="Stall watchdog: how often it compares offsets (s)"
+    )
     route_batch_max: int = Field(
         default=500, ge=1, description="Route agent: events processed per batch at most"
     )

@@ -1,8 +1,9 @@
-"""`kill -USR2 <worker pid>`: the worker logs where its consumer and agents stand.
+"""`kill -s RTMIN <worker pid>`: the worker logs where its consumer and agents stand.
 
-For a stalled worker (docs/runbook.md): mode's SIGUSR1 dump lists tasks, but not the async
-generators Faust's streams suspend in, nor the consumer's partition bookkeeping, which is
-where a stalled partition shows.
+For a stalled worker (docs/runbook.md, "A stalled worker"): mode's SIGUSR1 dump lists tasks,
+but not the async generators Faust's streams suspend in, nor the consumer's partition
+bookkeeping, which is where a stalled partition shows.  (Not SIGUSR2: mode enters a debugger
+on it.)  The stall watchdog (agents/stall.py) logs the same before it stops the worker.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ import faust
 
 log = logging.getLogger(__name__)
 
+DUMP_SIGNAL = signal.SIGRTMIN
+
 
 def install(app: faust.App) -> None:
-    signal.signal(signal.SIGUSR2, lambda _sig, _frame: _log(app))
+    signal.signal(DUMP_SIGNAL, lambda _sig, _frame: log_state(app))
 
 
-def _log(app: faust.App) -> None:
+def log_state(app: faust.App, level: int = logging.WARNING) -> None:
     try:
-        log.warning("%s", describe(app))
+        log.log(level, "%s", describe(app))
     except Exception as exc:  # a diagnostic must never take the worker down
-        log.warning("worker state unavailable: %r", exc)
+        log.log(level, "worker state unavailable: %r", exc)
 
 
 def _tps(tps: Any) -> str:

@@ -34,6 +34,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from schemas.envelope import SUBMISSION_HEADER
+from stixbus import worker_state
 from stixbus.kafka.admin import admin_client
 from stixbus.kafka.client import VersionFilter, read_topic
 from tests.broker.test_multi_worker import phishing, second_worker
@@ -141,6 +142,33 @@ class Stream:
         finally:
             await producer.stop()
             self.done.set()
+
+
+class Orchestrator(threading.Thread):
+    """Restarts a worker that exited by itself (the stall watchdog, a crash), as a Kubernetes
+    Deployment or compose's `restart: unless-stopped` does; the test's own kill -9 and
+    restart are not its business (it only acts on a process that has exited and whose
+    Bus still holds it)."""
+
+    def __init__(self, workers: list[Bus]) -> None:
+        super().__init__(daemon=True)
+        self.workers = workers
+        self.restarts: list[str] = []
+        self.held: set[int] = set()  # workers the test itself kills and restarts
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(0.5):
+            for i, w in enumerate(self.workers):
+                proc = w.proc
+                held = i in self.held or self._stop.is_set()
+                if proc is not None and proc.poll() is not None and not held:
+                    self.restarts.append(f"worker {i + 1} exited {proc.returncode}")
+                    w.launch()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
 
 
 async def _coordinator(bootstrap: str, group: str) -> int:
@@ -256,9 +284,9 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
         }
     )
     ready = [_readyz(w) for w in workers]
-    for w in workers:  # SIGUSR2: partition and stream state (stixbus/worker_state.py), then
+    for w in workers:  # SIGRTMIN: partition and stream state (stixbus/worker_state.py), then
         if w.proc is not None and w.proc.poll() is None:  # SIGUSR1: mode's task stacks ("cry")
-            w.proc.send_signal(signal.SIGUSR2)
+            w.proc.send_signal(worker_state.DUMP_SIGNAL)
             time.sleep(0.5)
             w.proc.send_signal(signal.SIGUSR1)
     time.sleep(3)
@@ -291,14 +319,19 @@ def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> Non
         STIXBUS_SECURITY_PROTOCOL="PLAINTEXT",
         BROKER_SESSION_TIMEOUT="10",  # Faust's own variable (faust/types/settings/settings.py)
         BROKER_HEARTBEAT_INTERVAL="1",
+        # The stall watchdog (agents/stall.py) stops a worker whose partition stopped moving;
+        # the orchestrator below restarts it, as Kubernetes or compose would.
+        STIXBUS_STALL_SECONDS="30",
     )
     second = second_worker(first, tmp_path / "w2")
     workers = [first, second]
     count = int(RATE * STREAM_SECONDS)
     stream = Stream(first, "f")
+    orchestrator = Orchestrator(workers)
     try:
         for w in workers:
             w.launch()
+        orchestrator.start()
         for w in workers:
             w.wait_ready()
         _wait_stable(cluster.bootstrap, first.env["STIXBUS_APP_ID"], len(workers))
@@ -312,10 +345,12 @@ def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> Non
         killed_at = time.time()
         cluster.sh("kill", str(coordinator))
         if KILL_WORKER:
+            orchestrator.held.add(1)
             second.stop(signal.SIGKILL)
         time.sleep(DOWN_FOR)
         if KILL_WORKER:
             second.launch()
+            orchestrator.held.discard(1)
         restarted: list[float] = []
 
         def bring_back() -> None:
@@ -349,9 +384,11 @@ def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> Non
         lost = sorted(set(stream.acked) - set(arrival))
         diagnosis = _diagnose(first, workers, lost) if lost else ""
     finally:
+        orchestrator.stop()
         for w in workers:
             w.stop(signal.SIGKILL)
 
+    print(f"\nworker restarts after an exit: {orchestrator.restarts or 'none'}")
     assert not lost, f"{len(lost)} of {count} submissions lost, e.g. {lost[:3]}; {diagnosis}"
     patterns = [o["pattern"] for _, o in delivered]
     assert len(patterns) == len(set(patterns)) == count, "duplicates after the idempotent drop"

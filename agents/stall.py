@@ -1,0 +1,90 @@
+"""Timer: the stall watchdog (rule in stixbus/core/stall.py).
+
+Every `STIXBUS_STALL_CHECK_SECONDS` it compares, for each partition this worker consumes
+(changelogs aside), the offset Faust last committed with the partition's end offset on the
+broker.  Records that wait longer than `STIXBUS_STALL_SECONDS` on an unmoved committed offset,
+outside a rebalance, stop the worker (one ERROR line naming the partitions): its restart
+reads the partition again from the committed offset, and replays dedupe what was already
+written.  A broker that does not answer is no stall (nothing is sampled).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stixbus import worker_state
+from stixbus.context import BusContext
+from stixbus.core.stall import StallWatch
+from stixbus.errors import StixbusError
+from stixbus.kafka.config import client_kwargs
+
+log = logging.getLogger(__name__)
+
+
+class PartitionStalled(StixbusError, RuntimeError):
+    """Records wait on a partition this worker owns and nothing moves: restart the worker."""
+
+
+def register(app: faust.App, ctx: BusContext) -> None:
+    settings = ctx.settings
+    bound = settings.stall_seconds
+    if bound <= 0:
+        return
+    watch = StallWatch()
+    offsets: dict[str, AIOKafkaConsumer] = {}
+
+    @app.timer(settings.stall_check_seconds, name="stixbus.stall")
+    async def watch_partitions() -> None:
+        consumer = app.consumer
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            watch.forget()
+            return
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
+        mine = [
+            tp
+            for tp in consumer.assignment()
+            if tp.topic not in app.tables.changelog_topics and app.topics.acks_enabled_for(tp.topic)
+        ]
+        try:
+            if "client" not in offsets:
+                client = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False)
+                await client.start()
+                offsets["client"] = client
+            ends = await offsets["client"].end_offsets(
+                [TopicPartition(tp.topic, tp.partition) for tp in mine]
+            )
+        except Exception:  # the broker is away: no sample, and no stall is counted
+            watch.forget()
+            if "client" in offsets:
+                await offsets.pop("client").stop()
+            return
+        positions = {
+            f"{tp.topic}/{tp.partition}": (
+                committed.get(tp),
+                ends.get(TopicPartition(tp.topic, tp.partition)),
+            )
+            for tp in mine
+        }
+        now = time.monotonic()
+        watch.observe(now, positions)
+        stalls = watch.stalled(now, positions, bound)
+        if stalls:
+            reason = PartitionStalled(
+                "records wait on partitions this worker owns and nothing moves: "
+                + "; ".join(s.describe() for s in stalls),
+                "the worker stops so that its restart reads them again from the committed "
+                "offset (docs/runbook.md, 'A stalled worker'); STIXBUS_STALL_SECONDS sets "
+                "the bound",
+            )
+            log.error("%s", reason)
+            worker_state.log_state(app, logging.ERROR)  # what the stalled consumer held
+            await app.crash(reason)
+
+    @app.on_before_shutdown.connect
+    async def close_offsets(*_args: object, **_kwargs: object) -> None:
+        if "client" in offsets:
+            await offsets.pop("client").stop()

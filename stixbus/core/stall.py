@@ -1,0 +1,67 @@
+"""Which of a worker's partitions have stalled (pure): records wait, and the committed offset
+has not moved for longer than a bound.
+
+Why: in the chaos run that kills a broker and a worker together (docs/runbook.md, "Known
+issue"), a surviving Faust worker could stop taking records from a partition with nothing in
+its log and /readyz still 200.  Nothing was lost (nothing past the stall was committed), but
+nothing moved either.  The watchdog (agents/stall.py) turns that into a worker exit, and the
+restart takes the partition up again from its committed offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Stall:
+    partition: str
+    committed: int | None
+    end: int
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.partition}: committed offset {self.committed}, end offset {self.end}, "
+            f"no progress for {self.seconds:.0f} s"
+        )
+
+
+@dataclass
+class StallWatch:
+    """Per partition, the committed offset last seen and since when it has not moved while
+    records were waiting.  `observe` every few seconds; `forget` over a rebalance."""
+
+    _since: dict[str, tuple[int | None, float]] = field(default_factory=dict)
+
+    def observe(self, now: float, positions: Mapping[str, tuple[int | None, int | None]]) -> None:
+        """`positions`: partition → (committed offset, end offset); a partition missing
+        from it is no longer this worker's."""
+        seen: dict[str, tuple[int | None, float]] = {}
+        for partition, (committed, end) in positions.items():
+            waiting = end is not None and end > (committed or 0)
+            before = self._since.get(partition)
+            if waiting and before is not None and before[0] == committed:
+                seen[partition] = before
+            elif waiting:
+                seen[partition] = (committed, now)
+        self._since = seen
+
+    def forget(self) -> None:
+        self._since = {}
+
+    def stalled(
+        self,
+        now: float,
+        positions: Mapping[str, tuple[int | None, int | None]],
+        bound_seconds: float,
+    ) -> list[Stall]:
+        """Partitions whose records have waited on an unmoved committed offset for longer
+        than `bound_seconds` (as of the last `observe`)."""
+        out = []
+        for partition, (committed, since) in self._since.items():
+            end = positions.get(partition, (None, None))[1]
+            if end is not None and now - since > bound_seconds:
+                out.append(Stall(partition, committed, end, now - since))
+        return out

@@ -1,0 +1,45 @@
+"""The stall watchdog's rule (stixbus/core/stall.py)."""
+
+from __future__ import annotations
+
+from stixbus.core.stall import StallWatch
+
+
+def test_a_partition_with_waiting_records_and_a_frozen_offset_is_stalled() -> None:
+    watch = StallWatch()
+    positions = {"claims/1": (7, 35), "claims/0": (66, 66)}
+    for t in (0.0, 30.0, 61.0):
+        watch.observe(t, positions)
+    stalls = watch.stalled(61.0, positions, 60)
+    assert [(s.partition, s.committed, s.end) for s in stalls] == [("claims/1", 7, 35)]
+    assert "committed offset 7, end offset 35, no progress for 61 s" in stalls[0].describe()
+
+
+def test_progress_or_an_empty_backlog_resets_the_clock() -> None:
+    watch = StallWatch()
+    watch.observe(0.0, {"p": (7, 35)})
+    watch.observe(50.0, {"p": (8, 35)})  # moved
+    watch.observe(100.0, {"p": (8, 35)})
+    assert watch.stalled(100.0, {"p": (8, 35)}, 60) == []
+    watch.observe(120.0, {"p": (35, 35)})  # caught up: nothing waits
+    watch.observe(200.0, {"p": (35, 36)})
+    assert watch.stalled(200.0, {"p": (35, 36)}, 60) == []
+    watch.observe(261.0, {"p": (35, 36)})
+    assert [s.seconds for s in watch.stalled(261.0, {"p": (35, 36)}, 60)] == [61.0]
+
+
+def test_a_partition_never_committed_counts_from_zero_and_revoked_ones_are_dropped() -> None:
+    watch = StallWatch()
+    watch.observe(0.0, {"new": (None, 3), "gone": (1, 9)})
+    watch.observe(70.0, {"new": (None, 3)})  # "gone" was revoked
+    assert [s.partition for s in watch.stalled(70.0, {"new": (None, 3)}, 60)] == ["new"]
+    watch.forget()  # a rebalance: every clock starts again
+    watch.observe(80.0, {"new": (None, 3)})
+    assert watch.stalled(80.0, {"new": (None, 3)}, 60) == []
+
+
+def test_an_unknown_end_offset_is_not_a_stall() -> None:
+    watch = StallWatch()
+    watch.observe(0.0, {"p": (None, None)})
+    watch.observe(100.0, {"p": (None, None)})
+    assert watch.stalled(100.0, {"p": (None, None)}, 60) == []
