@@ -12,9 +12,11 @@ import gc
 import inspect
 import logging
 import signal
+import time
 from typing import Any
 
 import faust
+from faust.sensors import Sensor
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ DUMP_SIGNAL = signal.SIGRTMIN
 
 def install(app: faust.App) -> None:
     signal.signal(DUMP_SIGNAL, lambda _sig, _frame: log_state(app))
+    app.sensors.add(SkippedEvents())
 
 
 def log_state(app: faust.App, level: int = logging.WARNING) -> None:
@@ -73,3 +76,47 @@ def describe(app: faust.App) -> str:
             f"running={gen.ag_running} awaits={type(awaiting).__name__ if awaiting else None}"
         )
     return "\n".join(lines)
+
+
+class SkippedEvents(Sensor):
+    """Logs records Faust acked without handing them to the agent.
+
+    Faust's stream iterator drops a record when flow control is suspended or the record was
+    fetched in an older consumer generation, and acks it all the same (faust/streams.py,
+    `skipped_value`).  After a rebalance the seek to the committed offsets reads such records
+    again; if a commit gets past them first they are never processed.  The chaos run that kills
+    a worker with a broker lost records that way, or so it seems (docs/runbook.md): this line
+    says when it happens.  At most one line per second, folding the offsets per partition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._in: set[tuple[int, Any, int]] = set()
+        self._skipped: dict[Any, list[int]] = {}
+        self._logged_at = 0.0
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        self._in.add((id(stream), tp, offset))
+
+    def on_stream_event_out(
+        self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        key = (id(stream), tp, offset)
+        if key in self._in:
+            self._in.discard(key)
+            return
+        seen = self._skipped.setdefault(tp, [offset, offset, 0])
+        seen[0], seen[1], seen[2] = min(seen[0], offset), max(seen[1], offset), seen[2] + 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            folded = "; ".join(
+                f"{t.topic}/{t.partition} offsets {lo}-{hi} ({n})"
+                for t, (lo, hi, n) in self._skipped.items()
+            )
+            self._skipped = {}
+            log.warning(
+                "Faust acked records without handing them to the agent (flow control "
+                "suspended or an older consumer generation): %s; they are processed only if "
+                "the partition is read again from an offset below them",
+                folded,
+            )
