@@ -155,19 +155,19 @@ class Orchestrator(threading.Thread):
         self.workers = workers
         self.restarts: list[str] = []
         self.held: set[int] = set()  # workers the test itself kills and restarts
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._halt.wait(0.5):
             for i, w in enumerate(self.workers):
                 proc = w.proc
-                held = i in self.held or self._stop.is_set()
+                held = i in self.held or self._halt.is_set()
                 if proc is not None and proc.poll() is not None and not held:
                     self.restarts.append(f"worker {i + 1} exited {proc.returncode}")
                     w.launch()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
