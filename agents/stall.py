@@ -2,10 +2,16 @@
 
 Every `STIXBUS_STALL_CHECK_SECONDS` it compares, for each partition this worker consumes
 (changelogs aside), the offset Faust last committed with the partition's end offset on the
-broker.  Records that wait longer than `STIXBUS_STALL_SECONDS` on an unmoved committed offset,
-outside a rebalance, stop the worker (one ERROR line naming the partitions): its restart
-reads the partition again from the committed offset, and replays dedupe what was already
-written.  A broker that does not answer is no stall (nothing is sampled).
+broker.  Records that wait on an unmoved committed offset, outside a rebalance:
+- for half of `STIXBUS_STALL_SECONDS`: the partition is read again from its committed offset
+  (a WARNING).  The chaos run's stalls had that shape: the consumer's read offset had run past
+  records it never handed to the agent, so they were never acked and the commit stopped below
+  them (docs/runbook.md, "A stalled worker");
+- for the whole of it, the read again notwithstanding: the worker stops (one ERROR line naming
+  the partitions, and its consumer state), and its restart reads them from the committed
+  offset.
+Replays dedupe what was already written.  A broker that does not answer is no stall (nothing
+is sampled).
 """
 
 from __future__ import annotations
@@ -62,16 +68,24 @@ def register(app: faust.App, ctx: BusContext) -> None:
             if "client" in offsets:
                 await offsets.pop("client").stop()
             return
+        by_name = {f"{tp.topic}/{tp.partition}": tp for tp in mine}
         positions = {
-            f"{tp.topic}/{tp.partition}": (
-                committed.get(tp),
-                ends.get(TopicPartition(tp.topic, tp.partition)),
-            )
-            for tp in mine
+            name: (committed.get(tp), ends.get(TopicPartition(tp.topic, tp.partition)))
+            for name, tp in by_name.items()
         }
         now = time.monotonic()
         watch.observe(now, positions)
-        stalls = watch.stalled(now, positions, bound)
+        seek, stalls = watch.actions(now, positions, bound)
+        for stall in seek:
+            tp = by_name[stall.partition]
+            log.warning(
+                "%s (read up to offset %s): reading it again from the committed offset; the "
+                "worker stops if it still does not move after %g s (STIXBUS_STALL_SECONDS)",
+                stall.describe(),
+                consumer._read_offset.get(tp),  # type: ignore[attr-defined]
+                bound,
+            )
+            await consumer.seek(tp, stall.committed or 0)
         if stalls:
             reason = PartitionStalled(
                 "records wait on partitions this worker owns and nothing moves: "

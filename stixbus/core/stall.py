@@ -4,8 +4,10 @@ has not moved for longer than a bound.
 Why: in the chaos run that kills a broker and a worker together (docs/runbook.md, "Known
 issue"), a surviving Faust worker could stop taking records from a partition with nothing in
 its log and /readyz still 200.  Nothing was lost (nothing past the stall was committed), but
-nothing moved either.  The watchdog (agents/stall.py) turns that into a worker exit, and the
-restart takes the partition up again from its committed offset.
+nothing moved either.  The watchdog (agents/stall.py) first reads the partition again from its
+committed offset (half the bound: the consumer had read past records it never handed over);
+if that does not help either, at the bound, the worker exits and its restart takes the
+partition up again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class StallWatch:
     records were waiting.  `observe` every few seconds; `forget` over a rebalance."""
 
     _since: dict[str, tuple[int | None, float]] = field(default_factory=dict)
+    _sought: set[str] = field(default_factory=set)  # read again in the current stall
 
     def observe(self, now: float, positions: Mapping[str, tuple[int | None, int | None]]) -> None:
         """`positions`: partition → (committed offset, end offset); a partition missing
@@ -46,10 +49,27 @@ class StallWatch:
                 seen[partition] = before
             elif waiting:
                 seen[partition] = (committed, now)
+                self._sought.discard(partition)  # it moved: a new stall starts afresh
         self._since = seen
+        self._sought &= set(seen)
 
     def forget(self) -> None:
         self._since = {}
+        self._sought = set()
+
+    def actions(
+        self,
+        now: float,
+        positions: Mapping[str, tuple[int | None, int | None]],
+        bound_seconds: float,
+    ) -> tuple[list[Stall], list[Stall]]:
+        """(partitions to read again from the committed offset, partitions that still stall
+        after that): the first past half the bound, once per stall; the second past it."""
+        stalls = self.stalled(now, positions, bound_seconds / 2)
+        stop = [s for s in stalls if s.seconds > bound_seconds and s.partition in self._sought]
+        seek = [s for s in stalls if s.partition not in self._sought]
+        self._sought |= {s.partition for s in seek}
+        return seek, stop
 
     def stalled(
         self,

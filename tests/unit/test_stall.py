@@ -43,3 +43,38 @@ def test_an_unknown_end_offset_is_not_a_stall() -> None:
     watch.observe(0.0, {"p": (None, None)})
     watch.observe(100.0, {"p": (None, None)})
     assert watch.stalled(100.0, {"p": (None, None)}, 60) == []
+
+
+def test_a_stall_is_first_read_again_then_stops_the_worker() -> None:
+    watch, p = StallWatch(), {"ingest/1": (5, 58)}
+    watch.observe(0.0, p)
+    assert watch.actions(10.0, p, 30) == ([], [])
+    watch.observe(16.0, p)
+    seek, stop = watch.actions(16.0, p, 30)
+    assert [s.partition for s in seek] == ["ingest/1"] and stop == []
+    watch.observe(20.0, p)
+    assert watch.actions(20.0, p, 30) == ([], [])  # read again once per stall
+    watch.observe(31.0, p)
+    seek, stop = watch.actions(31.0, p, 30)
+    assert seek == [] and [s.committed for s in stop] == [5]
+
+
+def test_progress_after_the_read_again_ends_the_stall() -> None:
+    watch = StallWatch()
+    watch.observe(0.0, {"p": (5, 58)})
+    watch.observe(16.0, {"p": (5, 58)})
+    assert watch.actions(16.0, {"p": (5, 58)}, 30)[0]
+    watch.observe(20.0, {"p": (40, 58)})  # moved after the seek
+    watch.observe(31.0, {"p": (40, 58)})
+    assert watch.actions(31.0, {"p": (40, 58)}, 30) == ([], [])
+
+
+def test_a_later_stall_is_read_again_first_too() -> None:
+    watch = StallWatch()
+    watch.observe(0.0, {"p": (5, 58)})
+    watch.observe(16.0, {"p": (5, 58)})
+    assert watch.actions(16.0, {"p": (5, 58)}, 30)[0]
+    watch.observe(20.0, {"p": (40, 58)})  # the read again helped
+    watch.observe(52.0, {"p": (40, 58)})  # then it stalls again, 32 s
+    seek, stop = watch.actions(52.0, {"p": (40, 58)}, 30)
+    assert [s.partition for s in seek] == ["p"] and stop == []
