@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from stixbus.core.expiry import RESCAN_MARGIN, ExpiryIndex
+from stixbus.settings import Settings
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 DAY = 86400.0
@@ -126,3 +129,9 @@ def test_every_due_key_is_popped_once_and_the_count_is_the_table(
                 1 for d in table.values() if d is not None and d.timestamp() <= index.horizon_end
             )
         assert len(index) == len(table)
+
+
+def test_the_horizon_must_exceed_the_scan_interval() -> None:
+    with pytest.raises(ValidationError, match="expiry_horizon_seconds"):
+        Settings(expiry_scan_seconds=60, expiry_horizon_seconds=60)
+    assert Settings().expiry_horizon_seconds == DAY
