@@ -53,7 +53,7 @@ def register(app: faust.App, ctx: BusContext, table: TableT, expiry: ExpiryIndex
                 expiry.set_if_absent(key, retry)  # the agent's rewrite sets the real deadline
             else:
                 expiry.set_if_absent(key, state_deadline(state, grace))
-        metrics.set_dedup_keys(len(expiry))  # the table's keys, not only the held ones
+        metrics.set_dedup_keys(len(expiry), expiry.held)  # the table's keys; the held ones
 
     async def _rebuild() -> None:
         try:
