@@ -200,6 +200,9 @@ def main() -> None:
         help="run the worker from this checkout (e.g. `git archive <base> | tar -x -C DIR`)",
     )  # fmt: skip
     parser.add_argument("--profile", help="py-spy raw profile of the cold rebuild to this file")
+    parser.add_argument(
+        "--profile-index", help="py-spy raw profile from ready until the index is rebuilt"
+    )
     parser.add_argument("--no-warm", action="store_true", help="skip the warm restart")
     parser.add_argument(
         "--due-fraction", type=float, default=0.1,
@@ -239,7 +242,17 @@ def main() -> None:
         for line in (home / "worker.log").read_text(errors="replace").splitlines():
             if "restored" in line:
                 print("  worker:", line.strip()[-200:], flush=True)
+        index_profiler = None
+        if args.profile_index:
+            index_profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                 "-r", "50", "-p", str(proc.pid), "-o", args.profile_index],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         indexed = wait_indexed(bus, args.keys, args.timeout)
+        if index_profiler is not None:
+            index_profiler.send_signal(signal.SIGINT)
+            index_profiler.wait(60)
         time.sleep(20)
         later = status(proc.pid)
         held = gauge(bus, "stixbus_expiry_index_keys")  # -1: a worker without the horizon
