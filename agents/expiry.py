@@ -2,9 +2,10 @@
 
 A Faust table may only be changed while processing an event of its partition, so the timer does
 not write: it sends a tick (keyed by the dedup key) to `ticks`, which the route agent consumes
-with `normalized`.  An in-memory expiry index (deadline, key), updated by the route agent on every
-table write and rebuilt from the local table after each rebalance, tells the timer which keys
-are due without scanning the table.
+with `normalized`.  An in-memory expiry index (deadline, key) of the keys due within a horizon
+(`STIXBUS_EXPIRY_HORIZON_SECONDS`), updated by the route agent on every table write and rebuilt
+from the local table's deadline headers after each rebalance and before the horizon runs out,
+tells the timer which keys are due without scanning the table on every run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def register(app: faust.App, ctx: BusContext, table: TableT, expiry: ExpiryIndex
 
     @app.timer(interval=settings.expiry_scan_seconds)
     async def expire() -> None:
-        if expiry.stale:
+        if expiry.needs_rebuild(datetime.now(UTC)):  # a rebalance, or the horizon runs out
             await _rebuild()
         now = datetime.now(UTC)
         retry = now + timedelta(seconds=TICK_RETRY_INTERVALS * settings.expiry_scan_seconds)
@@ -52,7 +53,7 @@ def register(app: faust.App, ctx: BusContext, table: TableT, expiry: ExpiryIndex
                 expiry.set_if_absent(key, retry)  # the agent's rewrite sets the real deadline
             else:
                 expiry.set_if_absent(key, state_deadline(state, grace))
-        metrics.set_dedup_keys(len(expiry))
+        metrics.set_dedup_keys(len(expiry), expiry.held)  # the table's keys; the held ones
 
     async def _rebuild() -> None:
         try:
@@ -63,8 +64,9 @@ def register(app: faust.App, ctx: BusContext, table: TableT, expiry: ExpiryIndex
             await _scan(None)
 
     async def _scan(batch_size: int | None) -> None:
-        """Each local key's deadline, read from the encoded state's header."""
-        expiry.begin_rebuild()
+        """Each local key's deadline, read from the encoded state's header (the index keeps
+        those within its horizon and counts the rest)."""
+        expiry.begin_rebuild(datetime.now(UTC))
         batch: list[tuple[bytes, datetime | None]] = []
         for key, raw in table.items():
             header = deadline_header(raw)

@@ -63,7 +63,7 @@ def register(
         false_positives=false_positives.counts,
     )
     grace = settings.dedup_grace_seconds
-    expiry = ExpiryIndex()
+    expiry = ExpiryIndex(settings.expiry_horizon_seconds)
     expiry_timer.register(app, ctx, table, expiry)
 
     companions = CompanionMemory(settings.companion_refresh_seconds)
@@ -95,11 +95,16 @@ def register(
         state), every send of the batch, ONE wait for all acks, then the table writes."""
         now = datetime.now(UTC)
         pending: dict[bytes, bytes | None] = {}  # key -> state this batch wrote (None: deleted)
+        existed: dict[bytes, bool] = {}  # key -> in the table before this batch (the key count)
         writes: dict[bytes, tuple[faust.EventT, StepResult]] = {}
         out = Outputs(fast)
         for event in events:
             key = bytes(event.key or b"")
-            raw = pending[key] if key in pending else table.get(key)
+            if key in pending:
+                raw = pending[key]
+            else:
+                raw = table.get(key)
+                existed.setdefault(key, raw is not None)
             record = (
                 None
                 if event.message.topic == names.ticks
@@ -135,10 +140,10 @@ def register(
                 value = pending[key]
                 if value is not None:
                     table[key] = value
-                    expiry.set(key, step.deadline)
+                    expiry.set(key, step.deadline, created=not existed[key])
                 else:
                     table.pop(key, None)
-                    expiry.discard(key)
+                    expiry.discard(key, existed=existed[key])
 
     async def _send(
         out: Outputs, step: StepResult, now: datetime, record: NormalizedObject | None

@@ -10,7 +10,8 @@ local disk per key (10M keys: ~26 GB + ~6 GB).
    that would take hours at these counts).
 2. cold rebuild: a worker with no local state starts (rocksdb store); time until /readyz is
    ready, i.e. every table partition restored from its changelog; changelog records/s; worker
-   RSS when ready and 20 s later (the expiry index is rebuilt after the assignment); local disk.
+   RSS when ready and 20 s after the expiry index was rebuilt (after the assignment; it holds
+   the keys due within its horizon, `--due-fraction` of them, 10 % by default); local disk.
 3. warm restart: kill -9 and start again with the local state: time to ready, RSS.
 """
 
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -55,13 +57,29 @@ def disk(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def fill_changelog(bus: Bus, keys: int, partitions: int) -> tuple[float, int]:
-    """Write `keys` states to the dedup changelog; (seconds, bytes of values)."""
+def templates(due_fraction: float) -> tuple[bytes, list[bytes], bytes]:
+    """The live state (valid until 2027: outside the expiry horizon), states due within the
+    next day (1-23 h from now: inside the default 1-day horizon, none due while measuring), and
+    the template's key."""
     state = one_source_state()
     # valid a year longer (2027): live indicators, none due for an expiry tick while measuring
     dated = encode_state(state).replace(b"2026-09-01T", b"2027-09-01T")
     template = encode_state(decode_state(dated.replace(b"2026-07-01T", b"2027-07-01T")))
-    key = state.key.encode()
+    now = datetime.now(UTC)
+    soon = [
+        encode_state(decode_state(dated.replace(b"2026-07-01T00:00:00", at.encode())))
+        for at in ((now + timedelta(hours=h)).strftime("%Y-%m-%dT%H:%M:%S") for h in range(1, 24))
+    ]
+    return template, soon if due_fraction > 0 else [], state.key.encode()
+
+
+def fill_changelog(
+    bus: Bus, keys: int, partitions: int, due_fraction: float = 0.0
+) -> tuple[float, int]:
+    """Write `keys` states to the dedup changelog, `due_fraction` of them due within the next
+    day (spread over its hours); (seconds, bytes of values)."""
+    template, soon, key = templates(due_fraction)
+    every = round(1 / due_fraction) if due_fraction > 0 else 0  # every n-th key is due soon
     topic = changelog_topic(bus.env["STIXBUS_APP_ID"], DEDUP_TABLE)
     producer = Producer(
         {
@@ -76,7 +94,8 @@ def fill_changelog(bus: Bus, keys: int, partitions: int) -> tuple[float, int]:
     started, total = time.perf_counter(), 0
     for n in range(keys):
         new_key = b"%08x" % n + key[8:]
-        value = template.replace(key, new_key)
+        due = every and n % every == 0
+        value = (soon[(n // every) % len(soon)] if due else template).replace(key, new_key)
         total += len(value)
         while True:
             try:
@@ -123,25 +142,26 @@ def crash(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def indexed_keys(bus: Bus) -> int:
-    """The worker's stixbus_dedup_keys gauge (keys in the expiry index), -1 if not up yet."""
+def gauge(bus: Bus, name: str) -> int:
+    """One of the worker's gauges, -1 if not up yet (or no such gauge: an older worker)."""
     try:
         with urllib.request.urlopen(f"{bus.web}/metrics", timeout=5) as response:
             body = response.read().decode()
     except OSError:
         return -1
     for line in body.splitlines():
-        if line.startswith("stixbus_dedup_keys "):
+        if line.startswith(name + " "):
             return int(float(line.split()[1]))
     return -1
 
 
 def wait_indexed(bus: Bus, keys: int, timeout: float) -> float:
-    """Seconds until the expiry index holds every key (the route timer rebuilt it)."""
+    """Seconds until the expiry index was rebuilt: stixbus_dedup_keys counts every key (before
+    the horizon, the index's size: it held every key)."""
     started = time.monotonic()
-    while indexed_keys(bus) < keys:
+    while gauge(bus, "stixbus_dedup_keys") < keys:
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"the expiry index did not reach {keys} keys in {timeout} s")
+            raise TimeoutError(f"the expiry index did not count {keys} keys in {timeout} s")
         time.sleep(1)
     return time.monotonic() - started
 
@@ -180,16 +200,27 @@ def main() -> None:
         help="run the worker from this checkout (e.g. `git archive <base> | tar -x -C DIR`)",
     )  # fmt: skip
     parser.add_argument("--profile", help="py-spy raw profile of the cold rebuild to this file")
+    parser.add_argument(
+        "--profile-index", help="py-spy raw profile from ready until the index is rebuilt"
+    )
     parser.add_argument("--no-warm", action="store_true", help="skip the warm restart")
+    parser.add_argument(
+        "--due-fraction", type=float, default=0.1,
+        help="this fraction of the keys is due within the next day (the expiry index holds them)",
+    )  # fmt: skip
     args = parser.parse_args()
     bootstrap = os.environ.get("STIXBUS_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     home = Path(tempfile.mkdtemp(prefix="bench-state-"))
     env = {"STIXBUS_STORE": "rocksdb://", "STIXBUS_PARTITIONS": str(args.partitions)}
     bus = make_bus(bootstrap, home, **env)
-    result: dict[str, object] = {"keys": args.keys, "partitions": args.partitions}
-    print(f"{args.keys:,} keys, {args.partitions} partitions, broker {bootstrap}, home {home}")
+    result: dict[str, object] = {
+        "keys": args.keys, "partitions": args.partitions, "due_fraction": args.due_fraction,
+        "worker_root": str(args.worker_root),
+    }  # fmt: skip
+    print(f"{args.keys:,} keys ({args.due_fraction:.0%} due within a day), {args.partitions} "
+          f"partitions, broker {bootstrap}, worker {args.worker_root}, home {home}")  # fmt: skip
     try:
-        seconds, size = fill_changelog(bus, args.keys, args.partitions)
+        seconds, size = fill_changelog(bus, args.keys, args.partitions, args.due_fraction)
         result.update(fill_s=round(seconds, 1), changelog_value_bytes=size)
         print(f"  changelog written: {size / GIB:.2f} GiB of values in {seconds:.0f} s "
               f"({args.keys / seconds:,.0f} records/s)", flush=True)  # fmt: skip
@@ -211,9 +242,20 @@ def main() -> None:
         for line in (home / "worker.log").read_text(errors="replace").splitlines():
             if "restored" in line:
                 print("  worker:", line.strip()[-200:], flush=True)
+        index_profiler = None
+        if args.profile_index:
+            index_profiler = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
+                 "-r", "50", "-p", str(proc.pid), "-o", args.profile_index],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
         indexed = wait_indexed(bus, args.keys, args.timeout)
+        if index_profiler is not None:
+            index_profiler.send_signal(signal.SIGINT)
+            index_profiler.wait(60)
         time.sleep(20)
         later = status(proc.pid)
+        held = gauge(bus, "stixbus_expiry_index_keys")  # -1: a worker without the horizon
         tables = home / "worker"
         result.update(
             cold_rebuild_s=round(cold, 1),
@@ -221,12 +263,15 @@ def main() -> None:
             rss_ready_mib=ready["VmRSS"] // MIB,
             index_rebuilt_after_ready_s=round(indexed, 1),
             rss_indexed_20s_mib=later["VmRSS"] // MIB,
+            expiry_index_keys=held,
             peak_rss_mib=later["VmHWM"] // MIB,
             local_disk_bytes=disk(tables),
         )
         print(f"  cold rebuild: ready after {cold:.1f} s ({args.keys / cold:,.0f} changelog "
-              f"records/s); RSS {ready['VmRSS'] / MIB:,.0f} MiB when ready; expiry index of "
-              f"every key {indexed:.0f} s later, RSS {later['VmRSS'] / MIB:,.0f} MiB 20 s "
+              f"records/s); RSS {ready['VmRSS'] / MIB:,.0f} MiB when ready; expiry index "
+              f"rebuilt {indexed:.0f} s later (holding "
+              f"{'every' if held < 0 else f'{held:,}'} key(s)), RSS "
+              f"{later['VmRSS'] / MIB:,.0f} MiB 20 s "
               f"after that, peak {later['VmHWM'] / MIB:,.0f} "
               f"MiB; local state {disk(tables) / GIB:.2f} GiB", flush=True)  # fmt: skip
 

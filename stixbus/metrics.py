@@ -128,6 +128,11 @@ DEDUP_KEYS = Gauge(
     "stixbus_dedup_keys",
     "Canonical dedup keys held in the dedup table (on this worker)",
 )
+EXPIRY_INDEX_KEYS = Gauge(
+    "stixbus_expiry_index_keys",
+    "Dedup keys held in the in-memory expiry index: those due within the expiry horizon "
+    "(on this worker)",
+)
 SUBSCRIBER_LAG = Gauge(
     "stixbus_subscriber_lag_records",
     "Records on stixbus.deliver.<subscriber> not yet committed by the subscriber's consumer "
@@ -200,6 +205,7 @@ ALL_METRICS: tuple[Counter | Gauge | Histogram, ...] = (
     DECAYED,
     AGREEMENT_VERSION,
     DEDUP_KEYS,
+    EXPIRY_INDEX_KEYS,
     FEEDBACK_REPORTS,
     FALSE_POSITIVE_REPORTS,
     FEEDBACK_DELIVERED,
@@ -402,8 +408,10 @@ def observe_feedback_delivered(producer: str, objects: int) -> None:
         FEEDBACK_DELIVERED.labels(_org(producer)).inc(objects)
 
 
-def set_dedup_keys(count: int) -> None:
+def set_dedup_keys(count: int, indexed: int) -> None:
+    """`count` keys in the local dedup table, `indexed` of them in the expiry index."""
     DEDUP_KEYS.set(count)
+    EXPIRY_INDEX_KEYS.set(indexed)
 
 
 def set_subscriber_lag(subscriber: str, lag: int) -> None:

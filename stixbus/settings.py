@@ -299,6 +299,16 @@ class Settings(BaseSettings):
     expiry_scan_seconds: float = Field(
         default=5.0, gt=0, description="How often the worker looks for expired indicators"
     )
+    expiry_horizon_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description=(
+            "The in-memory expiry index holds only the keys due within this horizon (its memory "
+            "is bounded by the keys due soon, not by the table); the worker re-reads the local "
+            "table's deadline headers when a quarter of it is left.  Must be above "
+            "expiry_scan_seconds"
+        ),
+    )
     dedup_grace_seconds: float = Field(
         default=7 * 24 * 3600.0,
         ge=0,
@@ -520,6 +530,16 @@ class Settings(BaseSettings):
         if self.min_insync_replicas is not None:
             return self.min_insync_replicas
         return 1 if self.replication_factor < 3 else 2
+
+    @model_validator(mode="after")
+    def _horizon_above_scan(self) -> Settings:
+        if self.expiry_horizon_seconds <= self.expiry_scan_seconds:
+            raise ValueError(
+                f"expiry_horizon_seconds ({self.expiry_horizon_seconds}) must be above "
+                f"expiry_scan_seconds ({self.expiry_scan_seconds}): the index would hold no key "
+                "past the next scan"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_within_session(self) -> Settings:

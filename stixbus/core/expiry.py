@@ -5,7 +5,8 @@ sources vouches any more (`needs_revocation`), when nothing vouches and every vi
 the key is not yet marked settled (`needs_settling`), or when it has been settled for longer than
 the grace period (`is_collectable`).  All three are functions of the state and the clock, and the
 moment each becomes true is derivable from the state alone (`next_deadline`), so the route agent
-keeps an in-memory `ExpiryIndex` of (deadline, key) instead of scanning its table.
+keeps an in-memory `ExpiryIndex` of (deadline, key) for the keys due within a horizon instead of
+scanning its table on every run (it scans the deadline headers once per horizon).
 """
 
 from __future__ import annotations
@@ -62,85 +63,143 @@ def state_deadline(state: KeyState, grace_seconds: float) -> datetime | None:
     return next_deadline(state.expiry_deadline(), state.settled_at, grace_seconds)
 
 
-class ExpiryIndex:
-    """(deadline, key) for the keys of one worker's table, earliest first.
+# Rescan when this fraction of the horizon is left (a 1-day horizon: every 18 h, 6 h to spare).
+RESCAN_MARGIN = 0.25
 
-    The route agent calls `set` whenever it writes a key and `discard` when it deletes one; the
-    timer calls `pop_due` and ticks only those keys.  After a rebalance the index is rebuilt
-    from the local table (`begin_rebuild` / `rebuilt` / `end_rebuild`); keys the agent writes
+
+class ExpiryIndex:
+    """(deadline, key) for the keys of one worker's table that are due within a horizon,
+    earliest first, and the count of all the table's keys.
+
+    Bounded by the keys due soon, not by the table: a rebuild (`begin_rebuild(now)` /
+    `rebuilt` / `end_rebuild`, a scan of the local table's deadline headers) holds only the
+    keys whose deadline is at most `horizon_end` = now + `horizon_seconds`; keys with a later
+    deadline, or none, are only counted.  Before the horizon runs out (`needs_rebuild`: a
+    quarter of it left) the timer scans again and picks up the keys that now fall inside.
+
+    The route agent calls `set` whenever it writes a key and `discard` when it deletes one
+    (saying whether the write created the key / whether it existed, for the count); a deadline
+    beyond the horizon drops the key's entry, so a deadline moved out of the horizon fires no
+    stale tick.  The timer calls `pop_due` and ticks only those keys.  Keys the agent writes
     while a rebuild is in progress keep the agent's deadline.
 
-    A heap with lazy deletion: `_deadline` holds each key's current deadline (None: tracked but
-    never due by expiry alone), heap entries that disagree with it are skipped."""
+    A heap with lazy deletion: `_deadline` holds each held key's current deadline, heap
+    entries that disagree with it are skipped.
 
-    def __init__(self) -> None:
-        self._deadline: dict[bytes, float | None] = {}
+    `len()` is the number of keys in the local table: the keys the last rebuild read plus the
+    keys created since, minus those deleted.  Exact, except for a key created or deleted while a
+    rebuild runs in a partition whose (snapshot) iterator the scan had not opened yet: it is
+    then counted twice or not at all, until the next rebuild (at most the creations/deletions
+    during one scan)."""
+
+    def __init__(self, horizon_seconds: float = 86400.0) -> None:
+        if horizon_seconds <= 0:
+            raise ValueError(f"horizon_seconds must be > 0, got {horizon_seconds}")
+        self.horizon_seconds = horizon_seconds
+        self._deadline: dict[bytes, float] = {}
         self._heap: list[tuple[float, bytes]] = []
         self._touched: set[bytes] | None = None
+        self._popped: set[bytes] = set()  # popped by the last `pop_due`, not set since
+        self._keys = 0  # keys in the local table
+        self.horizon_end: float | None = None  # POSIX timestamp; None: no rebuild yet
         self.stale = True  # rebuild before first use (and after every rebalance)
 
     def __len__(self) -> int:
+        """Keys in the local table (held or not)."""
+        return self._keys
+
+    @property
+    def held(self) -> int:
+        """Keys held (due within the horizon)."""
         return len(self._deadline)
 
-    def set(self, key: bytes, deadline: datetime | None) -> None:
+    def needs_rebuild(self, now: datetime) -> bool:
+        """Stale, or less than a quarter of the horizon left: scan the table's headers again."""
+        if self.stale or self.horizon_end is None:
+            return True
+        return now.timestamp() >= self.horizon_end - RESCAN_MARGIN * self.horizon_seconds
+
+    def set(self, key: bytes, deadline: datetime | None, *, created: bool = False) -> None:
+        """The agent wrote `key` (`created`: it was not in the table before)."""
+        if created:
+            self._keys += 1
         if self._touched is not None:
             self._touched.add(key)
+        self._popped.discard(key)
         self._set(key, deadline)
 
     def set_if_absent(self, key: bytes, deadline: datetime | None) -> None:
-        """`set` unless the key was set since it was popped (the agent's deadline wins)."""
-        if key not in self._deadline:
-            self.set(key, deadline)
+        """`set` a key the last `pop_due` returned, unless the agent set it since then (the
+        agent's deadline wins)."""
+        if key in self._popped:
+            self._popped.discard(key)
+            self._set(key, deadline)
 
     def _set(self, key: bytes, deadline: datetime | None) -> None:
         stamp = None if deadline is None else deadline.timestamp()
-        if key in self._deadline and self._deadline[key] == stamp:
+        if stamp is None or self.horizon_end is None or stamp > self.horizon_end:
+            self._deadline.pop(key, None)  # not held: its heap entry, if any, is now stale
+            return
+        if self._deadline.get(key) == stamp:
             return
         self._deadline[key] = stamp
-        if stamp is not None:
-            heapq.heappush(self._heap, (stamp, key))
-            if len(self._heap) > 2 * len(self._deadline) + 1024:
-                self._compact()
+        heapq.heappush(self._heap, (stamp, key))
+        if len(self._heap) > 2 * len(self._deadline) + 1024:
+            self._compact()
 
-    def discard(self, key: bytes) -> None:
+    def discard(self, key: bytes, *, existed: bool = True) -> None:
+        """The agent deleted `key` (`existed`: it was in the table)."""
+        if existed:
+            self._keys -= 1
         if self._touched is not None:
             self._touched.add(key)
+        self._popped.discard(key)
         self._deadline.pop(key, None)
 
     def pop_due(self, now: datetime) -> list[bytes]:
-        """Keys whose deadline has come, removed from the index (re-`set` them to keep them)."""
+        """Keys whose deadline has come, removed from the index (`set_if_absent` them to keep
+        them)."""
         limit = now.timestamp()
         due: list[bytes] = []
         heap, current = self._heap, self._deadline
         while heap and heap[0][0] <= limit:
             stamp, key = heapq.heappop(heap)
-            if current.get(key, -1.0) == stamp:
+            if current.get(key) == stamp:
                 del current[key]
                 due.append(key)
+        self._popped = set(due)
         return due
 
     def next_due(self) -> float | None:
         """The earliest deadline held (a POSIX timestamp), for metrics and tests."""
-        while self._heap and self._deadline.get(self._heap[0][1], -1.0) != self._heap[0][0]:
+        while self._heap and self._deadline.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
-    def begin_rebuild(self) -> None:
+    def begin_rebuild(self, now: datetime) -> None:
+        """Forget everything; hold the keys due up to `now` + the horizon from here on."""
         self._deadline.clear()
         self._heap.clear()
+        self._popped.clear()
         self._touched = set()
+        self._keys = 0
+        self.horizon_end = now.timestamp() + self.horizon_seconds
 
     def rebuilt(self, entries: Iterable[tuple[bytes, datetime | None]]) -> None:
         """Entries read from the table during a rebuild (the heap is ordered at the end)."""
         touched = self._touched if self._touched is not None else set()
         current, heap = self._deadline, self._heap
+        end = self.horizon_end if self.horizon_end is not None else float("-inf")
+        count = 0
         for key, deadline in entries:
-            if key in touched:
+            count += 1
+            if deadline is None or key in touched:
                 continue
-            stamp = None if deadline is None else deadline.timestamp()
-            current[key] = stamp
-            if stamp is not None:
+            stamp = deadline.timestamp()
+            if stamp <= end:
+                current[key] = stamp
                 heap.append((stamp, key))
+        self._keys += count
 
     def end_rebuild(self) -> None:
         heapq.heapify(self._heap)
@@ -148,5 +207,5 @@ class ExpiryIndex:
         self.stale = False
 
     def _compact(self) -> None:
-        self._heap = [(s, k) for k, s in self._deadline.items() if s is not None]
+        self._heap = [(s, k) for k, s in self._deadline.items()]
         heapq.heapify(self._heap)

@@ -226,3 +226,55 @@ def received_all(bus: Bus, subscriber: str, run: str) -> list[Obj]:
         for o in bus.objects(bus.names.deliver(subscriber))
         if o.get("type") == "indicator" and f"k9-{run}-" in str(o.get("pattern"))
     ]
+
+
+def gauges(bus: Bus) -> tuple[int, int]:
+    """(stixbus_dedup_keys, stixbus_expiry_index_keys) of the worker."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{bus.web}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    values = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in lines if line.startswith("stixbus_"))
+    }
+    return int(values["stixbus_dedup_keys"]), int(values["stixbus_expiry_index_keys"])
+
+
+def wait_gauges(bus: Bus, expected: tuple[int, int], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := gauges(bus)) != expected:
+        assert time.monotonic() < deadline, f"{got} != {expected}\n{bus.log_tail()}"
+        time.sleep(0.5)
+
+
+def test_the_key_count_covers_the_table_and_the_index_only_keys_due_soon(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """stixbus_dedup_keys counts every key (kept by the agent's creations and deletions, and
+    recounted by the rebuild after a restart); the expiry index holds only the keys due within
+    its horizon (here an hour)."""
+    bus = make_bus(
+        bootstrap, tmp_path, STIXBUS_EXPIRY_SCAN_SECONDS="1",
+        STIXBUS_EXPIRY_HORIZON_SECONDS="3600", STIXBUS_DEDUP_GRACE_SECONDS="0",
+    )  # fmt: skip
+    try:
+        bus.start()
+        later, _ = url()
+        soon, _ = url()
+        gone, gone_canonical = url()
+        in_a_year = stix_time(datetime.now(UTC) + timedelta(days=365))
+        in_half_an_hour = stix_time(datetime.now(UTC) + timedelta(minutes=30))
+        doomed = indicator(gone, valid_until=in_a_year)
+        bus.publish("cert", indicator(later, valid_until=in_a_year))
+        bus.publish("cert", indicator(soon, valid_until=in_half_an_hour))
+        bus.publish("cert", doomed)
+        wait_gauges(bus, (3, 1))  # 3 keys, the one due in 30 minutes held
+        bus.publish("cert", version(doomed, "2026-05-02T00:00:00.000Z", revoked=True))
+        wait_for(bus, "bank-b", gone_canonical, revoked)
+        wait_gauges(bus, (2, 1))  # settled, then collected (grace 0): deleted from the table
+        bus.stop()
+        bus.start()  # the table is restored from its changelog, the index rebuilt and recounted
+        wait_gauges(bus, (2, 1))
+    finally:
+        bus.stop(signal.SIGKILL)

@@ -516,23 +516,25 @@ def test_deadline_matches_due_for_tick() -> None:
 def test_expiry_index() -> None:
     index = ExpiryIndex()
     t = datetime(2026, 6, 1, tzinfo=UTC)
-    index.set(b"a", t + timedelta(seconds=10))
-    index.set(b"b", t + timedelta(seconds=5))
-    index.set(b"c", None)
+    index.begin_rebuild(t)  # an empty table
+    index.end_rebuild()
+    index.set(b"a", t + timedelta(seconds=10), created=True)
+    index.set(b"b", t + timedelta(seconds=5), created=True)
+    index.set(b"c", None, created=True)
     index.set(b"b", t + timedelta(seconds=20))  # moved later
-    assert len(index) == 3 and index.pop_due(t + timedelta(seconds=9)) == []
+    assert len(index) == 3 and index.held == 2 and index.pop_due(t + timedelta(seconds=9)) == []
     assert index.pop_due(t + timedelta(seconds=10)) == [b"a"]
     index.discard(b"b")
-    assert index.pop_due(t + timedelta(days=1)) == [] and len(index) == 1
+    assert index.pop_due(t + timedelta(days=1)) == [] and len(index) == 2 and index.held == 0
     # a rebuild keeps what the agent wrote meanwhile
-    index.set(b"d", t)
-    index.begin_rebuild()
+    index.set(b"d", t, created=True)
+    index.begin_rebuild(t)
     index.set(b"e", t + timedelta(seconds=1))
-    index.rebuilt([(b"e", t + timedelta(days=9)), (b"f", t + timedelta(seconds=2))])
+    index.rebuilt([(b"e", t + timedelta(hours=9)), (b"f", t + timedelta(seconds=2))])
     index.end_rebuild()
     assert not index.stale and len(index) == 2
     assert index.pop_due(t + timedelta(seconds=3)) == [b"e", b"f"]
-    index.set(b"g", t)
+    index.set(b"g", t, created=True)
     index.set_if_absent(b"g", t + timedelta(days=1))
     assert index.pop_due(t) == [b"g"]
 
