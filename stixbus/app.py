@@ -82,4 +82,5 @@ def build_app(ctx: BusContext) -> faust.App:
     _compat.serve_only(app, WEB_PATHS)
     _compat.leave_group_when_stopped()
     _compat.seek_uncommitted_to_start()
+    _compat.commit_only_what_was_processed()
     return app

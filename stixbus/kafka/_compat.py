@@ -50,6 +50,21 @@ shows it.
   `earliest` reset the worker is configured with), so they are read again: at-least-once.
   Tested by tests/broker/test_taxii_server.py (poll loop with a kill -9),
   tests/broker/test_recovery.py and tests/broker/test_rebalance_loss.py.
+- `commit_only_what_was_processed` (faust-streaming 0.15 `Consumer._add_gap`,
+  `Consumer._new_offset`, `_acked`, `_committed_offset`): Faust commits past records it never
+  handed to an agent in two ways.  (1) When the consumer yields an offset more than one above
+  the last read one, Faust records the offsets in between as a "gap" (meant for compacted
+  topics and transaction markers) and commits over them as if processed.  (2) Its check for a
+  hole at the head of the acked offsets lets exactly one unacked offset through (`min(acked) -
+  committed > 1`).  The chaos run that kills a worker with a broker lost submissions both ways
+  (docs/runbook.md, "Known issue"): after a restart the consumer handed over records from
+  beyond the read offset, and the skipped ones were committed.  Every topic the worker's
+  agents consume is delete-policy and written without transactions (stixbus/kafka/topics.py),
+  so its offsets have no holes: a jump means skipped records, never missing ones.  The
+  wrappers record no gap and commit nothing while the lowest acked offset is above the
+  committed one; the records are then below a commit that does not move, and the stall
+  watchdog (agents/stall.py) reads the partition again.  Tested by
+  tests/unit/test_compat_commit.py.
 """
 
 from __future__ import annotations
@@ -78,6 +93,7 @@ __all__ = [
     "RequestHandler",
     "TaxiiHTTPConnection",
     "as_current_event",
+    "commit_only_what_was_processed",
     "leave_group_when_stopped",
     "seek_uncommitted_to_start",
     "serve_only",
@@ -153,6 +169,36 @@ def seek_uncommitted_to_start() -> None:
 
     perform_seek._stixbus_rewinds = True  # type: ignore[attr-defined]
     FaustConsumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+def commit_only_what_was_processed() -> None:
+    """No gaps on the worker's (hole-free) topics, and no commit over an unacked head offset
+    (idempotent; see the module doc)."""
+    original_new_offset: Any = FaustConsumer._new_offset
+    if getattr(original_new_offset, "_stixbus_strict", False):
+        return
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        _log.warning(
+            "%s/%s: the consumer skipped from offset %d to %d; they stay uncommitted and are "
+            "read again (no gap on a topic without holes)",
+            tp.topic,
+            tp.partition,
+            offset_from,
+            offset_to,
+        )
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            return None  # the committed offset itself was not processed: nothing to commit
+        result: int | None = original_new_offset(self, tp)
+        return result
+
+    _new_offset._stixbus_strict = True  # type: ignore[attr-defined]
+    FaustConsumer._add_gap = _add_gap  # type: ignore[method-assign]
+    FaustConsumer._new_offset = _new_offset  # type: ignore[method-assign]
 
 
 FAUST_OFFSET_KEY = b"__faust\0offset__"
