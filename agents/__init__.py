@@ -29,7 +29,8 @@ def register_all(app: faust.App, ctx: BusContext) -> None:
     )
     from stixbus.kafka.fast_producer import FastProducer
 
-    # One librdkafka producer per worker for the ownership and route outputs (None: Faust's).
+    # One librdkafka producer per worker for the ownership, route and feedback index outputs
+    # (None: Faust's).
     fast = FastProducer.from_settings(ctx.settings) if ctx.settings.fast_producer else None
     store, agreements_loaded = agreements.register(app, ctx)
     memory, markings_loaded = markings.register(app, ctx)
@@ -37,7 +38,7 @@ def register_all(app: faust.App, ctx: BusContext) -> None:
     ownership.register(app, ctx, fast)
     false_positives = feedback.register_counts(app, ctx)
     route.register(app, ctx, store, agreements_loaded, false_positives, fast)
-    feedback.register(app, ctx)
+    feedback.register(app, ctx, fast)
     health.register(app, ctx)
     observe.register(app, ctx)
     stall.register(app, ctx)

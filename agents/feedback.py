@@ -1,8 +1,10 @@
 """Feedback stages: audit + members' reports → aggregated sightings/opinions to producers, and the
 false-positive counts the route stage reads (pure logic: stixbus/core/feedback.py).
 
-- `audit` → `feedback` (key = delivered id): every delivery the audit records
-  (`stixbus.core.audit.delivery_facts`), re-keyed so it meets the reports about that id;
+- `audit` → `feedback` (partition of the delivered id): every delivery the audit records
+  (`stixbus.core.audit.delivery_facts`), re-partitioned so it meets the reports about that id;
+  a batch of audit records makes one record per partition (`batch_deliveries`), sent through the
+  worker's librdkafka producer when it has one, acknowledged before the batch's offsets;
 - `feedback` (+ the reports agents/ingest.py diverts there) → table `stixbus-feedback`:
   who received the id and what stands behind it; accepted reports go to `feedback-sources`
   (key = dedup key), rejected ones get a receipt update on `receipts.<reporter>`;
@@ -16,6 +18,7 @@ false-positive counts the route stage reads (pure logic: stixbus/core/feedback.p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,12 +36,15 @@ from stixbus.core.feedback import (
     ForwardedDeliveries,
     KeyFeedback,
     accept_report,
-    apply_delivery,
+    apply_deliveries,
+    batch_deliveries,
     contribute,
+    deliveries_by_id,
     flush,
     flush_interval,
 )
 from stixbus.kafka.config import client_kwargs
+from stixbus.kafka.fast_producer import DeliveryFailed, FastProducer, Outputs, key_partition
 from stixbus.kafka.replay import Records, follow
 from stixbus.kafka.topics import FEEDBACK_SOURCES_TABLE, FEEDBACK_TABLE
 
@@ -80,7 +86,8 @@ def register_counts(app: faust.App, ctx: BusContext) -> FalsePositiveCounts:
     return counts
 
 
-def register(app: faust.App, ctx: BusContext) -> None:
+def register(app: faust.App, ctx: BusContext, fast: FastProducer | None = None) -> None:
+    """`fast`: the worker's librdkafka producer for the index's records (None: Faust's)."""
     names, registry, settings = ctx.names, ctx.registry, ctx.settings
     feedback_topic = app.topic(names.feedback)
     sources_topic = app.topic(names.feedback_sources)
@@ -97,30 +104,58 @@ def register(app: faust.App, ctx: BusContext) -> None:
     schedule = FlushSchedule()
     forwarded = ForwardedDeliveries()
 
+    partitions = settings.partitions  # the feedback topic's and the table's (topics.py)
+
+    def partition_of(key: bytes) -> int:
+        return key_partition(key, partitions)
+
     @app.agent(app.topic(names.audit), name="stixbus.feedback.index")
     async def index_deliveries(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
-            if b'"deliveries":[]' in value:
-                continue  # a step that delivered nothing: nothing to index (cheap skip)
-            for fact in delivery_facts(AuditEntry.model_validate_json(value)):
-                if not forwarded.is_new(fact):
-                    continue
-                event = FeedbackEvent(delivery=fact)
-                await feedback_topic.send(
-                    key=fact.delivered_id.encode(), value=event.model_dump_json().encode()
-                )
+        # faust.Stream.take_events (as in agents/route.py): the batch's events are acked only
+        # after the body ran, i.e. after the broker acknowledged the batch's records.
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.feedback_index_batch_max, within=settings.feedback_index_batch_seconds
+        )
+        async for events in batches:
+            try:
+                await _index(events)
+            except DeliveryFailed as exc:  # not committed: replayed after the restart
+                await app.crash(exc)
+                raise
+
+    async def _index(events: Sequence[faust.EventT]) -> None:
+        facts = [
+            fact
+            for event in events
+            if b'"deliveries":[]' not in event.value  # delivered nothing: a cheap skip
+            for fact in delivery_facts(AuditEntry.model_validate_json(event.value))
+            if forwarded.is_new(fact)
+        ]
+        if not facts:
+            return
+        out = Outputs(fast)
+        for record in batch_deliveries(facts, partition_of):
+            await out.send(feedback_topic, record.key, record.value, record.partition)
+        await out.acked()  # raises DeliveryFailed if the broker refused a record
 
     @app.agent(feedback_topic, name="stixbus.feedback")
     async def feedback(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             key = bytes(event.key or b"")
             record = FeedbackEvent.model_validate_json(event.value)
-            index = DeliveredIndex.decode(delivered.get(key))
-            if record.delivery is not None:
-                updated = apply_delivery(index, record.delivery)
-                if updated is not None:
-                    delivered[key] = updated.encode()
+            # `deliveries` (batched, keys of this partition) or `delivery` (one fact, from
+            # before the batching): one table read and at most one write per delivered id.
+            deliveries = record.deliveries or ([record.delivery] if record.delivery else [])
+            if deliveries:
+                for delivered_id, facts in deliveries_by_id(deliveries).items():
+                    fact_key = delivered_id.encode()
+                    updated = apply_deliveries(
+                        DeliveredIndex.decode(delivered.get(fact_key)), facts
+                    )
+                    if updated is not None:
+                        delivered[fact_key] = updated.encode()
                 continue
+            index = DeliveredIndex.decode(delivered.get(key))
             report = record.report
             if report is None:
                 continue

@@ -387,6 +387,11 @@ async def publish_all(conn: dict[str, Any], topic: str, payloads: list[bytes]) -
         await producer.stop()
 
 
+# `drain`: the bus is idle once none of its topics got a record for this long (at most MAX).
+DRAIN_QUIET_S = 3.0
+DRAIN_MAX_S = 120.0
+
+
 @dataclass
 class Collected:
     ids: dict[str, set[str]] = field(default_factory=dict)
@@ -434,6 +439,36 @@ async def collect(
                 return got
     finally:
         await consumer.stop()
+
+
+async def end_offsets_total(
+    conn: dict[str, Any], prefixes: tuple[str, ...], inputs: tuple[str, ...]
+) -> int:
+    """Records the bus has written so far (sum of end offsets over its topics but the inputs)."""
+    consumer = AIOKafkaConsumer(**conn, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        topics = [t for t in await consumer.topics() if t.startswith(prefixes) and t not in inputs]
+        tps = [tp for t in topics for tp in await partitions(consumer, t)]
+        return sum((await consumer.end_offsets(tps)).values()) if tps else 0
+    finally:
+        await consumer.stop()
+
+
+def drain(
+    conn: dict[str, Any], prefixes: tuple[str, ...], inputs: tuple[str, ...], cpu: Any
+) -> tuple[float, float]:
+    """Wait until the bus stops writing (the feedback stages lag the deliveries): no new record
+    on any of its topics for DRAIN_QUIET_S.  Returns (CPU s, s after the last delivery) at the
+    last write seen, so the quiet wait's idle CPU is not counted."""
+    t0 = time.monotonic()
+    last_total, last_cpu, last_at = -1, cpu(), t0
+    while time.monotonic() - last_at < DRAIN_QUIET_S and time.monotonic() - t0 < DRAIN_MAX_S:
+        total = asyncio.run(end_offsets_total(conn, prefixes, inputs))
+        if total != last_total:
+            last_total, last_cpu, last_at = total, cpu(), time.monotonic()
+        time.sleep(0.5)
+    return last_cpu, last_at - t0
 
 
 async def written_records(
@@ -515,7 +550,9 @@ async def passthrough(conn: dict[str, Any], source: str, inputs: int, sizes: lis
 class RunResult:
     input_per_s: float
     delivered_per_s: float
-    worker_cpu_s: float
+    worker_cpu_s: float  # up to the last delivery
+    drained_cpu_s: float  # up to the bus's last write (feedback stages included)
+    drain_s: float  # how long after the last delivery the bus still wrote
     worker_rss_mib: float
     broker_rss_mib: float
     records_per_input: float
@@ -564,6 +601,10 @@ def throughput_run(
         if profiler is not None:
             profiler.wait()
         cpu = cpu_seconds(tree()) - cpu0
+        inputs = (*(bus.names.ingest(o.id) for o in load_registry(ORGS).publishers),
+                  bus.names.agreements)  # fmt: skip
+        prefixes = (bus.names.prefix, bus.settings.app_id)
+        drained_cpu, drain_s = drain(bus.conn, prefixes, inputs, lambda: cpu_seconds(tree()))
         worker_rss = max(rss_mib(p, "VmHWM") for p in pids)
         bpid = broker_pid(base)
         broker_rss = rss_mib(bpid) if bpid else 0.0
@@ -577,13 +618,7 @@ def throughput_run(
             missing += max(0, expected.versions[org] - versions - len(ids - have))
             extra += max(0, versions - expected.versions[org] - len(have - ids))
         extra += sum(len(v) for o, v in got.ids.items() if o not in expected.ids)
-        written = asyncio.run(
-            written_records(
-                bus.conn, (bus.names.prefix, bus.settings.app_id),
-                (*(bus.names.ingest(o.id) for o in load_registry(ORGS).publishers),
-                 bus.names.agreements),
-            )
-        )  # fmt: skip
+        written = asyncio.run(written_records(bus.conn, prefixes, inputs))
         total = sum(n for n, _ in written.values())
         sizes: list[int] = []
         for n, mean in written.values():
@@ -597,6 +632,8 @@ def throughput_run(
             input_per_s=count / elapsed,
             delivered_per_s=got.records / elapsed,
             worker_cpu_s=cpu,
+            drained_cpu_s=drained_cpu - cpu0,
+            drain_s=drain_s,
             worker_rss_mib=worker_rss,
             broker_rss_mib=broker_rss,
             records_per_input=total / count,
@@ -618,6 +655,9 @@ def _report(results: list[RunResult], count: int, security: str, title: str) -> 
         ("delivered objects/s", f"{med('delivered_per_s'):,.0f}"),
         ("worker CPU s (all workers)", f"{med('worker_cpu_s'):.1f}"),
         ("worker CPU ms / input", f"{1000 * med('worker_cpu_s') / count:.2f}"),
+        ("worker CPU s, drained", f"{med('drained_cpu_s'):.1f}"),
+        ("worker CPU ms / input, drained", f"{1000 * med('drained_cpu_s') / count:.2f}"),
+        ("drain after last delivery s", f"{med('drain_s'):.1f}"),
         ("worker peak RSS MiB (largest)", f"{med('worker_rss_mib'):,.0f}"),
         ("broker RSS MiB", f"{med('broker_rss_mib'):,.0f}"),
         ("records written / input", f"{med('records_per_input'):.2f}"),
@@ -649,7 +689,8 @@ def throughput(args: argparse.Namespace) -> int:
             results[n].append(r)
             print(f"  run {run + 1}, {n} worker{'s' if n > 1 else ''} (load "
                   f"{os.getloadavg()[0]:.2f}): {r.input_per_s:,.0f} input/s, "
-                  f"{r.delivered_per_s:,.0f} delivered obj/s, worker {r.worker_cpu_s:.1f} CPU s, "
+                  f"{r.delivered_per_s:,.0f} delivered obj/s, worker {r.worker_cpu_s:.1f} CPU s "
+                  f"({r.drained_cpu_s:.1f} drained, +{r.drain_s:.1f} s), "
                   f"RSS {r.worker_rss_mib:,.0f} MiB, broker RSS {r.broker_rss_mib:,.0f} MiB, "
                   f"{r.records_per_input:.2f} records/input; passthrough "
                   f"{r.passthrough_per_s:,.0f} input/s, ratio {r.ratio:.2f}; missing "

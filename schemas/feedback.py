@@ -1,7 +1,8 @@
 """Records of the feedback stages (docs/feedback.md, "Sightings and false-positive reports").
 
 `<p>.feedback` (key = the delivered STIX id) carries `FeedbackEvent`s: what the audit says was
-delivered to whom (`DeliveryFact`) and what a subscriber reported about it (`FeedbackReport`).
+delivered to whom (`DeliveryFact`s, batched per partition: `deliveries`) and what a subscriber
+reported about it (`FeedbackReport`).
 `<p>.feedback-sources` (key = the dedup key) carries `FeedbackEvent`s with a `Contribution`
 (one accepted report, mapped to one producer's object) or a flush (coalescing window over).
 `<p>.false-positives` (compacted, key = the dedup key) carries `FalsePositiveCount`.
@@ -70,11 +71,17 @@ class Contribution(BaseModel):
 
 
 class FeedbackEvent(BaseModel):
-    """Exactly one of the fields is set (a flush carries only `flush`)."""
+    """Exactly one of the fields is set (a flush carries only `flush`).
+
+    `deliveries`: the index's batched form, facts about several delivered ids that all map to
+    the record's partition (`stixbus.core.feedback.batch_deliveries`); its key is the first
+    fact's id.  `delivery`: the older one-fact form, still read (a topic may hold such records
+    from before an upgrade)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     delivery: DeliveryFact | None = None
+    deliveries: list[DeliveryFact] = Field(default_factory=list)
     report: FeedbackReport | None = None
     contribution: Contribution | None = None
     flush: bool = False

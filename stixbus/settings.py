@@ -481,6 +481,18 @@ class Settings(BaseSettings):
     route_batch_seconds: float = Field(
         default=0.005, gt=0, description="Route agent: wait at most this long to fill a batch (s)"
     )
+    feedback_index_batch_max: int = Field(
+        default=500,
+        ge=1,
+        description="Feedback index agent: audit records read per batch at most; the batch's "
+        "deliveries go to `feedback` as one record per partition, not one per delivery",
+    )
+    feedback_index_batch_seconds: float = Field(
+        default=0.05,
+        gt=0,
+        description="Feedback index agent: wait at most this long to fill a batch (s); it delays "
+        "the index by as much (a report in that time may be rejected: send it again)",
+    )
     companion_refresh_seconds: float = Field(
         default=3600.0,
         gt=0,

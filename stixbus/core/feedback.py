@@ -17,7 +17,7 @@ Three steps, each keyed so that one Faust table partition holds what it needs:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -162,6 +162,70 @@ def apply_delivery(index: DeliveredIndex, fact: DeliveryFact) -> DeliveredIndex 
     ):
         return None  # older, or the same apart from its time: no table write (hot path)
     return DeliveredIndex({**index.recipients, fact.subscriber: fact})
+
+
+def apply_deliveries(index: DeliveredIndex, facts: Iterable[DeliveryFact]) -> DeliveredIndex | None:
+    """The index after `facts`, in order (one table write for all); None when none changes it."""
+    changed: DeliveredIndex | None = None
+    for fact in facts:
+        updated = apply_delivery(index if changed is None else changed, fact)
+        if updated is not None:
+            changed = updated
+    return changed
+
+
+def deliveries_by_id(facts: Iterable[DeliveryFact]) -> dict[str, list[DeliveryFact]]:
+    """`facts` grouped by delivered id (the table key), each group in the given order."""
+    groups: dict[str, list[DeliveryFact]] = {}
+    for fact in facts:
+        groups.setdefault(fact.delivered_id, []).append(fact)
+    return groups
+
+
+# The index's batched records (`batch_deliveries`) stay below this size (a larger fact alone).
+INDEX_RECORD_BYTES = 256 * 1024
+_DELIVERIES_HEAD, _DELIVERIES_TAIL = b'{"deliveries":[', b"]}"
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRecord:
+    """One record for the `feedback` topic: a `FeedbackEvent` with `deliveries`."""
+
+    partition: int
+    key: bytes  # the first fact's delivered id (which maps to `partition` too)
+    value: bytes
+    facts: int
+
+
+def batch_deliveries(
+    facts: Iterable[DeliveryFact],
+    partition_of: Callable[[bytes], int],
+    max_bytes: int = INDEX_RECORD_BYTES,
+) -> list[IndexRecord]:
+    """The index stage's records for `facts`: one per partition of the `feedback` topic, not one
+    per fact.  `partition_of(delivered id)` must be the partitioner the reports are sent with
+    (murmur2, as Faust's producer), because the `stixbus-feedback` table stores a key in the
+    partition of the event that wrote it, where the reports about that id arrive.  Facts keep
+    their order within a partition; a record holding more than `max_bytes` of facts is split."""
+    parts: dict[int, list[tuple[bytes, list[bytes]]]] = {}
+    sizes: dict[int, int] = {}
+    for fact in facts:
+        key = fact.delivered_id.encode()
+        encoded = DeliveryFact.__pydantic_serializer__.to_json(fact)
+        partition = partition_of(key)
+        chunks = parts.setdefault(partition, [])
+        if not chunks or sizes[partition] + len(encoded) + 1 > max_bytes:
+            chunks.append((key, []))
+            sizes[partition] = len(_DELIVERIES_HEAD) + len(_DELIVERIES_TAIL)
+        chunks[-1][1].append(encoded)
+        sizes[partition] += len(encoded) + 1
+    return [
+        IndexRecord(
+            partition, key, _DELIVERIES_HEAD + b",".join(encoded) + _DELIVERIES_TAIL, len(encoded)
+        )
+        for partition, chunks in parts.items()
+        for key, encoded in chunks
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stixbus.errors import StixbusError
@@ -42,6 +43,13 @@ QUEUE_FULL_WAIT = 0.002  # local queue full (BufferError): wait for the poll thr
 ACK_WAIT_LOG_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition a keyed record lands on when no partition is given: aiokafka's
+    `DefaultPartitioner` (Faust's producer), which librdkafka's `murmur2_random` matches.  For an
+    agent that groups records by partition itself (agents/feedback.py, the index)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class DeliveryFailed(StixbusError, RuntimeError):
@@ -166,11 +174,16 @@ class FastProducer:
         while not self._stopping.is_set():
             self._producer.poll(POLL_SECONDS)
 
-    async def send(self, batch: Batch, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue one record in `batch` (not awaiting its ack: `batch.acked()` does)."""
+    async def send(
+        self, batch: Batch, topic: str, key: bytes | None, value: bytes, partition: int = -1
+    ) -> None:
+        """Queue one record in `batch` (not awaiting its ack: `batch.acked()` does).
+        `partition` -1: the partitioner picks (murmur2 of the key)."""
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=batch._on_delivery)
+                self._producer.produce(
+                    topic, value, key, partition=partition, on_delivery=batch._on_delivery
+                )
             except BufferError:  # librdkafka's local queue is full: let the poll thread drain
                 await asyncio.sleep(QUEUE_FULL_WAIT)
                 continue
@@ -205,11 +218,15 @@ class Outputs:
         self._batch = fast.batch() if fast is not None else None
         self._acks: list[Awaitable[object]] = []
 
-    async def send(self, topic: faust.TopicT, key: bytes | None, value: bytes) -> None:
+    async def send(
+        self, topic: faust.TopicT, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        """`partition` None: the partitioner picks (murmur2 of the key, `key_partition`)."""
         if self._fast is not None and self._batch is not None:
-            await self._fast.send(self._batch, topic.get_topic_name(), key, value)
+            where = -1 if partition is None else partition
+            await self._fast.send(self._batch, topic.get_topic_name(), key, value, where)
         else:
-            self._acks.append(await topic.send(key=key, value=value))
+            self._acks.append(await topic.send(key=key, value=value, partition=partition))
 
     async def acked(self) -> None:
         """Return once the broker acknowledged every record of the batch (`DeliveryFailed`

@@ -12,7 +12,7 @@ from stix2validator import ValidationOptions, validate_instance
 
 from schemas.agreement import AgreementSet
 from schemas.envelope import NormalizedObject, Reason
-from schemas.feedback import Contribution, DeliveryFact, FeedbackReport, ReportKind
+from schemas.feedback import Contribution, DeliveryFact, FeedbackEvent, FeedbackReport, ReportKind
 from stixbus.core.audit import delivery_facts
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.deliveries import RouteConfig
@@ -24,8 +24,11 @@ from stixbus.core.feedback import (
     ForwardedDeliveries,
     KeyFeedback,
     accept_report,
+    apply_deliveries,
     apply_delivery,
+    batch_deliveries,
     contribute,
+    deliveries_by_id,
     due_at,
     flush,
     flush_interval,
@@ -36,6 +39,7 @@ from stixbus.core.minting import minted_id
 from stixbus.core.normalise import normalise_submission
 from stixbus.core.route_step import StepResult, TableWrite, Tick, route_step
 from stixbus.core.state_codec import decode_state, encode_state
+from stixbus.kafka.fast_producer import key_partition
 from stixbus.settings import Limits
 from tests.helpers.agreements import make_agreement
 from tests.helpers.dedup_samples import indicator
@@ -240,6 +244,71 @@ def test_index_keeps_the_latest_fact_per_recipient_and_survives_its_encoding() -
     moved = again.model_copy(update={"agreement_id": "other"})
     assert apply_delivery(index, moved) == DeliveredIndex({"bank-a": moved})
     assert DeliveredIndex.decode(index.encode()) == index
+
+
+def test_the_index_sends_one_record_per_partition_not_one_per_delivery() -> None:
+    facts = [fact(s, f"indicator--{i}-{s}", ("cert", f"indicator--{i}")) for i in range(40)
+             for s in BANKS]  # fmt: skip
+    records = batch_deliveries(facts, lambda key: key_partition(key, 4))
+    assert len(records) == len({key_partition(f.delivered_id.encode(), 4) for f in facts}) <= 4
+    seen: list[DeliveryFact] = []
+    for record in records:
+        event = FeedbackEvent.model_validate_json(record.value)  # the schema reads it back
+        assert event.delivery is None and len(event.deliveries) == record.facts
+        assert record.key == event.deliveries[0].delivered_id.encode()
+        # every fact lands on the partition its id's reports are sent to (murmur2, like Faust)
+        assert {key_partition(f.delivered_id.encode(), 4) for f in event.deliveries} == {
+            record.partition
+        }
+        seen += event.deliveries
+    assert sorted(seen, key=facts.index) == facts  # none lost, none doubled
+    assert seen == [
+        f for r in records for f in FeedbackEvent.model_validate_json(r.value).deliveries
+    ]
+    # order within a partition is kept (a later fact about the same id must win)
+    for record in records:
+        mine = [f for f in facts if key_partition(f.delivered_id.encode(), 4) == record.partition]
+        assert FeedbackEvent.model_validate_json(record.value).deliveries == mine
+
+
+def test_index_records_are_split_below_the_size_limit() -> None:
+    facts = [fact("bank-a", f"indicator--{i}", ("cert", f"indicator--s{i}")) for i in range(30)]
+    size = len(facts[0].model_dump_json())
+    records = batch_deliveries(facts, lambda key: 0, max_bytes=5 * size)
+    assert len(records) > 1 and all(len(r.value) <= 5 * size for r in records)
+    got = [f for r in records for f in FeedbackEvent.model_validate_json(r.value).deliveries]
+    assert got == facts and sum(r.facts for r in records) == 30
+    huge = batch_deliveries(facts[:2], lambda key: 0, max_bytes=10)  # a fact larger: alone
+    assert [r.facts for r in huge] == [1, 1]
+
+
+def test_the_partitioner_is_fausts() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in (b"indicator--1", b"indicator--2f0a8f8e-0000", b"x" * 80):
+        assert key_partition(key, 4) == DefaultPartitioner()(key, [0, 1, 2, 3], [0, 1, 2, 3])
+
+
+def test_folded_deliveries_make_one_write_per_id_and_none_when_nothing_changed() -> None:
+    a1 = fact("bank-a", "indicator--d", ("cert", "indicator--x"))
+    b1 = fact("bank-b", "indicator--d", ("cert", "indicator--x"))
+    other = fact("bank-a", "indicator--e", ("cert", "indicator--y"))
+    groups = deliveries_by_id([a1, other, b1])
+    assert groups == {"indicator--d": [a1, b1], "indicator--e": [other]}
+    index = apply_deliveries(DeliveredIndex(), groups["indicator--d"])
+    assert index == DeliveredIndex({"bank-a": a1, "bank-b": b1})
+    assert apply_deliveries(index, [a1, b1]) is None  # a replay: no table write
+    later = a1.model_copy(update={"decided_at": T0 + timedelta(hours=1), "agreement_id": "z"})
+    assert apply_deliveries(index, [later, a1]) == DeliveredIndex({"bank-a": later, "bank-b": b1})
+    assert apply_deliveries(DeliveredIndex(), []) is None
+
+
+def test_an_old_one_fact_feedback_record_is_still_read() -> None:
+    new = FeedbackEvent(delivery=fact("bank-a", "indicator--d")).model_dump_json()
+    old = new.replace(',"deliveries":[]', "")  # as written before `deliveries` existed
+    assert old != new
+    event = FeedbackEvent.model_validate_json(old)
+    assert event.delivery is not None and event.deliveries == []
 
 
 # --- aggregation ---------------------------------------------------------------------------
