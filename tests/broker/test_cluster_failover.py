@@ -56,6 +56,9 @@ DOWN_FOR = 3.0  # seconds before the broker and the worker are started again
 # longer: its restarted worker warms a validation pool first (20-30 s at load 4-5), and this
 # tells a late submission from a lost one (docs/runbook.md, "Known issue: a worker killed ...").
 DELIVERY_WAIT = 240.0 if KILL_WORKER else 60.0
+# With the worker kill, a stalled partition of the restarted worker is read again by the stall
+# watchdog half its bound (STIXBUS_STALL_SECONDS=30 below) into the stall: 15-20 s on top.
+FAILOVER_BOUND = 60.0 if KILL_WORKER else 45.0
 
 
 @dataclass
@@ -409,7 +412,7 @@ def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> Non
         f"median latency before the kill {sorted(before)[len(before) // 2]:.2f} s; "
         f"publish retries {len(stream.errors)}"
     )
-    assert failover < 45, f"failover took {failover:.1f} s"
+    assert failover < FAILOVER_BOUND, f"failover took {failover:.1f} s"
     # The audit names the publisher's object id (the delivered copy carries the bus-minted id).
     audited = _audited(first, "bank-a")
     submitted = _submitted_ids(first)
