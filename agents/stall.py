@@ -75,7 +75,13 @@ def register(app: faust.App, ctx: BusContext) -> None:
         }
         now = time.monotonic()
         watch.observe(now, positions)
-        seek, stalls = watch.actions(now, positions, bound)
+        acked = consumer._acked  # type: ignore[attr-defined]
+        holes = frozenset(
+            name
+            for name, tp in by_name.items()
+            if acked.get(tp) and committed.get(tp) is not None and min(acked[tp]) > committed[tp]
+        )
+        seek, stalls = watch.actions(now, positions, bound, holes, 2 * settings.stall_check_seconds)
         for stall in seek:
             tp = by_name[stall.partition]
             log.warning(

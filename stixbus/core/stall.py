@@ -62,10 +62,17 @@ class StallWatch:
         now: float,
         positions: Mapping[str, tuple[int | None, int | None]],
         bound_seconds: float,
+        holes: frozenset[str] = frozenset(),
+        hole_seconds: float = 10.0,
     ) -> tuple[list[Stall], list[Stall]]:
         """(partitions to read again from the committed offset, partitions that still stall
-        after that): the first past half the bound, once per stall; the second past it."""
-        stalls = self.stalled(now, positions, bound_seconds / 2)
+        after that): the first past half the bound, once per stall; the second past it.
+
+        `holes`: partitions whose agents acked offsets above the committed one while the
+        committed one itself was never acked.  Agents ack in order, so that record was skipped
+        by the consumer and will not come by itself: read again after `hole_seconds` already."""
+        stalls = self.stalled(now, positions, min(bound_seconds / 2, hole_seconds))
+        stalls = [s for s in stalls if s.partition in holes or s.seconds > bound_seconds / 2]
         stop = [s for s in stalls if s.seconds > bound_seconds and s.partition in self._sought]
         seek = [s for s in stalls if s.partition not in self._sought]
         self._sought |= {s.partition for s in seek}

@@ -78,3 +78,13 @@ def test_a_later_stall_is_read_again_first_too() -> None:
     watch.observe(52.0, {"p": (40, 58)})  # then it stalls again, 32 s
     seek, stop = watch.actions(52.0, {"p": (40, 58)}, 30)
     assert [s.partition for s in seek] == ["p"] and stop == []
+
+
+def test_a_hole_under_the_acked_offsets_is_read_again_early() -> None:
+    """Agents ack in order: acked offsets above an unacked committed one mean the consumer
+    skipped it, so waiting half the bound only delays the delivery."""
+    watch, p = StallWatch(), {"claims/1": (19, 53), "slow/0": (7, 9)}
+    watch.observe(0.0, p)
+    watch.observe(11.0, p)
+    seek, stop = watch.actions(11.0, p, 120, holes=frozenset({"claims/1"}), hole_seconds=10)
+    assert [s.partition for s in seek] == ["claims/1"] and stop == []  # slow/0 has no hole
