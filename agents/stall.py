@@ -24,8 +24,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stixbus import worker_state
 from stixbus.context import BusContext
-from stixbus.core.stall import StallWatch
+from stixbus.core.stall import StallWatch, has_hole
 from stixbus.errors import StixbusError
+from stixbus.kafka._compat import consumer_books
 from stixbus.kafka.config import client_kwargs
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ def register(app: faust.App, ctx: BusContext) -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             watch.forget()
             return
-        committed = consumer._committed_offset  # type: ignore[attr-defined]
         mine = [
             tp
             for tp in consumer.assignment()
@@ -69,18 +69,18 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 await offsets.pop("client").stop()
             return
         by_name = {f"{tp.topic}/{tp.partition}": tp for tp in mine}
+        books = consumer_books(consumer, mine)
         positions = {
-            name: (committed.get(tp), ends.get(TopicPartition(tp.topic, tp.partition)))
+            name: (books[tp].committed, ends.get(TopicPartition(tp.topic, tp.partition)))
             for name, tp in by_name.items()
         }
-        now = time.monotonic()
-        watch.observe(now, positions)
-        acked = consumer._acked  # type: ignore[attr-defined]
         holes = frozenset(
             name
             for name, tp in by_name.items()
-            if acked.get(tp) and committed.get(tp) is not None and min(acked[tp]) > committed[tp]
+            if has_hole(books[tp].committed, books[tp].lowest_acked)
         )
+        now = time.monotonic()
+        watch.observe(now, positions)
         seek, stalls = watch.actions(now, positions, bound, holes, 2 * settings.stall_check_seconds)
         for stall in seek:
             tp = by_name[stall.partition]
@@ -88,7 +88,7 @@ def register(app: faust.App, ctx: BusContext) -> None:
                 "%s (read up to offset %s): reading it again from the committed offset; the "
                 "worker stops if it still does not move after %g s (STIXBUS_STALL_SECONDS)",
                 stall.describe(),
-                consumer._read_offset.get(tp),  # type: ignore[attr-defined]
+                books[tp].read,
                 bound,
             )
             await consumer.seek(tp, stall.committed or 0)

@@ -18,6 +18,8 @@ from typing import Any
 import faust
 from faust.sensors import Sensor
 
+from stixbus.kafka._compat import consumer_books
+
 log = logging.getLogger(__name__)
 
 DUMP_SIGNAL = signal.SIGRTMIN
@@ -48,15 +50,14 @@ def describe(app: faust.App) -> str:
     for name in ("_active_partitions", "_paused_partitions", "_buffered_partitions"):
         lines.append(f"  consumer.{name}: {_tps(getattr(consumer, name, None))}")
     lines.append(f"  consumer flow_active={getattr(consumer, 'flow_active', '?')}")
-    committed, read = consumer._committed_offset, consumer._read_offset
-    for tp in sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition)):
-        if "changelog" in tp.topic:
-            continue
-        acked = consumer._acked.get(tp) or []
+    tps = sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition))
+    for tp, book in consumer_books(
+        consumer, [t for t in tps if "changelog" not in t.topic]
+    ).items():
+        lowest = f" min={book.lowest_acked}" if book.lowest_acked is not None else ""
         lines.append(
-            f"  {tp.topic}/{tp.partition}: committed={committed.get(tp)} read={read.get(tp)}"
-            f" acked={len(acked)}{' min=' + str(min(acked)) if acked else ''}"
-            f" gaps={len(consumer._gap.get(tp) or [])}"
+            f"  {tp.topic}/{tp.partition}: committed={book.committed} read={book.read}"
+            f" acked={book.acked}{lowest} gaps={book.gaps}"
         )
     for agent in app.agents.values():
         for actor in getattr(agent, "_actors", []):

@@ -16,6 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
+def has_hole(committed: int | None, lowest_acked: int | None) -> bool:
+    """Agents ack in order, so an acked offset above the unacked committed one means the
+    consumer skipped the committed one: it will not come by itself."""
+    return committed is not None and lowest_acked is not None and lowest_acked > committed
+
+
 @dataclass(frozen=True)
 class Stall:
     partition: str

@@ -65,6 +65,11 @@ shows it.
   committed one; the records are then below a commit that does not move, and the stall
   watchdog (agents/stall.py) reads the partition again.  Tested by
   tests/unit/test_compat_commit.py.
+- `consumer_books` (faust-streaming 0.15 `Consumer._committed_offset`, `_read_offset`,
+  `_acked`, `_gap`): what Faust's consumer keeps per partition — the offset it committed, the
+  last one it read, and the lowest one the agents acked.  The stall watchdog (agents/stall.py)
+  and the state dump (stixbus/worker_state.py) read them; there is no public API for them.
+  Tested by tests/unit/test_compat_commit.py.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import re
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +100,7 @@ __all__ = [
     "TaxiiHTTPConnection",
     "as_current_event",
     "commit_only_what_was_processed",
+    "consumer_books",
     "leave_group_when_stopped",
     "seek_uncommitted_to_start",
     "serve_only",
@@ -199,6 +206,32 @@ def commit_only_what_was_processed() -> None:
     _new_offset._stixbus_strict = True  # type: ignore[attr-defined]
     FaustConsumer._add_gap = _add_gap  # type: ignore[method-assign]
     FaustConsumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class ConsumerBook:
+    """Faust's bookkeeping of one partition (None: nothing yet)."""
+
+    committed: int | None
+    read: int | None
+    lowest_acked: int | None
+    acked: int
+    gaps: int
+
+
+def consumer_books(consumer: Any, tps: Iterable[Any]) -> dict[Any, ConsumerBook]:
+    committed, read = consumer._committed_offset, consumer._read_offset
+    acked, gaps = consumer._acked, consumer._gap
+    return {
+        tp: ConsumerBook(
+            committed=committed.get(tp),
+            read=read.get(tp),
+            lowest_acked=min(acked[tp]) if acked.get(tp) else None,
+            acked=len(acked.get(tp) or ()),
+            gaps=len(gaps.get(tp) or ()),
+        )
+        for tp in tps
+    }
 
 
 FAUST_OFFSET_KEY = b"__faust\0offset__"

@@ -62,3 +62,16 @@ def test_every_topic_the_agents_consume_has_no_holes() -> None:
     specs = {s.name: s for s in names.all_specs(registry, 4)}
     assert consumed <= set(specs)
     assert [n for n in sorted(consumed) if specs[n].compacted] == []
+
+
+def test_the_books_report_committed_read_and_the_lowest_acked() -> None:
+    consumer = _consumer(20, [23, 21, 22])
+    consumer._read_offset = defaultdict(lambda: None, {TOPIC: 40})
+    book = _compat.consumer_books(consumer, [TOPIC])[TOPIC]
+    assert (book.committed, book.read, book.lowest_acked, book.acked, book.gaps) == (
+        20,
+        40,
+        21,
+        3,
+        0,
+    )

@@ -88,3 +88,10 @@ def test_a_hole_under_the_acked_offsets_is_read_again_early() -> None:
     watch.observe(11.0, p)
     seek, stop = watch.actions(11.0, p, 120, holes=frozenset({"claims/1"}), hole_seconds=10)
     assert [s.partition for s in seek] == ["claims/1"] and stop == []  # slow/0 has no hole
+
+
+def test_a_hole_is_an_acked_offset_above_the_unacked_committed_one() -> None:
+    from stixbus.core.stall import has_hole
+
+    assert has_hole(19, 21) and not has_hole(19, 19) and not has_hole(None, 5)
+    assert not has_hole(19, None)
