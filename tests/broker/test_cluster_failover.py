@@ -309,25 +309,37 @@ def _diagnose(bus: Bus, workers: list[Bus], lost: list[str]) -> str:
 
 
 @pytest.mark.timeout(600)  # three brokers, two workers and a restart on a shared 2-core machine
-def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> None:
+def two_workers(bootstrap: str, tmp_path: Path, **env: str) -> list[Bus]:
+    """Two workers of one group, 2 partitions, table standbys, and a 10 s session so a dead
+    worker leaves the group in 10 s (Faust's own BROKER_* variables)."""
     (tmp_path / "w1").mkdir()
     (tmp_path / "w2").mkdir()
     first = make_bus(
-        cluster.bootstrap,
+        bootstrap,
         tmp_path / "w1",
-        STIXBUS_PARTITIONS="2",
+        **{
+            "STIXBUS_PARTITIONS": "2",
+            "STIXBUS_TABLE_STANDBY_REPLICAS": os.environ.get("T_STANDBY", "1"),
+            "BROKER_SESSION_TIMEOUT": "10",
+            "BROKER_HEARTBEAT_INTERVAL": "1",
+            **env,
+        },
+    )
+    return [first, second_worker(first, tmp_path / "w2")]
+
+
+def test_cluster_survives_a_broker_kill(cluster: Cluster, tmp_path: Path) -> None:
+    workers = two_workers(
+        cluster.bootstrap,
+        tmp_path,
         STIXBUS_REPLICATION_FACTOR="3",
         STIXBUS_MIN_INSYNC_REPLICAS="2",
-        STIXBUS_TABLE_STANDBY_REPLICAS=os.environ.get("T_STANDBY", "1"),
         STIXBUS_SECURITY_PROTOCOL="PLAINTEXT",
-        BROKER_SESSION_TIMEOUT="10",  # Faust's own variable (faust/types/settings/settings.py)
-        BROKER_HEARTBEAT_INTERVAL="1",
         # The stall watchdog (agents/stall.py) stops a worker whose partition stopped moving;
         # the orchestrator below restarts it, as Kubernetes or compose would.
         STIXBUS_STALL_SECONDS="30",
     )
-    second = second_worker(first, tmp_path / "w2")
-    workers = [first, second]
+    first, second = workers
     count = int(RATE * STREAM_SECONDS)
     stream = Stream(first, "f")
     orchestrator = Orchestrator(workers)

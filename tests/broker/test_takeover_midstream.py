@@ -14,27 +14,22 @@ import time
 from pathlib import Path
 
 from stixbus.kafka.client import VersionFilter
-from tests.broker.test_cluster_failover import RATE, Stream, _deliveries, _diagnose, _wait_stable
-from tests.broker.test_multi_worker import second_worker
-from tests.helpers.bus import make_bus
+from tests.broker.test_cluster_failover import (
+    RATE,
+    Stream,
+    _deliveries,
+    _diagnose,
+    _wait_stable,
+    two_workers,
+)
 
 STREAM_SECONDS = 16.0
 KILL_AT = 5.0
 
 
 def test_the_survivor_takes_over_mid_stream(bootstrap: str, tmp_path: Path) -> None:
-    (tmp_path / "w1").mkdir()
-    (tmp_path / "w2").mkdir()
-    first = make_bus(
-        bootstrap,
-        tmp_path / "w1",
-        STIXBUS_PARTITIONS="2",
-        STIXBUS_TABLE_STANDBY_REPLICAS="1",
-        BROKER_SESSION_TIMEOUT="10",
-        BROKER_HEARTBEAT_INTERVAL="1",
-    )
-    second = second_worker(first, tmp_path / "w2")
-    workers = [first, second]
+    workers = two_workers(bootstrap, tmp_path)
+    first, second = workers
     count = int(RATE * STREAM_SECONDS)
     stream = Stream(first, "t")
     try:
