@@ -136,14 +136,14 @@ class Follower:
             self.caught_up_at[tp] = now
 
     def horizon(self, org: str) -> int:
-        """Records of `org`'s collection before this time (ms) are final: each partition was
+        """Records of `org`'s collection before this time (µs) are final: each partition was
         read past it (a caught-up partition: up to its fetch time less the clock allowance)."""
         index = self.indexes[org]
         horizon: int | None = None
         for tp in self.partitions.get(org, []):
-            last = index.last_ms.get(tp.partition, 0)
+            last = index.last_us.get(tp.partition, 0)
             seen = self.caught_up_at.get(tp)
-            h = max(last, int(seen) - self.settle_ms) if seen is not None else last
+            h = max(last, (int(seen) - self.settle_ms) * 1000) if seen is not None else last
             horizon = h if horizon is None else min(horizon, h)
         return horizon or 0
 

@@ -5,14 +5,17 @@ The server (egress/taxii/server.py) feeds each subscriber's delivery topic into 
 
 Order and `date_added`:
 
-- every record has a position `(date_added_ms, partition, offset)`; `date_added` is the
-  record's broker append time (the delivery topics use `LogAppendTime`), made non-decreasing
-  per partition, so the same log gives the same positions on every replica and after a restart;
+- every record has a position `(date_added_us, partition, offset)`; `date_added` is the
+  record's broker append time (the delivery topics use `LogAppendTime`) in microseconds, made
+  strictly increasing per partition (a record sharing its predecessor's time, as every record of
+  one producer batch does, gets the predecessor's time plus 1 µs), so the same log gives the
+  same positions on every replica and after a restart, and no two records of a partition share
+  a `date_added`;
 - only records before the *horizon* (a time the shell computes: every partition has been read
   past it) are visible, so a record can never appear behind a position a client already passed;
-- a page never ends inside a millisecond when the next matching record shares it (unless the
-  whole page is that millisecond), so resuming with `added_after = X-TAXII-Date-Added-Last`
-  skips nothing;
+- a page never ends inside a `date_added` the next matching record shares (only records of
+  different partitions can: unless the whole page is that instant), so resuming with
+  `added_after = X-TAXII-Date-Added-Last` skips nothing;
 - a byte-identical `(id, modified)` record (an at-least-once replay) keeps the first one's
   place and `date_added`; a different body under the same `(id, modified)` replaces it.
 
@@ -29,7 +32,7 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -38,9 +41,9 @@ TAXII_MEDIA = "application/taxii+json;version=2.1"
 TAXII_MEDIA_BASE = "application/taxii+json"
 STIX_MEDIA = "application/stix+json;version=2.1"
 SPEC_VERSION = "2.1"
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2  # 2: positions in microseconds
 
-Position = tuple[int, int, int]  # (date_added_ms, partition, offset)
+Position = tuple[int, int, int]  # (date_added_us, partition, offset)
 
 
 class BadRequest(ValueError):
@@ -53,10 +56,10 @@ def collection_id(prefix: str, org: str) -> str:
     return str(uuid.UUID(bytes=bytes(digest[:16]), version=4))
 
 
-def taxii_time(ms: int) -> str:
-    """RFC 3339, UTC, millisecond precision (the precision of Kafka timestamps)."""
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def taxii_time(us: int) -> str:
+    """RFC 3339, UTC, microsecond precision (`date_added` is unique per partition in µs)."""
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp_us(text: str, what: str) -> int:
@@ -210,7 +213,7 @@ class Entry:
     live: bool = True
 
     @property
-    def date_added_ms(self) -> int:
+    def date_added_us(self) -> int:
         return self.pos[0]
 
 
@@ -229,7 +232,7 @@ class CollectionIndex:
     entries: list[Entry] = field(default_factory=list)
     positions: list[Position] = field(default_factory=list)
     objects: dict[str, ObjectVersions] = field(default_factory=dict)
-    last_ms: dict[int, int] = field(default_factory=dict)  # partition -> last date_added
+    last_us: dict[int, int] = field(default_factory=dict)  # partition -> last date_added
     dead: int = 0
 
     def __len__(self) -> int:
@@ -250,10 +253,10 @@ class CollectionIndex:
             return False
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             return False
-        ms = max(timestamp_ms, self.last_ms.get(partition, timestamp_ms))
-        self.last_ms[partition] = ms
+        us = max(timestamp_ms * 1000, self.last_us.get(partition, -1) + 1)
+        self.last_us[partition] = us
         object_id = obj["id"]
-        version = obj.get("modified") or obj.get("created") or taxii_time(ms)
+        version = obj.get("modified") or obj.get("created") or taxii_time(us)
         if not isinstance(version, str):
             return False
         try:
@@ -267,7 +270,7 @@ class CollectionIndex:
                     return False  # an at-least-once replay: same place, same date_added
                 self._kill(old)  # same version, other bytes: the newer copy replaces it
         entry = Entry(
-            pos=(ms, partition, offset),
+            pos=(us, partition, offset),
             id=object_id,
             type=str(obj.get("type", "")),
             version=version,
@@ -305,7 +308,7 @@ class CollectionIndex:
 
     # -- selection --
 
-    def _selected(self, entry: Entry, filters: Filters, horizon_ms: int) -> bool:
+    def _selected(self, entry: Entry, filters: Filters, horizon_us: int) -> bool:
         if not entry.live:
             return False
         if filters.types and entry.type not in filters.types:
@@ -314,17 +317,14 @@ class CollectionIndex:
             return False
         if filters.spec_versions and entry.spec_version not in filters.spec_versions:
             return False
-        if (
-            filters.added_after_us is not None
-            and entry.date_added_ms * 1000 <= filters.added_after_us
-        ):
+        if filters.added_after_us is not None and entry.date_added_us <= filters.added_after_us:
             return False
         if "all" in filters.versions:
             return True
         versions = self.objects[entry.id].entries
         if len(versions) == 1 and ("last" in filters.versions or "first" in filters.versions):
             return True  # the one version is both (the common case: skip the sort)
-        visible = [e for e in versions if e.date_added_ms < horizon_ms]
+        visible = [e for e in versions if e.date_added_us < horizon_us]
         by_version = sorted(visible, key=lambda e: e.version_us)
         if "last" in filters.versions and by_version and by_version[-1] is entry:
             return True
@@ -340,7 +340,7 @@ class CollectionIndex:
         self,
         filters: Filters,
         limit: int,
-        horizon_ms: int,
+        horizon_us: int,
         after: Position | None = None,
         object_id: str | None = None,
     ) -> Page:
@@ -353,27 +353,27 @@ class CollectionIndex:
         else:
             start = 0 if after is None else bisect.bisect_right(self.positions, after)
             if filters.added_after_us is not None:
-                floor = (filters.added_after_us // 1000 + 1, -1, -1)
+                floor = (filters.added_after_us + 1, -1, -1)
                 start = max(start, bisect.bisect_left(self.positions, floor))
             scan = self.entries
         chosen: list[Entry] = []
         following: Entry | None = None
         items = scan if object_id is not None else _from(scan, start)
         for entry in items:
-            if entry.date_added_ms >= horizon_ms:
+            if entry.date_added_us >= horizon_us:
                 break
-            if not self._selected(entry, filters, horizon_ms):
+            if not self._selected(entry, filters, horizon_us):
                 continue
             if len(chosen) == limit:
                 following = entry
                 break
             chosen.append(entry)
-        if following is not None and chosen[0].date_added_ms != chosen[-1].date_added_ms:
-            # Never end a page inside a millisecond the next record shares: a client resuming
+        if following is not None and chosen[0].date_added_us != chosen[-1].date_added_us:
+            # Never end a page inside a date_added the next record shares: a client resuming
             # from X-TAXII-Date-Added-Last (added_after) would skip the rest of it.
-            cut = chosen[-1].date_added_ms
-            if following.date_added_ms == cut:
-                while chosen[-1].date_added_ms == cut:
+            cut = chosen[-1].date_added_us
+            if following.date_added_us == cut:
+                while chosen[-1].date_added_us == cut:
                     chosen.pop()
         return Page(chosen, more=following is not None)
 
@@ -393,13 +393,13 @@ class Page:
         (its token's position, else its added_after, else the epoch), so echoing Last back as
         added_after neither skips nor repeats."""
         if self.entries:
-            return taxii_time(self.entries[0].date_added_ms), taxii_time(
-                self.entries[-1].date_added_ms
+            return taxii_time(self.entries[0].date_added_us), taxii_time(
+                self.entries[-1].date_added_us
             )
         if after is not None:
             stand = after[0]
         elif filters.added_after_us is not None:
-            stand = filters.added_after_us // 1000
+            stand = filters.added_after_us
         else:
             stand = 0
         return taxii_time(stand), taxii_time(stand)
@@ -427,7 +427,7 @@ def manifest_body(page: Page, next_token: str | None) -> bytes:
         body["objects"] = [
             {
                 "id": e.id,
-                "date_added": taxii_time(e.date_added_ms),
+                "date_added": taxii_time(e.date_added_us),
                 "version": e.version,
                 "media_type": STIX_MEDIA,
             }

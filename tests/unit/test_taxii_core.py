@@ -46,25 +46,53 @@ def test_collection_ids_are_uuid4_form_stable_and_distinct() -> None:
     assert a[14] == "4" and a[19] in "89ab"
 
 
-def test_pages_never_end_inside_a_shared_millisecond() -> None:
-    index = filled([1000, 1000, 1001, 1001, 1001, 1002])
-    page = index.page(Filters(), 3, FAR)
-    assert ids(page) == ["indicator--00000000", "indicator--00000001"] and page.more
-    # resuming from the page's last date_added skips nothing and repeats nothing
+def test_a_producer_batch_larger_than_the_page_reaches_an_added_after_poller() -> None:
+    # Every record of one producer batch has the same LogAppendTime; a poller that pages only
+    # by added_after = X-TAXII-Date-Added-Last (Elastic's TAXII input) must still get them all.
+    index = filled([1000] * 30 + [1001] * 5)
+    got: list[str] = []
+    filters = Filters()
+    for _ in range(10):
+        page = index.page(filters, 25, FAR)
+        got += ids(page)
+        _, last = page.header_times(filters, None)
+        filters = parse_filters({"added_after": last})
+    assert sorted(got) == sorted(ids(index.page(Filters(), 100, FAR))) and len(got) == 35
+
+
+def test_date_added_is_unique_and_increasing_per_partition() -> None:
+    index = filled([1000, 1000, 999, 1001])  # one batch, then the broker's clock stepped back
+    assert [e.pos[0] for e in index.entries] == [1_000_000, 1_000_001, 1_000_002, 1_001_000]
+    assert taxii_time(1_000_001) == "1970-01-01T00:00:01.000001Z"
+
+
+def test_pages_never_end_inside_an_instant_the_next_record_shares() -> None:
+    index = CollectionIndex()  # two partitions' batches can share an instant
+    index.add(0, 0, 999, obj(0), None)
+    index.add(0, 1, 1000, obj(1), None)
+    index.add(1, 0, 1000, obj(2), None)
+    index.add(0, 2, 1001, obj(3), None)
+    page = index.page(Filters(), 2, FAR)
+    assert ids(page) == ["indicator--00000000"] and page.more
     _, last = page.header_times(Filters(), None)
     rest = index.page(parse_filters({"added_after": last}), 10, FAR)
-    assert [e.pos[2] for e in rest.entries] == [2, 3, 4, 5]
+    assert ids(rest) == ["indicator--00000001", "indicator--00000002", "indicator--00000003"]
 
 
-def test_a_page_that_is_one_millisecond_is_kept_whole() -> None:
-    index = filled([5] * 5)
+def test_a_page_that_is_one_instant_is_kept_whole() -> None:
+    index = CollectionIndex()
+    for partition in range(5):
+        index.add(partition, 0, 5, obj(partition), None)
     page = index.page(Filters(), 2, FAR)
     assert len(page.entries) == 2 and page.more
 
 
 def test_horizon_hides_records_not_yet_final() -> None:
     index = filled([1000, 1001, 1002])
-    assert [e.pos[0] for e in index.page(Filters(), 10, 1002).entries] == [1000, 1001]
+    assert [e.pos[0] for e in index.page(Filters(), 10, 1_002_000).entries] == [
+        1_000_000,
+        1_001_000,
+    ]
 
 
 def test_a_late_record_from_another_partition_sorts_by_time() -> None:
@@ -72,7 +100,11 @@ def test_a_late_record_from_another_partition_sorts_by_time() -> None:
     index.add(0, 0, 1000, obj(1), None)
     index.add(0, 1, 1005, obj(2), None)
     index.add(1, 0, 1002, obj(3), None)
-    assert [e.pos for e in index.entries] == [(1000, 0, 0), (1002, 1, 0), (1005, 0, 1)]
+    assert [e.pos for e in index.entries] == [
+        (1_000_000, 0, 0),
+        (1_002_000, 1, 0),
+        (1_005_000, 0, 1),
+    ]
 
 
 def test_replays_collapse_and_new_versions_do_not() -> None:
@@ -81,16 +113,11 @@ def test_replays_collapse_and_new_versions_do_not() -> None:
     assert not index.add(0, 1, 2000, obj(1), None)  # byte-identical (id, modified): a replay
     assert index.add(0, 2, 3000, obj(1, "2026-05-02T00:00:00.000Z", revoked=True), None)
     every = index.page(Filters(versions=frozenset({"all"})), 10, FAR)
-    assert [e.pos[0] for e in every.entries] == [1000, 3000]
+    assert [e.pos[0] for e in every.entries] == [1_000_000, 3_000_000]
     last = index.page(Filters(), 10, FAR)
     assert [orjson.loads(e.raw).get("revoked") for e in last.entries] == [True]
     first = index.page(Filters(versions=frozenset({"first"})), 10, FAR)
-    assert [e.pos[0] for e in first.entries] == [1000]
-
-
-def test_date_added_is_monotonic_per_partition() -> None:
-    index = filled([1000, 999, 1001])  # the broker's clock stepped back
-    assert [e.pos[0] for e in index.entries] == [1000, 1000, 1001]
+    assert [e.pos[0] for e in first.entries] == [1_000_000]
 
 
 def test_filters_by_type_id_and_version() -> None:
@@ -141,6 +168,6 @@ def test_bad_parameters_are_bad_requests() -> None:
 
 def test_empty_pages_stand_where_the_client_stands() -> None:
     index = filled([1000])
-    after = parse_filters({"added_after": taxii_time(1000)})
+    after = parse_filters({"added_after": taxii_time(1_000_000)})
     page = index.page(after, 10, FAR)
-    assert page.entries == [] and page.header_times(after, None) == (taxii_time(1000),) * 2
+    assert page.entries == [] and page.header_times(after, None) == (taxii_time(1_000_000),) * 2
