@@ -40,4 +40,4 @@ fi
 echo "== import-linter"; .venv/bin/lint-imports
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/pytest -q --durations=25 "$@"
+echo "== pytest"; .venv/bin/pytest -q --durations=40 "$@"
