@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -24,7 +24,7 @@ import orjson
 
 from schemas.envelope import DeadLetter, NormalizedObject, Reason, Receipt, Rejection
 from stixbus.core.decay import SINCE, DecayPolicy
-from stixbus.core.ids import parse_time, stix_time
+from stixbus.core.ids import EPOCH, parse_time, stix_time
 
 # What `stixbus.core.decide` (markings, label fields, confidence) and minting
 # (`stixbus.core.minting`) read from a source object of a minted key.  Everything else
@@ -46,7 +46,6 @@ PLANNING_PROPERTIES = (
     "granular_markings",
 )
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(slots=True)  # immutable by convention: frozen dataclasses cost 4x to build

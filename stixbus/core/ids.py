@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 # RFC 4122 variant bits over the first hex digit of the clock sequence: 10xx.
@@ -50,6 +50,19 @@ class Uuid5Prefix:
     def __call__(self, suffix: str) -> str:
         h = hashlib.sha1(self.prefix + suffix.encode("utf-8")).hexdigest()
         return f"{self.id_type}{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exact (a float timestamp would round)."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_epoch_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
 
 
 def stix_time(moment: datetime) -> str:

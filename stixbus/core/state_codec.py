@@ -9,7 +9,7 @@ stixbus/core/dedup.py and docs/dedup.md.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -17,7 +17,6 @@ import orjson
 from schemas.envelope import NormalizedObject
 from schemas.tlp import TLP
 from stixbus.core.dedup import (
-    EPOCH,
     KeyState,
     SourceVersion,
     SubscriberView,
@@ -25,6 +24,7 @@ from stixbus.core.dedup import (
     planning_record,
     unchecked_record,
 )
+from stixbus.core.ids import epoch_us, from_epoch_us
 
 SCHEMA_VERSION = 2
 
@@ -40,15 +40,6 @@ SCHEMA_VERSION = 2
 #
 # "v", "d" and "s" come first so that the expiry index can be rebuilt from a prefix of each
 # value (`deadline_header`) without decoding whole states.
-
-
-def _us(moment: datetime) -> int:
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _time(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def encode_state(state: KeyState) -> bytes:
@@ -90,8 +81,8 @@ def encode_state(state: KeyState) -> bytes:
     return orjson.dumps(
         {
             "v": SCHEMA_VERSION,
-            "d": None if deadline is None else _us(deadline),
-            "s": None if state.settled_at is None else _us(state.settled_at),
+            "d": None if deadline is None else epoch_us(deadline),
+            "s": None if state.settled_at is None else epoch_us(state.settled_at),
             "k": state.key,
             "p": state.canonical_pattern,
             "src": encoded_sources,
@@ -112,12 +103,12 @@ def _encode_source(sid: str, src: SourceVersion, minted: bool, key: str) -> list
     return [
         sid,
         src.content_hash,
-        _us(src.first_seen),
-        _us(src.last_seen),
+        epoch_us(src.first_seen),
+        epoch_us(src.last_seen),
         rec.publisher,
-        _us(rec.published_at),
+        epoch_us(rec.published_at),
         rec.submission_id,
-        _us(rec.received_at),
+        epoch_us(rec.received_at),
         rec.object_type,
         rec.modified,
         int(rec.tlp),
@@ -149,8 +140,8 @@ def decode_state(raw: bytes) -> KeyState:
             {
                 "submission_id": submission,
                 "publisher": publisher,
-                "received_at": _time(received),
-                "published_at": _time(published),
+                "received_at": from_epoch_us(received),
+                "published_at": from_epoch_us(published),
                 "object_id": sid,
                 "object_type": object_type,
                 "modified": modified,
@@ -163,7 +154,7 @@ def decode_state(raw: bytes) -> KeyState:
                 "object": stix,
             }
         )
-        sources[sid] = SourceVersion(rec, digest, _time(first), _time(last), row)
+        sources[sid] = SourceVersion(rec, digest, from_epoch_us(first), from_epoch_us(last), row)
         order.append(sid)
     bodies = data["b"]
     views = {}
@@ -180,7 +171,9 @@ def decode_state(raw: bytes) -> KeyState:
             delivered,
         )
     settled = data["s"]
-    return KeyState(key, pattern, sources, views, None if settled is None else _time(settled))
+    return KeyState(
+        key, pattern, sources, views, None if settled is None else from_epoch_us(settled)
+    )
 
 
 _HEADER = re.compile(rb'\{"v":(\d+),"d":(-?\d+|null),"s":(-?\d+|null),')
@@ -194,8 +187,8 @@ def deadline_header(raw: bytes) -> tuple[datetime | None, datetime | None] | Non
         return None
     d, s = match[2], match[3]
     return (
-        None if d == b"null" else _time(int(d)),
-        None if s == b"null" else _time(int(s)),
+        None if d == b"null" else from_epoch_us(int(d)),
+        None if s == b"null" else from_epoch_us(int(s)),
     )
 
 

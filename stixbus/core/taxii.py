@@ -32,10 +32,12 @@ import hashlib
 import hmac
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from stixbus.core.ids import epoch_us, from_epoch_us
 
 TAXII_MEDIA = "application/taxii+json;version=2.1"
 TAXII_MEDIA_BASE = "application/taxii+json"
@@ -58,8 +60,7 @@ def collection_id(prefix: str, org: str) -> str:
 
 def taxii_time(us: int) -> str:
     """RFC 3339, UTC, microsecond precision (`date_added` is unique per partition in µs)."""
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return from_epoch_us(us).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp_us(text: str, what: str) -> int:
@@ -72,8 +73,7 @@ def parse_timestamp_us(text: str, what: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return epoch_us(moment)
 
 
 # -- filters ----------------------------------------------------------------------------------
