@@ -83,4 +83,5 @@ def build_app(ctx: BusContext) -> faust.App:
     _compat.leave_group_when_stopped()
     _compat.seek_uncommitted_to_start()
     _compat.commit_only_what_was_processed()
+    _compat.livelock_check_skips_unpositioned()
     return app

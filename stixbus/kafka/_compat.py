@@ -65,6 +65,15 @@ shows it.
   committed one; the records are then below a commit that does not move, and the stall
   watchdog (agents/stall.py) reads the partition again.  Tested by
   tests/unit/test_compat_commit.py.
+- `livelock_check_skips_unpositioned` (faust-streaming 0.15
+  `AIOKafkaConsumerThread.verify_event_path`, aiokafka 0.14 `TopicPartitionState.position`):
+  Faust's livelock detector (a diagnostic that only logs) runs every 2.5 commit intervals
+  when no rebalance is flagged, and reads each assigned partition's `position`.  Right after
+  an assignment a partition has no position until aiokafka resets it, and that property is an
+  `assert`: the detector raised `AssertionError` and crashed the whole worker (CI, the
+  mid-stream takeover test).  The wrapper skips a partition whose position is not known yet
+  (or that left the assignment); the next round checks it.  Tested by
+  tests/unit/test_compat_livelock.py.
 - `consumer_books` (faust-streaming 0.15 `Consumer._committed_offset`, `_read_offset`,
   `_acked`, `_gap`): what Faust's consumer keeps per partition — the offset it committed, the
   last one it read, and the lowest one the agents acked.  The stall watchdog (agents/stall.py)
@@ -92,6 +101,7 @@ from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import TopicPartition
 from faust import streams as _faust_streams
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 from taxii2client.common import _HTTPConnection as TaxiiHTTPConnection
 
@@ -102,6 +112,7 @@ __all__ = [
     "commit_only_what_was_processed",
     "consumer_books",
     "leave_group_when_stopped",
+    "livelock_check_skips_unpositioned",
     "seek_uncommitted_to_start",
     "serve_only",
 ]
@@ -206,6 +217,27 @@ def commit_only_what_was_processed() -> None:
     _new_offset._stixbus_strict = True  # type: ignore[attr-defined]
     FaustConsumer._add_gap = _add_gap  # type: ignore[method-assign]
     FaustConsumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+def livelock_check_skips_unpositioned() -> None:
+    """Faust's livelock check passes over partitions aiokafka has no position for yet
+    (idempotent; see the module doc)."""
+    original: Any = AIOKafkaConsumerThread.verify_event_path
+    if getattr(original, "_stixbus_positioned", False):
+        return
+
+    def verify_event_path(self: Any, now: float, tp: Any) -> None:
+        subscription = self._ensure_consumer()._fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        state = None
+        if assignment is not None:
+            state = assignment.state_value(TopicPartition(tp.topic, tp.partition))
+        if state is None or not state.has_valid_position:
+            return None  # assigned but not positioned yet (a reset or seek in flight)
+        original(self, now, tp)
+
+    verify_event_path._stixbus_positioned = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread.verify_event_path = verify_event_path  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
