@@ -40,4 +40,18 @@ fi
 echo "== import-linter"; .venv/bin/lint-imports
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/pytest -q --durations=40 "$@"
+# Arguments (e.g. `make chaos`: -m chaos) run one pytest as given.  Without them: every test
+# but the timing-bound ones on STIXBUS_TEST_PROCESSES processes (a test waits on the broker and
+# its worker more than it computes; each has its own topic prefix, home and ports), then the
+# timing-bound ones (`serial`, tests/conftest.py) alone.  Both phases run; either failing fails.
+if [ "$#" -gt 0 ]; then
+  echo "== pytest"; .venv/bin/pytest -q --durations=40 "$@"
+  exit
+fi
+status=0
+echo "== pytest: ${STIXBUS_TEST_PROCESSES:-2} processes"
+.venv/bin/pytest -q --durations=30 -n "${STIXBUS_TEST_PROCESSES:-2}" --dist loadfile \
+  -m "not chaos and not serial" || status=$?
+echo "== pytest: timing-bound tests, alone"
+.venv/bin/pytest -q --durations=10 -m "serial and not chaos" || status=$?
+exit "$status"

@@ -12,7 +12,7 @@ import typer
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from schemas.agreement import Agreement, AgreementSet, load_agreements
 from schemas.org import load_registry
@@ -125,8 +125,19 @@ def retire_cmd(agreement_id: str) -> None:
 @app.command("list")
 def list_cmd() -> None:
     """The agreements in force on the bus (replayed from the agreements topic)."""
-    table = Table("id", "version", "publishers", "subscribers", "TLP ceiling", "term")
-    for agreement_id, data in sorted(run_on_broker(agreements_in_force(get_settings())).items()):
+    in_force = sorted(run_on_broker(agreements_in_force(get_settings())).items())
+    # The id (what `retire` and `explain` take) and the ceiling are never cut, whatever the
+    # terminal width; the party lists wrap.
+    longest = max((len(agreement_id) for agreement_id, _ in in_force), default=2)
+    table = Table(
+        Column("id", no_wrap=True, min_width=longest),
+        "version",
+        "publishers",
+        "subscribers",
+        Column("TLP ceiling", no_wrap=True, min_width=len("AMBER+STRICT")),
+        "term",
+    )
+    for agreement_id, data in in_force:
         a = Agreement.model_validate(data)
         table.add_row(
             agreement_id,

@@ -248,7 +248,14 @@ def test_explain_prints_verdict_reasons_and_agreement(bus: Bus, tmp_path: Path) 
     assert "ALLOW" in offline.output, offline.output
 
 
-def test_list_shows_agreements_in_force(bus: Bus) -> None:
+@pytest.mark.parametrize("columns", [250, 80])
+def test_list_shows_agreements_in_force(
+    bus: Bus, columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole ids and ceilings, on a wide terminal and on an 80-column one (rich cuts cells)."""
+    from stixbus.cli import agreements as agreements_cli
+
+    monkeypatch.setattr(agreements_cli.out, "width", columns)
     result = run_cli(bus, "agreements", "list")
     assert result.exit_code == 0, result.output
     for agreement in load_agreements(AGREEMENTS):
