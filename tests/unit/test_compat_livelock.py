@@ -55,7 +55,8 @@ def _state(position: int | None, highwater: int | None) -> TopicPartitionState:
 def test_a_partition_awaiting_its_position_is_skipped_not_a_crash() -> None:
     _compat.livelock_check_skips_unpositioned()
     unpositioned = _state(position=None, highwater=40)
-    AIOKafkaConsumerThread.verify_event_path(_thread(unpositioned), 10.0, TOPIC)  # no AssertionError
+    # no AssertionError:
+    AIOKafkaConsumerThread.verify_event_path(_thread(unpositioned), 10.0, TOPIC)
 
 
 def test_a_partition_that_left_the_assignment_is_skipped() -> None:
