@@ -17,36 +17,21 @@ import asyncio
 import itertools
 import re
 import statistics
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from stixbus.kafka.client import start_client
+from stixbus.kafka.client import read_topic
 from stixbus.kafka.config import client_kwargs
 from stixbus.settings import load_settings
 
 LATENCY_NAME = re.compile(rb"lat\d+-[0-9a-f]{6}")
 
 
-async def first_seen(conn: dict[str, object], topic: str) -> dict[bytes, int]:
+async def first_seen(conn: dict[str, Any], topic: str) -> dict[bytes, int]:
     """name -> timestamp (ms) of the first record of `topic` that mentions it."""
-    consumer = AIOKafkaConsumer(**conn, enable_auto_commit=False)
-    await start_client(consumer)
     seen: dict[bytes, int] = {}
-    try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
-        if not tps:
-            return seen
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-            for messages in (await consumer.getmany(timeout_ms=1000)).values():
-                for message in messages:
-                    for name in set(LATENCY_NAME.findall(message.value or b"")):
-                        seen.setdefault(name, message.timestamp)
-    finally:
-        await consumer.stop()
+    async for record in read_topic(conn, topic, from_beginning=True):
+        for name in set(LATENCY_NAME.findall(record.value)):
+            seen[name] = min(record.timestamp_ms, seen.get(name, record.timestamp_ms))
     return seen
 
 

@@ -16,6 +16,7 @@ from rich.table import Column, Table
 
 from schemas.agreement import Agreement, AgreementSet, load_agreements
 from schemas.org import load_registry
+from schemas.tlp import TLP
 from stixbus.core.decay import DecayPolicy, expires_at
 from stixbus.core.decide import AgreementIndex
 from stixbus.core.ids import stix_time
@@ -134,7 +135,7 @@ def list_cmd() -> None:
         "version",
         "publishers",
         "subscribers",
-        Column("TLP ceiling", no_wrap=True, min_width=len("AMBER+STRICT")),
+        Column("TLP ceiling", no_wrap=True, min_width=max(len(tlp.label) for tlp in TLP)),
         "term",
     )
     for agreement_id, data in in_force:
